@@ -1,0 +1,138 @@
+"""Errors shared by every layer.
+
+Each carries a stable machine ``code`` and a human ``message`` that is safe to show: no error in
+this package ever holds a token, code, verifier, key or client secret in its text or repr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OfflineTokenError(Exception):
+    """A domain error that the API maps to ``{"error": code, "message": text}``."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.extra = dict(extra or {})
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        body.update(self.extra)
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class InvalidRequest(OfflineTokenError):
+    status = 400
+    code = "invalid_request"
+
+
+class NotFound(OfflineTokenError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(OfflineTokenError):
+    """The entry exists but is in a state that forbids the operation (409)."""
+
+    status = 409
+    code = "conflict"
+
+
+class NotConfigured(OfflineTokenError):
+    status = 503
+    code = "not_configured"
+
+
+class ProviderUnavailable(OfflineTokenError):
+    """A transient fault at the provider: try again later (503 with Retry-After)."""
+
+    status = 503
+    code = "provider_unavailable"
+
+
+class ProviderRejected(OfflineTokenError):
+    """The provider answered with an error that is not the caller's fault (502)."""
+
+    status = 502
+    code = "provider_error"
+
+
+# --- adapter-level errors (raised by oidc.py and vault/, mapped by the broker) ---------------
+
+
+class ProviderError(Exception):
+    """Base for failures talking to the OpenID provider. Messages never include secrets."""
+
+
+class TransientProviderError(ProviderError):
+    """Network error, timeout, 5xx, 429 or a malformed answer: worth retrying later.
+
+    ``kind`` is one of ``network``, ``timeout``, ``server_error``, ``rate_limited``, ``malformed``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """The provider refused for good (``invalid_grant``, ``invalid_client``, ...).
+
+    ``error`` is the OAuth error code; ``description`` the provider's (short) description.
+    """
+
+    def __init__(self, error: str, description: str = "", *, status_code: int | None = None):
+        text = f"{error}: {description}" if description else error
+        super().__init__(text)
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+
+    @property
+    def is_configuration_error(self) -> bool:
+        return self.error in {"invalid_client", "unauthorized_client", "unsupported_grant_type"}
+
+
+class IdTokenInvalid(PermanentProviderError):
+    """The id_token failed validation (signature, iss, aud, exp or nonce)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__("invalid_id_token", description)
+
+
+class VaultError(Exception):
+    """The vault cannot be opened or used (bad key configuration, newer schema, ...)."""
+
+
+class DecryptionError(VaultError):
+    """A ciphertext failed authentication: wrong key or tampered data."""

@@ -1,0 +1,94 @@
+"""Plain data records passed between the vault, the broker and the handlers (no secrets)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+# token.status
+PENDING = "pending"
+ACTIVE = "active"
+FAILED = "failed"
+REVOKED = "revoked"
+EXPIRED = "expired"
+TOKEN_STATUSES = (PENDING, ACTIVE, FAILED, REVOKED, EXPIRED)
+
+# token.refresh_state
+IDLE = "idle"
+SCHEDULED = "scheduled"
+RETRYING = "retrying"
+REFRESH_FAILED = "failed"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> RFC 3339 UTC string (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class TokenRecord:
+    """One vault entry's metadata. ``id`` is the public ``persistent_token_id``.
+
+    The encrypted refresh token and consent secrets stay inside the vault; this record never
+    carries them, so it is safe to log or serialize.
+    """
+
+    id: str
+    owner: str
+    issuer: str
+    client_id: str
+    status: str
+    scopes: list[str]
+    created_at: float
+    updated_at: float
+    label: str = ""
+    task_id: str | None = None
+    subject: str | None = None
+    consent_expires_at: float | None = None
+    return_to: str | None = None
+    last_refresh_at: float | None = None
+    refresh_count: int = 0
+    last_error: str | None = None
+    refresh_state: str = IDLE
+    next_attempt_at: float | None = None
+    retry_count: int = 0
+    idle_expires_at: float | None = None
+    keep_warm: bool = False
+    has_secret: bool = False
+
+    def replace(self, **changes: Any) -> TokenRecord:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ConsentSecrets:
+    """What the callback needs to finish a consent; decrypted from the vault, single use."""
+
+    code_verifier: str
+    nonce: str
+    redirect_uri: str
+
+    def __repr__(self) -> str:
+        return f"ConsentSecrets(redirect_uri={self.redirect_uri!r}, code_verifier=<redacted>)"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    ts: float
+    action: str
+    result: str
+    token_id: str | None = None
+    task_id: str | None = None
+    owner: str | None = None
+    detail: str = ""
+    id: int | None = None
+
+
+@dataclass
+class Page:
+    items: list[Any] = field(default_factory=list)
+    total: int = 0
