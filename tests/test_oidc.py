@@ -11,7 +11,7 @@ import json
 import logging
 import string
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
@@ -86,10 +86,10 @@ def idp() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
-async def client(idp: respx.MockRouter) -> AsyncIterator[ProviderClient]:
+def client(idp: respx.MockRouter, jp_asyncio_loop) -> Iterator[ProviderClient]:
     c = ProviderClient(ISSUER, CLIENT_ID, CLIENT_SECRET, clock=lambda: NOW)
     yield c
-    await c.aclose()
+    jp_asyncio_loop.run_until_complete(c.aclose())
 
 
 # --- state, nonce, PKCE ---------------------------------------------------------------------

@@ -1,0 +1,333 @@
+"""OfflineTokenApp: the jupyter_server extension. Reads config, builds and wires the parts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import getpass
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Enum, Float, Int, List, Unicode, default, validate
+from traitlets.traitlets import TraitError
+
+from . import __version__
+from .broker import ProviderSettings, TokenBroker
+from .oidc import ProviderClient
+from .services import Services
+from .vault import Vault
+
+HERE = Path(__file__).parent
+
+
+def _env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [part.strip() for part in raw.split(";") if part.strip()]
+
+
+def _server_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+
+class OfflineTokenApp(ExtensionApp):
+    """Grant OpenID Connect offline access once; hand long-running work fresh access tokens."""
+
+    name = "jupyter_offline_token"
+    description = __doc__
+    extension_url = "/offline-token/"
+    load_other_extensions = True
+    static_paths = [str(HERE / "static")]
+    template_paths = [str(HERE / "templates")]
+    _owner_scope: str | None = None
+
+    # --- provider ------------------------------------------------------------------------------
+    issuer = Unicode(
+        "",
+        config=True,
+        help="""Issuer URL of the OpenID provider, e.g. https://keycloak.example.org/realms/lab.
+        Discovery reads <issuer>/.well-known/openid-configuration. Required to serve consents:
+        without it the server starts and the API answers 503 not_configured.
+        Default: $JUPYTER_OFFLINE_TOKEN_ISSUER.""",
+    )
+    client_id = Unicode(
+        "",
+        config=True,
+        help="""OAuth client id registered at the provider for this Jupyter server. Required with
+        issuer. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_ID.""",
+    )
+    client_secret = Unicode(
+        "",
+        config=True,
+        help="""Client secret of a confidential client. Empty (the default) means a public client
+        that relies on PKCE alone. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET.""",
+    )
+    token_endpoint_auth_method = Enum(
+        ["client_secret_basic", "client_secret_post", "none"],
+        default_value="client_secret_basic",
+        config=True,
+        help="""How the client authenticates at the token and revocation endpoints:
+        client_secret_basic (default), client_secret_post, or none (public client; also used
+        automatically when client_secret is empty).""",
+    )
+    scopes = List(
+        Unicode(),
+        default_value=["openid", "offline_access"],
+        config=True,
+        help="""Scopes requested at consent. openid and offline_access are always added.
+        Default: ["openid", "offline_access"].""",
+    )
+    redirect_uri = Unicode(
+        "",
+        config=True,
+        help="""The callback URL registered at the provider. Empty (the default) derives it from
+        each request: <scheme>://<host><base_url>offline-token/callback. Set it behind proxies
+        that rewrite the host. Default: $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI.""",
+    )
+    http_timeout = Float(
+        15.0, config=True, help="Timeout in seconds of each request to the provider. Default: 15."
+    )
+
+    # --- vault ---------------------------------------------------------------------------------
+    vault_path = Unicode(
+        "",
+        config=True,
+        help="""Path of the vault's SQLite file. Default:
+        <jupyter_data_dir>/offline_token/vault.db (directory created 0700, file 0600).""",
+    )
+    encryption_keys = List(
+        Unicode(),
+        config=True,
+        help="""AES-256-GCM keys, base64url-encoded 32 bytes each. The first encrypts, all
+        decrypt: to rotate, put a new key first and keep the old ones until every entry has
+        been refreshed. Empty (the default) uses a key file generated next to the vault
+        (vault.key, mode 0600). Default: $JUPYTER_OFFLINE_TOKEN_KEYS (';'-separated).
+        Generate one with: jupyter-offline-token generate-key""",
+    )
+    consent_timeout = Float(
+        600.0,
+        config=True,
+        help="Seconds a consent link stays valid before the pending entry expires. Default: 600.",
+    )
+    owner_scope = Enum(
+        ["auto", "username", "server"],
+        default_value="auto",
+        config=True,
+        help="""Who owns a vault entry. 'username': each Jupyter user name owns its entries (for
+        multi-user setups such as JupyterHub, where names are stable). 'server': every
+        authenticated caller of this server is one owner, the server's OS user (for single-user
+        servers, whose token or password login gives kernels made-up anonymous names). 'auto'
+        (default): 'server' with jupyter_server's own token/password identity providers,
+        'username' with any other (JupyterHub's, or a custom one).""",
+    )
+    audit_retention = Int(
+        200, config=True, help="Audit events kept per token (oldest dropped). Default: 200."
+    )
+
+    # --- defaults from the environment -----------------------------------------------------------
+    @default("issuer")
+    def _issuer_default(self) -> str:
+        return os.environ.get("JUPYTER_OFFLINE_TOKEN_ISSUER", "")
+
+    @default("client_id")
+    def _client_id_default(self) -> str:
+        return os.environ.get("JUPYTER_OFFLINE_TOKEN_CLIENT_ID", "")
+
+    @default("client_secret")
+    def _client_secret_default(self) -> str:
+        return os.environ.get("JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET", "")
+
+    @default("redirect_uri")
+    def _redirect_uri_default(self) -> str:
+        return os.environ.get("JUPYTER_OFFLINE_TOKEN_REDIRECT_URI", "")
+
+    @default("encryption_keys")
+    def _encryption_keys_default(self) -> list[str]:
+        return _env_list("JUPYTER_OFFLINE_TOKEN_KEYS")
+
+    @default("vault_path")
+    def _vault_path_default(self) -> str:
+        return str(Path(jupyter_data_dir()) / "offline_token" / "vault.db")
+
+    # --- validation ----------------------------------------------------------------------------
+    @validate("issuer")
+    def _check_issuer(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise TraitError(
+                f"OfflineTokenApp.issuer must be an http(s) URL, got {value!r} "
+                "(e.g. https://keycloak.example.org/realms/lab)"
+            )
+        if parts.query or parts.fragment:
+            raise TraitError("OfflineTokenApp.issuer must not have a query or fragment")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            self.log.warning(
+                "OfflineTokenApp.issuer %s uses plain http: tokens would cross the network "
+                "unencrypted; use https outside local development",
+                value,
+            )
+        return value.rstrip("/")
+
+    @validate("redirect_uri")
+    def _check_redirect_uri(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise TraitError(f"OfflineTokenApp.redirect_uri must be an http(s) URL, got {value!r}")
+        return value
+
+    @validate("encryption_keys")
+    def _check_keys(self, proposal: Any) -> list[str]:
+        keys = [str(k).strip() for k in proposal["value"] if str(k).strip()]
+        for position, key in enumerate(keys, start=1):
+            if not _is_32_byte_key(key):
+                raise TraitError(
+                    "OfflineTokenApp.encryption_keys (or JUPYTER_OFFLINE_TOKEN_KEYS) "
+                    f"key #{position} is not a base64url-encoded 32-byte key; generate one with "
+                    "`jupyter-offline-token generate-key`"
+                )
+        return keys
+
+    @validate("consent_timeout", "http_timeout")
+    def _check_positive(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value <= 0:
+            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be > 0, got {value}")
+        return value
+
+    # --- wiring --------------------------------------------------------------------------------
+    def not_configured_message(self) -> str:
+        missing = [name for name in ("issuer", "client_id") if not getattr(self, name)]
+        env = {
+            "issuer": "JUPYTER_OFFLINE_TOKEN_ISSUER",
+            "client_id": "JUPYTER_OFFLINE_TOKEN_CLIENT_ID",
+        }
+        return (
+            "offline access is not configured: set "
+            + " and ".join(f"c.OfflineTokenApp.{n} (or ${env[n]})" for n in missing)
+            + " in the Jupyter server config"
+        )
+
+    def build_services(self) -> Services:
+        vault = Vault(
+            Path(self.vault_path).expanduser(),
+            encryption_keys=list(self.encryption_keys),
+            audit_retention=self.audit_retention,
+        )
+        provider: ProviderClient | None = None
+        settings: ProviderSettings | None = None
+        if self.issuer and self.client_id:
+            method = self.token_endpoint_auth_method if self.client_secret else "none"
+            settings = ProviderSettings(
+                issuer=self.issuer,
+                client_id=self.client_id,
+                client_secret=self.client_secret,
+                token_endpoint_auth_method=method,
+                scopes=list(self.scopes),
+                http_timeout=self.http_timeout,
+            )
+            provider = ProviderClient(
+                self.issuer,
+                self.client_id,
+                self.client_secret,
+                token_endpoint_auth_method=method,
+                http_timeout=self.http_timeout,
+            )
+        else:
+            self.log.warning("jupyter-offline-token: %s", self.not_configured_message())
+        broker = TokenBroker(
+            vault,
+            provider,
+            settings,
+            consent_timeout=self.consent_timeout,
+            not_configured_message=self.not_configured_message(),
+        )
+        services = Services(vault, broker)
+        services.extras["set_keep_warm"] = self._set_keep_warm
+        return services
+
+    async def _set_keep_warm(self, token_id: str, keep_warm: bool) -> None:
+        import time
+
+        await self.services.vault.set_keep_warm(token_id, keep_warm, now=time.time())
+
+    def initialize_settings(self) -> None:
+        self.services = self.build_services()
+        self._background: list[asyncio.Task[Any]] = []
+        self.settings.update(
+            {"offline_token_services": self.services, "offline_token_owner": self.owner_of}
+        )
+
+    def effective_owner_scope(self) -> str:
+        if self.owner_scope != "auto":
+            return str(self.owner_scope)
+        from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
+
+        provider = getattr(self.serverapp, "identity_provider", None)
+        single_user = type(provider) in (IdentityProvider, PasswordIdentityProvider)
+        return "server" if single_user else "username"
+
+    def owner_of(self, user: Any) -> str:
+        """The vault owner for an authenticated Jupyter user (see ``owner_scope``)."""
+        if self._owner_scope is None:
+            self._owner_scope = self.effective_owner_scope()
+        if self._owner_scope == "server":
+            return _server_user()
+        return str(getattr(user, "username", user))
+
+    def initialize_handlers(self) -> None:
+        from .handlers import routes
+        from .handlers.dashboard import dashboard_handlers
+
+        self.handlers.extend(routes())
+        self.handlers.extend(dashboard_handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Open the vault off the event loop and start background work."""
+        with contextlib.suppress(Exception):
+            await self.services.ready()
+        if self.services.error is None:
+            self.log.info(
+                "jupyter-offline-token %s: vault %s, provider %s",
+                __version__,
+                self.services.vault.path,
+                self.issuer or "(not configured)",
+            )
+
+    async def stop_extension(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        self._background.clear()
+        await self.services.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_32_byte_key(key: str) -> bool:
+    for decode in (base64.urlsafe_b64decode, base64.b64decode):
+        try:
+            if len(decode(key + "=" * (-len(key) % 4))) == 32:
+                return True
+        except (binascii.Error, ValueError):
+            continue
+    return False

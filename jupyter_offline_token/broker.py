@@ -1,0 +1,725 @@
+"""TokenBroker: consent, callback, fresh access tokens, refresh with rotation, revocation.
+
+The broker is the only place that sees a refresh token in clear, and only for the few
+milliseconds between decrypting it and sending it to the provider. Access tokens live in an
+in-memory cache keyed by ``persistent_token_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics
+from .errors import (
+    Conflict,
+    DecryptionError,
+    IdTokenInvalid,
+    InvalidRequest,
+    NotConfigured,
+    NotFound,
+    OfflineTokenError,
+    PermanentProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    TransientProviderError,
+    VaultError,
+)
+from .models import (
+    ACTIVE,
+    EXPIRED,
+    FAILED,
+    IDLE,
+    PENDING,
+    REFRESH_FAILED,
+    RETRYING,
+    REVOKED,
+    AuditEvent,
+    ConsentSecrets,
+    TokenRecord,
+)
+from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
+from .refresh import RefreshOutcome
+from .vault import Vault
+
+log = logging.getLogger("jupyter_offline_token.broker")
+
+# RFC 6749 3.3 scope-token: printable ASCII except space, '"' and '\'.
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")
+REQUIRED_SCOPES = ("openid", "offline_access")
+DEFAULT_ACCESS_TTL = 60.0  # when the provider does not say (no expires_in)
+DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
+
+
+def hash_state(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+@dataclass(repr=False)
+class AccessToken:
+    """An access token in the broker's in-memory cache."""
+
+    access_token: str
+    token_type: str
+    expires_at: float
+    scope: str | None
+    obtained_at: float  # monotonic, for single flight
+
+    def __repr__(self) -> str:
+        return f"AccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        from .models import iso
+
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_in": max(0, int(self.expires_at - now)),
+            "expires_at": iso(self.expires_at),
+            "scope": self.scope,
+        }
+
+
+class ConsentFailed(OfflineTokenError):
+    """The callback could not finish a consent; rendered as an HTML page, not JSON."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int = 400,
+        record: TokenRecord | None = None,
+        hint: str = "",
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.record = record
+        self.hint = hint
+
+
+@dataclass
+class ProviderSettings:
+    issuer: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 (a method name)
+    scopes: list[str] = field(default_factory=lambda: list(REQUIRED_SCOPES))
+    http_timeout: float = 15.0
+
+
+class TokenBroker:
+    """Owns the access-token cache and every state change of a vault entry."""
+
+    def __init__(
+        self,
+        vault: Vault,
+        provider: ProviderClient | None,
+        settings: ProviderSettings | None,
+        *,
+        consent_timeout: float = 600.0,
+        lease_ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
+        not_configured_message: str = "",
+    ) -> None:
+        self.vault = vault
+        self.provider = provider
+        self.settings = settings
+        self.consent_timeout = consent_timeout
+        http_timeout = settings.http_timeout if settings else 15.0
+        # Long enough to cover one grant at the provider plus the durable write.
+        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * http_timeout + 15.0
+        self.clock = clock
+        self.holder = f"{uuid.uuid4().hex[:12]}:{id(self):x}"
+        self._not_configured_message = not_configured_message
+        self._cache: dict[str, AccessToken] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        # Hooks for the task service and the refresh scheduler (set by the app).
+        self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
+        self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
+        self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
+        self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
+
+    # --- helpers -------------------------------------------------------------------------------
+    @property
+    def configured(self) -> bool:
+        return self.provider is not None and self.settings is not None
+
+    def _require_provider(self) -> tuple[ProviderClient, ProviderSettings]:
+        if self.provider is None or self.settings is None:
+            raise NotConfigured(self._not_configured_message or "the provider is not configured")
+        return self.provider, self.settings
+
+    async def _owned(self, owner: str | None, token_id: str) -> TokenRecord:
+        """The entry, if ``owner`` may see it (None = trusted internal caller)."""
+        if not _is_uuid(token_id):
+            raise NotFound(f"no offline token {token_id!r}")
+        record = await self.vault.get(token_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise NotFound(f"no offline token {token_id!r}")
+        return record
+
+    async def audit(
+        self,
+        record: TokenRecord | None,
+        action: str,
+        result: str,
+        detail: str = "",
+        *,
+        token_id: str | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        event = AuditEvent(
+            ts=self.clock(),
+            action=action,
+            result=result,
+            token_id=record.id if record else token_id,
+            task_id=task_id if task_id is not None else (record.task_id if record else None),
+            owner=record.owner if record else None,
+            detail=detail[:500],
+        )
+        try:
+            await self.vault.add_audit(event)
+        except Exception as exc:  # audit must never break the operation it records
+            log.warning("could not write audit event %s/%s: %s", action, result, type(exc).__name__)
+
+    async def _notify(self, hooks: list[Any], *args: Any) -> None:
+        for hook in hooks:
+            try:
+                await hook(*args)
+            except Exception:
+                log.exception("offline-token hook %s failed", getattr(hook, "__name__", hook))
+
+    # --- consent -------------------------------------------------------------------------------
+    def normalize_scopes(self, scopes: list[str] | None) -> list[str]:
+        _, settings = self._require_provider()
+        requested = list(settings.scopes if scopes is None else scopes)
+        for scope in requested:
+            if not isinstance(scope, str) or not _SCOPE_TOKEN.match(scope):
+                raise InvalidRequest(
+                    f"invalid scope {scope!r}: scopes are single words of printable ASCII",
+                    code="invalid_scope",
+                )
+        result: list[str] = []
+        for scope in [*REQUIRED_SCOPES, *requested]:
+            if scope not in result:
+                result.append(scope)
+        return result
+
+    async def create_consent(
+        self,
+        owner: str,
+        *,
+        redirect_uri: str,
+        label: str = "",
+        task_id: str | None = None,
+        scopes: list[str] | None = None,
+        return_to: str | None = None,
+        keep_warm: bool = False,
+    ) -> tuple[TokenRecord, str]:
+        """Create a ``pending`` entry and the provider URL the user must visit."""
+        provider, settings = self._require_provider()
+        scope_list = self.normalize_scopes(scopes)
+        state, nonce = new_state(), new_nonce()
+        verifier, challenge = new_pkce()
+        try:
+            url = await provider.authorization_url(
+                redirect_uri=redirect_uri,
+                scopes=scope_list,
+                state=state,
+                nonce=nonce,
+                code_challenge=challenge,
+            )
+        except TransientProviderError as exc:
+            raise ProviderUnavailable(
+                f"the OpenID provider is unavailable: {exc}", retry_after=exc.retry_after
+            ) from None
+        except PermanentProviderError as exc:
+            raise ProviderRejected(f"the OpenID provider refused: {exc}") from None
+        now = self.clock()
+        record = await self.vault.create_pending(
+            owner=owner,
+            issuer=settings.issuer,
+            client_id=settings.client_id,
+            scopes=scope_list,
+            state_hash=hash_state(state),
+            secrets=ConsentSecrets(code_verifier=verifier, nonce=nonce, redirect_uri=redirect_uri),
+            consent_expires_at=now + self.consent_timeout,
+            label=label,
+            task_id=task_id,
+            return_to=return_to,
+            now=now,
+        )
+        if keep_warm:
+            await self.vault.set_keep_warm(record.id, True, now=now)
+            record = record.replace(keep_warm=True)
+        await self.audit(record, "consent", "requested", f"scopes: {' '.join(scope_list)}")
+        await self._notify(self.on_status_change, record)
+        return record, url
+
+    async def complete_consent(
+        self,
+        owner: str,
+        *,
+        state: str | None,
+        code: str | None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> TokenRecord:
+        """Finish the consent the provider redirected back with; raise ConsentFailed."""
+        provider, _ = self._require_provider()
+        if not state:
+            raise ConsentFailed(
+                "The provider's answer has no state parameter.",
+                code="missing_state",
+                hint="Start again from your notebook or the dashboard.",
+            )
+        record = await self.vault.find_by_state_hash(hash_state(state))
+        if record is None:
+            raise ConsentFailed(
+                "This consent link is unknown.",
+                code="unknown_state",
+                hint="Request offline access again from your notebook or the dashboard.",
+            )
+        if record.owner != owner:
+            # Do not consume it: the rightful owner may still finish it.
+            raise ConsentFailed(
+                "This consent request belongs to another Jupyter user.",
+                code="foreign_state",
+                status=403,
+                hint="Sign in to Jupyter as the user who asked for offline access.",
+            )
+        if record.status != PENDING:
+            raise ConsentFailed(
+                "This consent link was already used.",
+                code="state_used",
+                status=409,
+                record=record,
+                hint="Each link works once. Request offline access again if you need a new token.",
+            )
+        now = self.clock()
+        if record.consent_expires_at is not None and now > record.consent_expires_at:
+            await self.vault.expire_pending(now)
+            await self.audit(record, "consent", "expired")
+            raise ConsentFailed(
+                "This consent request expired before it was completed.",
+                code="consent_expired",
+                status=410,
+                record=record,
+                hint="Request offline access again and complete it within the time limit.",
+            )
+        if not error and not code:
+            raise ConsentFailed(
+                "The provider's answer has neither a code nor an error.",
+                code="missing_code",
+                record=record,
+                hint="Try the consent link again; if it keeps happening, tell your administrator.",
+            )
+        try:
+            secrets = await self.vault.consume_consent(record.id)
+        except DecryptionError:
+            secrets = None
+            await self._fail(record, DECRYPT_FAILED)
+            raise ConsentFailed(
+                "The stored consent request cannot be decrypted.",
+                code="decrypt_failed",
+                status=500,
+                record=record,
+                hint="The vault's encryption key changed; request offline access again.",
+            ) from None
+        if secrets is None:
+            raise ConsentFailed(
+                "This consent link was already used.",
+                code="state_used",
+                status=409,
+                record=record,
+                hint="Each link works once. Request offline access again if you need a new token.",
+            )
+        if error:
+            denied = error == "access_denied"
+            message = (
+                "You declined offline access at the provider."
+                if denied
+                else f"The provider reported an error: {error}"
+                + (f" ({error_description[:200]})" if error_description else "")
+            )
+            await self._fail(record, f"consent {error}")
+            raise ConsentFailed(
+                message,
+                code=error if denied else "provider_error",
+                status=403 if denied else 502,
+                record=record,
+                hint="Request offline access again and choose Allow at the provider."
+                if denied
+                else "Request offline access again; if it keeps failing, tell your administrator.",
+            )
+        assert code is not None
+        try:
+            response = await provider.exchange_code(
+                code=code, redirect_uri=secrets.redirect_uri, code_verifier=secrets.code_verifier
+            )
+            claims: dict[str, Any] = {}
+            if response.id_token:
+                claims = await provider.validate_id_token(response.id_token, nonce=secrets.nonce)
+        except IdTokenInvalid as exc:
+            await self._fail(record, f"id_token rejected: {exc.description}")
+            raise ConsentFailed(
+                f"The provider's id_token failed validation ({exc.description}).",
+                code="invalid_id_token",
+                status=502,
+                record=record,
+                hint="Tell your administrator: the issuer or client configuration may be wrong.",
+            ) from None
+        except PermanentProviderError as exc:
+            await self._fail(record, f"code exchange refused: {exc.error}")
+            raise ConsentFailed(
+                f"The provider refused the authorization code ({exc.error}).",
+                code="exchange_failed",
+                status=502,
+                record=record,
+                hint="Request offline access again.",
+            ) from None
+        except TransientProviderError as exc:
+            await self._fail(record, f"provider unavailable during consent: {exc}")
+            raise ConsentFailed(
+                "The provider could not be reached to finish the consent.",
+                code="provider_unavailable",
+                status=503,
+                record=record,
+                hint="Wait a moment, then request offline access again.",
+            ) from None
+        if not response.refresh_token:
+            await self._fail(record, "the provider issued no refresh token")
+            raise ConsentFailed(
+                "The provider granted access but issued no offline (refresh) token.",
+                code="no_refresh_token",
+                status=502,
+                record=record,
+                hint="Your administrator must allow the offline_access scope for this client.",
+            )
+        granted = response.scope.split() if response.scope else record.scopes
+        subject = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+        now = self.clock()
+        active = await self.vault.activate(
+            record.id,
+            refresh_token=response.refresh_token,
+            subject=subject,
+            scopes=granted,
+            idle_expires_at=_idle_expiry(response, now),
+            now=now,
+        )
+        self._cache[record.id] = _cached(response, now)
+        await self.audit(active, "activate", "ok", f"subject {subject or '?'}")
+        log.info("offline token %s activated for %s", record.id, owner)
+        await self._notify(self.on_activated, active)
+        await self._notify(self.on_status_change, active)
+        return active
+
+    async def _fail(self, record: TokenRecord, reason: str) -> None:
+        now = self.clock()
+        try:
+            await self.vault.mark_failed(record.id, error=reason, now=now)
+        except KeyError:
+            return
+        await self.audit(record, "fail", "failed", reason)
+        failed = record.replace(status=FAILED, last_error=reason, refresh_state=REFRESH_FAILED)
+        await self._notify(self.on_status_change, failed)
+
+    # --- reading -------------------------------------------------------------------------------
+    async def get_token(self, owner: str | None, token_id: str) -> TokenRecord:
+        return await self._owned(owner, token_id)
+
+    async def list_tokens(
+        self, owner: str | None, *, status: str | None = None
+    ) -> list[TokenRecord]:
+        return await self.vault.list(owner=owner, status=status)
+
+    def cached(self, token_id: str) -> AccessToken | None:
+        return self._cache.get(token_id)
+
+    # --- access tokens -------------------------------------------------------------------------
+    async def get_access_token(
+        self, owner: str | None, token_id: str, *, min_ttl: float = 30.0
+    ) -> AccessToken:
+        """A cached access token with at least ``min_ttl`` seconds left, else one refresh."""
+        record = await self._owned(owner, token_id)
+        _raise_unusable(record)
+        cached = self._cache.get(token_id)
+        if cached is not None and cached.expires_at - self.clock() >= min_ttl:
+            metrics.access_token_requests_total.labels(source="cache").inc()
+            return cached
+        self._require_provider()
+        asked_at = time.monotonic()
+        lock = self._locks.setdefault(token_id, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(token_id)
+            # Single flight: whoever waited behind a refresh takes its result.
+            if cached is not None and (
+                cached.obtained_at >= asked_at or cached.expires_at - self.clock() >= min_ttl
+            ):
+                metrics.access_token_requests_total.labels(source="cache").inc()
+                return cached
+            token = await self._refresh_locked(token_id)
+        metrics.access_token_requests_total.labels(source="refresh").inc()
+        return token
+
+    async def refresh(self, token_id: str, reason: str = "proactive") -> RefreshOutcome:
+        """Refresh now for the scheduler; maps failures to a RefreshOutcome."""
+        lock = self._locks.setdefault(token_id, asyncio.Lock())
+        try:
+            async with lock:
+                record = await self.vault.get(token_id)
+                if record is None:
+                    return RefreshOutcome(kind="gone")
+                if record.status != ACTIVE:
+                    return RefreshOutcome(kind="permanent", error=record.last_error or "inactive")
+                token = await self._refresh_locked(token_id, reason=reason)
+        except NotFound:
+            return RefreshOutcome(kind="gone")
+        except ProviderUnavailable as exc:
+            return RefreshOutcome(kind="transient", retry_after=exc.retry_after, error=exc.message)
+        except OfflineTokenError as exc:
+            return RefreshOutcome(kind="permanent", error=exc.message)
+        return RefreshOutcome(kind="success", next_refresh_at=token.expires_at)
+
+    async def _refresh_locked(self, token_id: str, *, reason: str = "on_demand") -> AccessToken:
+        """One refresh grant; the caller holds this token's in-process lock."""
+        provider, _ = self._require_provider()
+        await self._acquire_lease(token_id)
+        holder_released = False
+        started = time.perf_counter()
+        try:
+            record = await self.vault.get(token_id)
+            if record is None:
+                raise NotFound(f"no offline token {token_id!r}")
+            _raise_unusable(record)
+            try:
+                refresh_token = await self.vault.read_refresh_token(token_id)
+            except DecryptionError:
+                holder_released = True
+                await self._fail(record, DECRYPT_FAILED)
+                raise Conflict(
+                    f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
+                    "request consent again",
+                    code="token_failed",
+                ) from None
+            except KeyError:
+                holder_released = True
+                await self._fail(record, "no refresh token stored")
+                raise Conflict(
+                    f"offline token {token_id} has no refresh token: request consent again",
+                    code="token_failed",
+                ) from None
+            try:
+                response = await provider.refresh(refresh_token)
+            except PermanentProviderError as exc:
+                metrics.refresh_total.labels(result="permanent_error").inc()
+                holder_released = True
+                if exc.is_configuration_error:
+                    reason_text = (
+                        f"the provider rejected the client ({exc.error}): "
+                        "fix the client configuration"
+                    )
+                else:
+                    reason_text = (
+                        f"refresh token rejected by the provider ({exc.error}): "
+                        "request consent again"
+                    )
+                await self._fail(record, reason_text)
+                self._cache.pop(token_id, None)
+                raise Conflict(
+                    f"offline token {token_id} no longer works: {reason_text}", code="token_failed"
+                ) from None
+            except TransientProviderError as exc:
+                metrics.refresh_total.labels(result="transient_error").inc()
+                now = self.clock()
+                await self.vault.update_refresh_state(
+                    token_id,
+                    refresh_state=RETRYING,
+                    next_attempt_at=None,
+                    retry_count=record.retry_count + 1,
+                    last_error=f"provider unavailable: {exc}",
+                    now=now,
+                )
+                await self.audit(record, "refresh", "transient_error", str(exc))
+                raise ProviderUnavailable(
+                    f"the OpenID provider is unavailable ({exc}); the offline token is kept, "
+                    "try again shortly",
+                    retry_after=exc.retry_after or 10.0,
+                ) from None
+            now = self.clock()
+            rotated = response.refresh_token if response.refresh_token != refresh_token else None
+            # Durable before anything from this response leaves the process.
+            updated = await self.vault.record_refresh(
+                token_id,
+                new_refresh_token=rotated,
+                idle_expires_at=_idle_expiry(response, now) or record.idle_expires_at,
+                now=now,
+                holder=self.holder,
+            )
+            holder_released = True
+            token = _cached(response, now)
+            self._cache[token_id] = token
+            metrics.refresh_total.labels(result="success").inc()
+            metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
+            await self.audit(updated, "refresh", "ok", f"{reason}{', rotated' if rotated else ''}")
+            await self._notify(self.on_refreshed, updated, token)
+            if record.refresh_state != IDLE:
+                await self._notify(self.on_status_change, updated)
+            return token
+        finally:
+            if not holder_released:
+                try:
+                    await self.vault.release_lease(token_id, self.holder)
+                except (KeyError, VaultError):
+                    pass
+
+    async def _acquire_lease(self, token_id: str) -> None:
+        """Wait for the cross-process refresh lease (another server may be refreshing)."""
+        deadline = time.monotonic() + self.lease_ttl + 5.0
+        delay = 0.02
+        while True:
+            try:
+                got = await self.vault.acquire_lease(
+                    token_id, self.holder, self.lease_ttl, self.clock()
+                )
+            except KeyError:
+                raise NotFound(f"no offline token {token_id!r}") from None
+            if got:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    "another process is refreshing this token; try again shortly", retry_after=2
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # --- revocation ----------------------------------------------------------------------------
+    async def delete_token(
+        self, owner: str | None, token_id: str, *, revoke: bool = True, force: bool = False
+    ) -> dict[str, Any]:
+        """Revoke at the provider (RFC 7009) unless ``revoke`` is False, then delete locally.
+
+        A provider fault leaves the entry untouched (503): nothing is lost.
+        """
+        record = await self._owned(owner, token_id)
+        if self.tokens_in_use is not None and not force:
+            running = await self.tokens_in_use(token_id)
+            if running:
+                raise Conflict(
+                    f"offline token {token_id} is used by running task(s) {', '.join(running)}: "
+                    "cancel them first or delete with force=true",
+                    code="token_in_use",
+                    extra={"tasks": running},
+                )
+        revoked = False
+        warning = ""
+        shared_with: list[str] = []
+        if revoke and record.has_secret and record.status in (ACTIVE, FAILED):
+            provider, _ = self._require_provider()
+            try:
+                refresh_token = await self.vault.read_refresh_token(token_id)
+            except (DecryptionError, KeyError):
+                refresh_token = None
+                warning = "the stored token could not be decrypted, so it was not revoked"
+            if refresh_token is not None:
+                try:
+                    revoked = await provider.revoke(refresh_token)
+                except TransientProviderError as exc:
+                    raise ProviderUnavailable(
+                        f"the OpenID provider is unavailable ({exc}); the token was kept. "
+                        "Try again, or delete without revoking (revoke=false)",
+                        retry_after=exc.retry_after or 10.0,
+                    ) from None
+                except PermanentProviderError as exc:
+                    raise ProviderRejected(
+                        f"the provider refused the revocation ({exc.error}); the token was kept. "
+                        "Delete without revoking (revoke=false) to remove it locally",
+                    ) from None
+                if not revoked:
+                    warning = "the provider has no revocation endpoint; the token was only deleted"
+            if record.subject:
+                shared_with = [
+                    other.id
+                    for other in await self.vault.list(owner=record.owner, status=ACTIVE)
+                    if other.id != token_id
+                    and other.subject == record.subject
+                    and other.client_id == record.client_id
+                ]
+                if shared_with and revoked:
+                    warning = (
+                        f"{len(shared_with)} other active offline token(s) share this account and "
+                        "client; some providers (Keycloak) end the client's consent for all of "
+                        "them when one is revoked"
+                    )
+        await self.vault.delete(token_id)
+        self._cache.pop(token_id, None)
+        self._locks.pop(token_id, None)
+        await self.audit(record, "revoke", "revoked" if revoked else "deleted", warning)
+        await self._notify(self.on_status_change, record.replace(status=REVOKED))
+        return {"deleted": True, "revoked": revoked, "warning": warning, "shared_with": shared_with}
+
+    async def expire_pending(self) -> list[str]:
+        return await self.vault.expire_pending(self.clock())
+
+    async def aclose(self) -> None:
+        self._cache.clear()
+        if self.provider is not None:
+            await self.provider.aclose()
+
+
+def _raise_unusable(record: TokenRecord) -> None:
+    if record.status == ACTIVE:
+        return
+    if record.status == PENDING:
+        raise Conflict(
+            f"offline token {record.id} is waiting for the user to grant consent",
+            code="waiting_consent",
+        )
+    if record.status == FAILED:
+        raise Conflict(
+            f"offline token {record.id} failed ({record.last_error or 'unknown reason'}): "
+            "request consent again",
+            code="token_failed",
+        )
+    if record.status == REVOKED:
+        raise Conflict(f"offline token {record.id} was revoked", code="token_revoked")
+    if record.status == EXPIRED:
+        raise Conflict(
+            f"the consent for offline token {record.id} was never completed and expired: "
+            "request consent again",
+            code="consent_expired",
+        )
+    raise Conflict(f"offline token {record.id} is {record.status}", code="token_failed")
+
+
+def _cached(response: TokenResponse, now: float) -> AccessToken:
+    ttl = float(response.expires_in) if response.expires_in else DEFAULT_ACCESS_TTL
+    return AccessToken(
+        access_token=response.access_token,
+        token_type=response.token_type or "Bearer",
+        expires_at=now + ttl,
+        scope=response.scope,
+        obtained_at=time.monotonic(),
+    )
+
+
+def _idle_expiry(response: TokenResponse, now: float) -> float | None:
+    # Keycloak reports refresh_expires_in=0 for offline tokens: no fixed expiry.
+    if response.refresh_expires_in and response.refresh_expires_in > 0:
+        return now + response.refresh_expires_in
+    return None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False

@@ -1,0 +1,60 @@
+"""The running parts of the extension, built by the app and shared by every handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .broker import TokenBroker
+from .errors import OfflineTokenError, VaultError
+from .vault import Vault
+
+log = logging.getLogger("jupyter_offline_token")
+
+
+class VaultUnavailable(OfflineTokenError):
+    status = 503
+    code = "vault_unavailable"
+
+
+class Services:
+    """Opens the vault once (off the event loop) and hands out the broker.
+
+    A vault that cannot open (wrong key, newer schema) does not stop the Jupyter server: every
+    API call answers 503 ``vault_unavailable`` with the actionable message, and the log says it
+    once at start.
+    """
+
+    def __init__(self, vault: Vault, broker: TokenBroker) -> None:
+        self.vault = vault
+        self.broker = broker
+        self.extras: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._opened = False
+        self._error: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    async def ready(self) -> TokenBroker:
+        if self._opened:
+            return self.broker
+        async with self._lock:
+            if not self._opened and self._error is None:
+                try:
+                    await self.vault.open()
+                except VaultError as exc:
+                    self._error = str(exc)
+                    log.error("offline-token vault unavailable: %s", exc)
+                else:
+                    self._opened = True
+        if self._error is not None:
+            raise VaultUnavailable(self._error)
+        return self.broker
+
+    async def close(self) -> None:
+        await self.broker.aclose()
+        await self.vault.close()
+        self._opened = False

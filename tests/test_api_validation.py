@@ -1,0 +1,66 @@
+"""Bad input gets a clear 4xx JSON error and changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import grant
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def _snapshot(api):
+    _, listing = await api.get("tokens")
+    return listing
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"text"', "invalid_json"),
+        (b'{"label": 5}', "invalid_field"),
+        (b'{"label": "' + b"x" * 300 + b'"}', "invalid_field"),
+        (b'{"scopes": "openid"}', "invalid_field"),
+        (b'{"scopes": [1]}', "invalid_field"),
+        (b'{"scopes": ["has space"]}', "invalid_scope"),
+        (b'{"keep_warm": "yes"}', "invalid_field"),
+        (b'{"surprise": 1}', "unknown_field"),
+        (b'{"label": "' + b"x" * 70000 + b'"}', "body_too_large"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
+async def test_bad_consent_bodies(api, raw, code):
+    before = await _snapshot(api)
+    status, err = await api.post("consents", raw=raw)
+    assert status == 400, err
+    assert err["error"] == code and err["message"]
+    assert await _snapshot(api) == before
+
+
+async def test_bad_access_token_bodies_and_unknown_ids(api, idp):
+    token_id = await grant(api, idp)
+    before = await _snapshot(api)
+    for raw in (b'{"min_ttl": "30"}', b'{"min_ttl": -1}', b'{"min_ttl": true}', b'{"x": 1}'):
+        status, err = await api.post("tokens", token_id, "access-token", raw=raw)
+        assert status == 400 and err["error"] in ("invalid_field", "unknown_field"), err
+    for unknown in (str(uuid.uuid4()), "not-a-uuid", "..%2f..%2fetc"):
+        for call in (
+            api.get("tokens", unknown),
+            api.post("tokens", unknown, "access-token"),
+            api.delete("tokens", unknown),
+        ):
+            status, err = await call
+            assert status == 404 and err["error"] == "not_found", (unknown, err)
+    status, err = await api.get("tokens", params={"status": "bogus"})
+    assert status == 400 and err["error"] == "invalid_query"
+    status, err = await api.delete("tokens", token_id, params={"revoke": "maybe"})
+    assert status == 400 and err["error"] == "invalid_query"
+    assert await _snapshot(api) == before
+
+
+async def test_wrong_method_is_json(api):
+    status, err = await api.request("PUT", "api", "offline-token", "tokens", body={})
+    assert status == 405 and err["error"] == "method_not_allowed"
