@@ -1,0 +1,591 @@
+"""``OfflineTokenClient``: a thin synchronous httpx wrapper over the extension's REST API.
+
+Every method is one HTTP call; failures become the typed errors of :mod:`.errors`. The higher
+level objects (:class:`~.tokens.OfflineToken`, :class:`~.tasks.Task`) are built on it. The client
+never logs or reprs its credential, and the only secret it returns is the access token, wrapped in
+:class:`AccessToken` whose repr hides the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .discovery import ServerInfo, find_server
+from .errors import (
+    AuthenticationFailed,
+    OfflineTokenClientError,
+    ServerUnreachable,
+    error_from_response,
+)
+
+API = "api/offline-token/"
+MAX_MIN_TTL = 86400  # the server accepts min_ttl in [0, 86400]
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """One answer of the access-token endpoint; ``value`` is the secret and never in the repr.
+
+    ``deadline`` is on the ``time.monotonic()`` clock, measured from when the request was sent,
+    so :meth:`remaining` errs on the short side.
+
+    Example::
+
+        info = tok.access_token_info()
+        print(info.token_type, round(info.remaining()))
+    """
+
+    value: str = field(repr=False)
+    token_type: str
+    expires_in: float
+    deadline: float
+    expires_at: str | None = None
+    scope: str | None = None
+
+    def remaining(self) -> float:
+        """Seconds left before the provider considers this token expired."""
+        return self.deadline - time.monotonic()
+
+
+def clamp_min_ttl(min_ttl: float) -> int:
+    """The server takes an integer ``min_ttl`` in ``[0, 86400]``; round up into that range.
+
+    Example::
+
+        clamp_min_ttl(2.5)  # 3
+    """
+    if isinstance(min_ttl, bool) or not isinstance(min_ttl, (int, float)):
+        raise TypeError("min_ttl must be a number of seconds")
+    if math.isnan(min_ttl):
+        raise ValueError("min_ttl must be a number of seconds, not NaN")
+    if min_ttl <= 0:
+        return 0
+    if math.isinf(min_ttl):
+        return MAX_MIN_TTL
+    return min(MAX_MIN_TTL, math.ceil(min_ttl))
+
+
+def _segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string")
+    return quote(value, safe="")
+
+
+def _token_from_body(body: Any, started: float) -> AccessToken:
+    if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+        raise OfflineTokenClientError("the server's access-token answer has no access_token")
+    try:
+        expires_in = float(body.get("expires_in") or 0)
+    except (TypeError, ValueError):
+        expires_in = 0.0
+    return AccessToken(
+        value=body["access_token"],
+        token_type=str(body.get("token_type") or "Bearer"),
+        expires_in=expires_in,
+        deadline=started + expires_in,
+        expires_at=body.get("expires_at"),
+        scope=body.get("scope"),
+    )
+
+
+def _drop_none(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class OfflineTokenClient:
+    """Synchronous client for ``api/offline-token/*`` on one Jupyter server.
+
+    ``server`` is a :class:`~.discovery.ServerInfo`, a URL (then ``token`` is the Jupyter server
+    token), or ``None`` to run :func:`~.discovery.find_server`. ``transport``/``async_transport``
+    are passed to httpx (tests use ``httpx.MockTransport``, which serves both).
+
+    Example::
+
+        client = OfflineTokenClient("http://127.0.0.1:8888/", token="abc")
+        for entry in client.list_tokens():
+            print(entry["persistent_token_id"], entry["status"])
+    """
+
+    def __init__(
+        self,
+        server: ServerInfo | str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if server is None:
+            server = find_server()
+        elif isinstance(server, str):
+            server = ServerInfo(
+                server, authorization=f"token {token}" if token else None, source="explicit URL"
+            )
+        self.server = server
+        self.timeout = timeout
+        if transport is None and server.uds:
+            transport = httpx.HTTPTransport(uds=server.uds)
+        if async_transport is None:
+            if isinstance(transport, httpx.AsyncBaseTransport):
+                async_transport = transport
+            elif server.uds:
+                async_transport = httpx.AsyncHTTPTransport(uds=server.uds)
+        self._transport = transport
+        self._async_transport = async_transport
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OfflineTokenClient(url={self.server.url!r}, source={self.server.source!r})"
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        from .. import __version__
+
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": f"jupyter-offline-token/{__version__}",
+        }
+        if self.server.authorization:
+            headers["Authorization"] = self.server.authorization
+        return headers
+
+    @property
+    def http(self) -> httpx.Client:
+        """The shared ``httpx.Client`` (created on first use)."""
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    base_url=self.server.url,
+                    headers=self._headers(),
+                    timeout=self.timeout,
+                    transport=self._transport,
+                )
+            return self._http
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
+    def __enter__(self) -> OfflineTokenClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if 300 <= response.status_code < 400:
+            raise AuthenticationFailed(
+                f"the server answered with a redirect (HTTP {response.status_code}), usually to a "
+                "login page: set JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN to the server's token",
+                status=response.status_code,
+            )
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
+        return ServerUnreachable(
+            f"cannot reach the Jupyter server at {self.server.url} ({type(exc).__name__}); "
+            f"found via {self.server.source or 'configuration'}. Is it still running?"
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request to ``<server>/<path>``; raise the typed error on failure.
+
+        Example::
+
+            client.request("GET", "api/offline-token/health").json()
+        """
+        try:
+            response = self.http.request(
+                method, path, json=json_body, params=dict(params) if params else None
+            )
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return self._check(response)
+
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Async twin of :meth:`request` (a short-lived ``httpx.AsyncClient``).
+
+        Example::
+
+            response = await client.arequest("GET", "api/offline-token/health")
+        """
+        async with httpx.AsyncClient(
+            base_url=self.server.url,
+            headers=self._headers(),
+            timeout=self.timeout,
+            transport=self._async_transport,
+        ) as http:
+            try:
+                response = await http.request(
+                    method, path, json=json_body, params=dict(params) if params else None
+                )
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+        return self._check(response)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise OfflineTokenClientError(
+                f"the server sent a non-JSON answer (HTTP {response.status_code})",
+                status=response.status_code,
+            ) from None
+
+    # --- tokens --------------------------------------------------------------------------------
+    def create_consent(
+        self,
+        *,
+        label: str | None = None,
+        task_id: str | None = None,
+        scopes: list[str] | None = None,
+        return_to: str | None = None,
+        keep_warm: bool | None = None,
+    ) -> dict[str, Any]:
+        """``POST consents``: a pending entry and the consent URL to open.
+
+        Example::
+
+            body = client.create_consent(label="nightly")
+            print(body["consent_url"])
+        """
+        body = _drop_none(
+            {
+                "label": label,
+                "task_id": task_id,
+                "scopes": list(scopes) if scopes is not None else None,
+                "return_to": return_to,
+                "keep_warm": keep_warm,
+            }
+        )
+        return dict(self._json(self.request("POST", API + "consents", json_body=body)))
+
+    def list_tokens(self, status: str | None = None) -> list[dict[str, Any]]:
+        """``GET tokens``: every entry of the current user, newest first.
+
+        Example::
+
+            [t["label"] for t in client.list_tokens(status="active")]
+        """
+        params = {"status": status} if status else None
+        body = self._json(self.request("GET", API + "tokens", params=params))
+        return list(body.get("tokens", [])) if isinstance(body, dict) else []
+
+    def get_token(self, token_id: str) -> dict[str, Any]:
+        """``GET tokens/{id}``: metadata, status and health of one entry.
+
+        Example::
+
+            client.get_token(tid)["status"]
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}"
+        return dict(self._json(self.request("GET", path)))
+
+    def _access_body(self, min_ttl: float, keep_warm: bool | None) -> dict[str, Any]:
+        return _drop_none({"min_ttl": clamp_min_ttl(min_ttl), "keep_warm": keep_warm})
+
+    def access_token(
+        self, token_id: str, *, min_ttl: float = 30, keep_warm: bool | None = None
+    ) -> AccessToken:
+        """``POST tokens/{id}/access-token``: an access token with at least ``min_ttl`` s left.
+
+        Example::
+
+            header = {"Authorization": f"Bearer {client.access_token(tid).value}"}
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}/access-token"
+        started = time.monotonic()
+        response = self.request("POST", path, json_body=self._access_body(min_ttl, keep_warm))
+        return _token_from_body(self._json(response), started)
+
+    async def aaccess_token(
+        self, token_id: str, *, min_ttl: float = 30, keep_warm: bool | None = None
+    ) -> AccessToken:
+        """Async twin of :meth:`access_token`.
+
+        Example::
+
+            token = await client.aaccess_token(tid)
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}/access-token"
+        started = time.monotonic()
+        response = await self.arequest(
+            "POST", path, json_body=self._access_body(min_ttl, keep_warm)
+        )
+        return _token_from_body(self._json(response), started)
+
+    def delete_token(
+        self, token_id: str, *, revoke: bool = True, force: bool = False
+    ) -> dict[str, Any]:
+        """``DELETE tokens/{id}``: revoke at the provider (unless ``revoke=False``) and delete.
+
+        Returns ``{"deleted": True, ...}`` plus ``warning``/``shared_with`` when the server sends
+        them.
+
+        Example::
+
+            print(client.delete_token(tid).get("warning", "deleted"))
+        """
+        params: dict[str, str] = {}
+        if not revoke:
+            params["revoke"] = "false"
+        if force:
+            params["force"] = "true"
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}"
+        response = self.request("DELETE", path, params=params or None)
+        if response.status_code == 204 or not response.content:
+            return {"deleted": True}
+        body = self._json(response)
+        return dict(body) if isinstance(body, dict) else {"deleted": True}
+
+    def token_audit(self, token_id: str) -> list[dict[str, Any]]:
+        """``GET tokens/{id}/audit``: the entry's audit events (no secrets).
+
+        Example::
+
+            for ev in client.token_audit(tid):
+                print(ev["ts"], ev["action"], ev["result"])
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}/audit"
+        body = self._json(self.request("GET", path))
+        return list(body.get("events", [])) if isinstance(body, dict) else []
+
+    def health(self) -> dict[str, Any]:
+        """``GET health``: overall level and counts.
+
+        Example::
+
+            client.health()["level"]
+        """
+        return dict(self._json(self.request("GET", API + "health")))
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def create_task(
+        self,
+        name: str,
+        *,
+        kind: str = "kernel",
+        description: str | None = None,
+        command: list[str] | None = None,
+        notebook: str | None = None,
+        persistent_token_id: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``POST tasks``: a new task (``pending``).
+
+        Example::
+
+            task = client.create_task("train", persistent_token_id=tid)
+        """
+        body = _drop_none(
+            {
+                "name": name,
+                "kind": kind,
+                "description": description,
+                "command": list(command) if command is not None else None,
+                "notebook": notebook,
+                "persistent_token_id": persistent_token_id,
+                "parameters": parameters,
+            }
+        )
+        return dict(self._json(self.request("POST", API + "tasks", json_body=body)))
+
+    def list_tasks(self, status: str | None = None) -> list[dict[str, Any]]:
+        """``GET tasks``: the user's tasks, newest first.
+
+        Example::
+
+            client.list_tasks(status="running")
+        """
+        params = {"status": status} if status else None
+        body = self._json(self.request("GET", API + "tasks", params=params))
+        return list(body.get("tasks", [])) if isinstance(body, dict) else []
+
+    def _task_path(self, task_id: str, suffix: str = "") -> str:
+        return f"{API}tasks/{_segment(task_id, 'task id')}{suffix}"
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """``GET tasks/{id}``.
+
+        Example::
+
+            client.get_task(task_id)["progress"]
+        """
+        return dict(self._json(self.request("GET", self._task_path(task_id))))
+
+    def delete_task(self, task_id: str) -> None:
+        """``DELETE tasks/{id}`` (the server refuses while it runs).
+
+        Example::
+
+            client.delete_task(task_id)
+        """
+        self.request("DELETE", self._task_path(task_id))
+
+    def link_task(self, task_id: str, persistent_token_id: str) -> dict[str, Any]:
+        """``POST tasks/{id}/link``: attach an offline token to the task.
+
+        Example::
+
+            client.link_task(task_id, tid)["offline_token_status"]
+        """
+        body = {"persistent_token_id": persistent_token_id}
+        return dict(
+            self._json(self.request("POST", self._task_path(task_id, "/link"), json_body=body))
+        )
+
+    def execute_task(self, task_id: str) -> dict[str, Any]:
+        """``POST tasks/{id}/execute``: returns the task (running, or queued as pending).
+
+        Example::
+
+            client.execute_task(task_id)["status"]
+        """
+        body = self._json(self.request("POST", self._task_path(task_id, "/execute")))
+        task = body.get("task") if isinstance(body, dict) else None
+        return dict(task) if isinstance(task, dict) else dict(body)
+
+    def cancel_task(self, task_id: str) -> dict[str, Any]:
+        """``POST tasks/{id}/cancel``.
+
+        Example::
+
+            client.cancel_task(task_id)["status"]  # "cancelled"
+        """
+        return dict(self._json(self.request("POST", self._task_path(task_id, "/cancel"))))
+
+    def update_task(self, task_id: str, **fields: Any) -> dict[str, Any]:
+        """``PATCH tasks/{id}`` with ``progress``, ``message``, ``status``, ``result``, ``error``.
+
+        Example::
+
+            client.update_task(task_id, progress=50, message="half way")
+        """
+        body = _drop_none(fields)
+        return dict(self._json(self.request("PATCH", self._task_path(task_id), json_body=body)))
+
+    def task_log(self, task_id: str) -> list[str]:
+        """``GET tasks/{id}/log``: the last output lines of a process task.
+
+        Example::
+
+            print("\\n".join(client.task_log(task_id)))
+        """
+        body = self._json(self.request("GET", self._task_path(task_id, "/log")))
+        return [str(line) for line in body.get("lines", [])] if isinstance(body, dict) else []
+
+    def task_events(self, task_id: str) -> Iterator[dict[str, Any]]:
+        """``GET tasks/{id}/events``: yield each task state from the server-sent-events stream.
+
+        The stream ends after a terminal status.
+
+        Example::
+
+            for state in client.task_events(task_id):
+                print(state["progress"], state["message"])
+        """
+        path = self._task_path(task_id, "/events")
+        headers = {"Accept": "text/event-stream"}
+        timeout = httpx.Timeout(self.timeout, read=max(60.0, self.timeout))
+        try:
+            with self.http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                if response.is_error or 300 <= response.status_code < 400:
+                    response.read()
+                    self._check(response)
+                yield from _parse_sse(response.iter_lines())
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The ``task`` events of a text/event-stream, decoded from JSON."""
+    event = "message"
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r")
+        if not line:
+            if data and event == "task":
+                try:
+                    decoded = json.loads("\n".join(data))
+                except ValueError:
+                    decoded = None
+                if isinstance(decoded, dict):
+                    yield decoded
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if data and event == "task":
+        try:
+            decoded = json.loads("\n".join(data))
+        except ValueError:
+            return
+        if isinstance(decoded, dict):
+            yield decoded
+
+
+_default_client: OfflineTokenClient | None = None
+_default_lock = threading.Lock()
+
+
+def get_default_client() -> OfflineTokenClient:
+    """The process-wide client, discovered on first use (see :func:`~.discovery.find_server`).
+
+    Example::
+
+        get_default_client().server.url
+    """
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = OfflineTokenClient()
+        return _default_client
+
+
+def set_default_client(client: OfflineTokenClient | None) -> OfflineTokenClient | None:
+    """Replace the process-wide client (``None`` to rediscover); returns the previous one.
+
+    Example::
+
+        set_default_client(OfflineTokenClient("http://127.0.0.1:8888/", token="abc"))
+    """
+    global _default_client
+    with _default_lock:
+        previous, _default_client = _default_client, client
+        return previous

@@ -1,0 +1,346 @@
+"""Typed errors raised by the kernel-side client, each with a message that says what to do.
+
+The server answers failures as ``{"error": code, "message": text}``; :func:`error_from_response`
+turns that into one of these classes so notebook code can ``except ConsentRequired:`` instead of
+parsing status codes. Catch :class:`ConsentRequired` to handle every case that needs a new consent
+(:class:`TokenFailed`, :class:`TokenRevoked`, :class:`ConsentExpired` are subclasses).
+No error here ever carries a token or credential in its text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class OfflineTokenClientError(Exception):
+    """Base class of every error raised by ``jupyter_offline_token.kernel``.
+
+    ``code`` is the server's machine code (or a client-side one such as ``server_not_found``),
+    ``status`` the HTTP status when there was one.
+
+    Example::
+
+        try:
+            tok.access_token()
+        except OfflineTokenClientError as exc:
+            print(exc.code, exc)
+    """
+
+    code: str = "client_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.status = status
+        self.retry_after = retry_after
+        self.body = dict(body or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class ServerNotFound(OfflineTokenClientError):
+    """No Jupyter server could be located from this process; the message lists what was tried.
+
+    Example::
+
+        try:
+            find_server()
+        except ServerNotFound as exc:
+            print(exc.tried)
+    """
+
+    code = "server_not_found"
+
+    def __init__(self, tried: list[str]) -> None:
+        self.tried = list(tried)
+        lines = "\n".join(f"  - {t}" for t in self.tried) or "  - (nothing)"
+        super().__init__(
+            "Cannot find the Jupyter server that runs this kernel. Tried:\n"
+            f"{lines}\n"
+            "Set JUPYTER_OFFLINE_TOKEN_URL (the server URL including its base_url) and "
+            "JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN (the server's token) in the kernel's environment."
+        )
+
+
+class ServerUnreachable(OfflineTokenClientError):
+    """The server was found but did not answer (network error or timeout).
+
+    Example::
+
+        except ServerUnreachable:
+            print("is the Jupyter server still running?")
+    """
+
+    code = "server_unreachable"
+
+
+class AuthenticationFailed(OfflineTokenClientError):
+    """The server refused our credential (401/403): wrong token or a task credential misused.
+
+    Example::
+
+        except AuthenticationFailed:
+            print("set JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN")
+    """
+
+    code = "forbidden"
+
+
+class InvalidRequest(OfflineTokenClientError):
+    """The server rejected the request's input (400).
+
+    Example::
+
+        except InvalidRequest as exc:
+            print(exc.message)
+    """
+
+    code = "invalid_request"
+
+
+class NotFound(OfflineTokenClientError):
+    """The token or task id is unknown to the server, or belongs to another user (404).
+
+    Example::
+
+        except NotFound:
+            print("no such persistent_token_id")
+    """
+
+    code = "not_found"
+
+
+class NotConfigured(OfflineTokenClientError):
+    """The server's administrator has not configured an OpenID provider (503 not_configured).
+
+    Example::
+
+        except NotConfigured as exc:
+            print(exc.message)  # names the setting to fix
+    """
+
+    code = "not_configured"
+
+
+class ProviderUnavailable(OfflineTokenClientError):
+    """A transient fault at the OpenID provider; try again after ``retry_after`` seconds.
+
+    Example::
+
+        except ProviderUnavailable as exc:
+            time.sleep(exc.retry_after or 10)
+    """
+
+    code = "provider_unavailable"
+
+
+class ConsentPending(OfflineTokenClientError):
+    """The consent was requested but not granted yet: open the consent URL and grant access.
+
+    Example::
+
+        except ConsentPending:
+            tok.wait()
+    """
+
+    code = "waiting_consent"
+
+
+class ConsentRequired(OfflineTokenClientError):
+    """There is no usable offline grant: call ``request_offline_token()`` and grant access.
+
+    Example::
+
+        except ConsentRequired:
+            tok = request_offline_token(label="again")
+    """
+
+    code = "needs_consent"
+
+
+class TokenFailed(ConsentRequired):
+    """The offline grant is dead (e.g. the provider rejected the refresh token).
+
+    Example::
+
+        except TokenFailed as exc:
+            print(exc.message)
+    """
+
+    code = "token_failed"
+
+
+class TokenRevoked(TokenFailed):
+    """The offline token was revoked.
+
+    Example::
+
+        except TokenRevoked:
+            tok = request_offline_token()
+    """
+
+    code = "token_revoked"
+
+
+class ConsentExpired(TokenFailed):
+    """Nobody granted the consent before it expired.
+
+    Example::
+
+        except ConsentExpired:
+            tok = request_offline_token()
+    """
+
+    code = "consent_expired"
+
+
+class TokenInUse(OfflineTokenClientError):
+    """The token is used by a running task; cancel the task or revoke with ``force=True``.
+
+    Example::
+
+        except TokenInUse:
+            tok.revoke(force=True)
+    """
+
+    code = "token_in_use"
+
+
+class TaskError(OfflineTokenClientError):
+    """A task operation was refused by the server (wrong state, ...).
+
+    Example::
+
+        except TaskError as exc:
+            print(exc.code)
+    """
+
+    code = "task_error"
+
+
+class TaskAlreadyRunning(TaskError):
+    """``execute`` on a task that is already running.
+
+    Example::
+
+        except TaskAlreadyRunning:
+            pass
+    """
+
+    code = "already_running"
+
+
+class TaskCancelled(TaskError):
+    """Raised by ``Task.progress`` when someone cancelled the task (dashboard, widget, API).
+
+    Example::
+
+        except TaskCancelled:
+            break
+    """
+
+    code = "cancelled"
+
+
+_ADVICE = {
+    "waiting_consent": "Open the consent link and grant offline access, or call tok.wait().",
+    "needs_consent": "Request offline access with request_offline_token() and link the token.",
+    "token_failed": "Request offline access again with request_offline_token().",
+    "token_revoked": "Request offline access again with request_offline_token().",
+    "consent_expired": "Request offline access again with request_offline_token().",
+    "provider_unavailable": "The provider is unreachable for now; try again in a moment.",
+    "forbidden": "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
+}
+
+_BY_CODE: dict[str, type[OfflineTokenClientError]] = {
+    "waiting_consent": ConsentPending,
+    "needs_consent": ConsentRequired,
+    "token_failed": TokenFailed,
+    "token_revoked": TokenRevoked,
+    "consent_expired": ConsentExpired,
+    "provider_unavailable": ProviderUnavailable,
+    "not_configured": NotConfigured,
+    "not_found": NotFound,
+    "forbidden": AuthenticationFailed,
+    "invalid_request": InvalidRequest,
+    "bad_request": InvalidRequest,
+    "token_in_use": TokenInUse,
+    "already_running": TaskAlreadyRunning,
+}
+
+_BY_STATUS: dict[int, type[OfflineTokenClientError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    404: NotFound,
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _is_task_call(response: httpx.Response) -> bool:
+    try:
+        return "/api/offline-token/tasks" in response.request.url.path
+    except RuntimeError:  # a bare Response built without a request
+        return False
+
+
+def error_from_response(response: httpx.Response) -> OfflineTokenClientError:
+    """Map a failed API response to the matching typed error.
+
+    Example::
+
+        if response.is_error:
+            raise error_from_response(response)
+    """
+    body: dict[str, Any] = {}
+    try:
+        parsed = response.json()
+        if isinstance(parsed, dict):
+            body = parsed
+    except ValueError:
+        pass
+    code = body.get("error") if isinstance(body.get("error"), str) else None
+    server_message = body.get("message") if isinstance(body.get("message"), str) else None
+    if code in _BY_CODE:
+        cls = _BY_CODE[code]
+    elif response.status_code in _BY_STATUS:
+        cls = _BY_STATUS[response.status_code]
+    elif response.status_code == 409 and _is_task_call(response):
+        cls = TaskError
+    else:
+        cls = OfflineTokenClientError
+    reason = server_message or response.reason_phrase or "request failed"
+    message = f"{reason} (HTTP {response.status_code}"
+    message += f", {code})" if code else ")"
+    advice = _ADVICE.get(code or cls.code)
+    if advice and advice not in message:
+        message = f"{message}. {advice}"
+    return cls(
+        message,
+        code=code or cls.code,
+        status=response.status_code,
+        retry_after=_retry_after(response),
+        body=body,
+    )

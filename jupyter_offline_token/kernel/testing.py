@@ -1,0 +1,577 @@
+"""An in-memory fake of the extension's REST API, for testing kernel-side code without a server.
+
+``FakeOfflineTokenAPI`` answers like the real server does per the REST contract (status codes,
+``{"error", "message"}`` bodies, the access-token cache that serves a token while it has at least
+``min_ttl`` seconds left, task credentials limited to their own task) through an
+``httpx.MockTransport``. It also plays the provider's two user-facing parts: a protected resource
+at ``http://resource.test/userinfo`` that accepts only access tokens the fake minted and has not
+invalidated, and the consent URL (a GET on it grants the consent, as a user clicking "allow"
+would). Every request is recorded for assertions.
+
+Example::
+
+    api = FakeOfflineTokenAPI()
+    client = api.client()
+    tok = request_offline_token(label="t", client=client, display=False)
+    api.grant(tok.id)
+    assert tok.wait().status == "active"
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+
+from .client import OfflineTokenClient
+from .discovery import ServerInfo
+
+RESOURCE_URL = "http://resource.test/userinfo"
+TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "interrupted")
+TASK_TERMINAL = ("completed", "failed", "cancelled", "interrupted")
+TASK_KINDS = ("kernel", "command", "notebook", "demo")
+
+
+def _now_iso() -> str:
+    return datetime.now(tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(status, json={"error": code, "message": message}, headers=headers)
+
+
+class _Reject(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _body(request: httpx.Request, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    if not request.content:
+        return {}
+    try:
+        body = json.loads(request.content)
+    except ValueError:
+        raise _Reject(_error(400, "invalid_request", "the body is not valid JSON")) from None
+    if not isinstance(body, dict):
+        raise _Reject(_error(400, "invalid_request", "the body must be a JSON object"))
+    for key, value in body.items():
+        if key not in allowed:
+            raise _Reject(_error(400, "invalid_request", f"unknown field {key!r}"))
+        expected = allowed[key]
+        if value is not None and (
+            not isinstance(value, expected) or (isinstance(value, bool) and expected is int)
+        ):
+            raise _Reject(_error(400, "invalid_request", f"field {key!r} has the wrong type"))
+    return body
+
+
+class FakeOfflineTokenAPI:
+    """In-memory REST API emulation; pass :meth:`transport` to an ``OfflineTokenClient``.
+
+    ``access_token_ttl``: lifetime of minted access tokens; ``clock``: monotonic seconds.
+
+    Example::
+
+        api = FakeOfflineTokenAPI(access_token_ttl=300)
+        client = api.client()
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "http://jupyter.test/user/alice/",
+        server_token: str | None = None,
+        access_token_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        consent_url_base: str = "http://idp.test/authorize",
+    ) -> None:
+        self.base_url = base_url
+        self.server_token = server_token or secrets.token_urlsafe(16)
+        self.access_token_ttl = access_token_ttl
+        self.clock = clock
+        self.consent_url_base = consent_url_base
+        self._states: dict[str, str] = {}  # consent state -> token id
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.task_history: dict[str, list[dict[str, Any]]] = {}
+        self.task_secrets: dict[str, str] = {}  # secret -> task id
+        self.requests: list[httpx.Request] = []
+        self.provider_down_retry_after: float | None = None
+        self.valid_access_tokens: set[str] = set()
+        self._cache: dict[str, tuple[str, float]] = {}  # token id -> (access token, expires)
+        self._minted = itertools.count(1)
+        self.minted = 0
+        self._lock = threading.RLock()
+        self._path = httpx.URL(base_url).path
+
+    # --- wiring --------------------------------------------------------------------------------
+    def transport(self) -> httpx.MockTransport:
+        """A transport usable by both ``httpx.Client`` and ``httpx.AsyncClient``."""
+        return httpx.MockTransport(self.handle)
+
+    def server_info(self, authorization: str | None = None) -> ServerInfo:
+        """A ServerInfo for this fake (the server token unless another credential is given)."""
+        return ServerInfo(
+            self.base_url,
+            authorization=authorization or f"token {self.server_token}",
+            source="FakeOfflineTokenAPI",
+        )
+
+    def client(self, authorization: str | None = None) -> OfflineTokenClient:
+        """An ``OfflineTokenClient`` wired to this fake."""
+        return OfflineTokenClient(self.server_info(authorization), transport=self.transport())
+
+    def task_client(self, task_id: str) -> OfflineTokenClient:
+        """A client authenticated with a task's scoped credential (as a task process is)."""
+        secret = secrets.token_urlsafe(16)
+        with self._lock:
+            self.task_secrets[secret] = task_id
+        info = ServerInfo(
+            self.base_url,
+            authorization=f"OfflineTokenTask {secret}",
+            source="FakeOfflineTokenAPI task credential",
+            task_id=task_id,
+            token_id=self.tasks[task_id].get("persistent_token_id"),
+        )
+        return OfflineTokenClient(info, transport=self.transport())
+
+    # --- scenario controls ---------------------------------------------------------------------
+    def grant(self, token_id: str, subject: str = "alice") -> None:
+        """Complete the consent as the provider callback would: the entry becomes active."""
+        with self._lock:
+            entry = self.tokens[token_id]
+            entry.update(status="active", subject=subject, updated_at=_now_iso())
+            if entry.get("task_id") in self.tasks:
+                task = self.tasks[entry["task_id"]]
+                task["persistent_token_id"] = token_id
+                self._task_changed(task)
+
+    def fail(self, token_id: str, error: str = "refresh token rejected by the provider") -> None:
+        """Mark an entry failed, as an ``invalid_grant`` would."""
+        with self._lock:
+            self.tokens[token_id].update(status="failed", last_error=error, updated_at=_now_iso())
+            self._cache.pop(token_id, None)
+
+    def set_status(self, token_id: str, status: str) -> None:
+        """Force an entry's status (``expired``, ``revoked``, ...)."""
+        with self._lock:
+            self.tokens[token_id]["status"] = status
+
+    def invalidate_access_tokens(self) -> None:
+        """The provider stops accepting every minted access token (the server cache keeps them)."""
+        with self._lock:
+            self.valid_access_tokens.clear()
+
+    def count(self, method: str, path_suffix: str) -> int:
+        """How many recorded requests had this method and a path ending in ``path_suffix``."""
+        return sum(
+            1 for r in self.requests if r.method == method and r.url.path.endswith(path_suffix)
+        )
+
+    # --- handler -------------------------------------------------------------------------------
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The MockTransport handler."""
+        with self._lock:
+            # A snapshot: httpx reuses (and mutates) the Request object when an auth flow retries.
+            self.requests.append(
+                httpx.Request(
+                    request.method,
+                    request.url,
+                    headers=request.headers.copy(),
+                    content=request.content,
+                )
+            )
+            if request.url.host == "resource.test":
+                return self._resource(request)
+            if str(request.url).startswith(self.consent_url_base + "?"):
+                return self._consent_page(request)
+            try:
+                return self._route(request)
+            except _Reject as reject:
+                return reject.response
+
+    def _resource(self, request: httpx.Request) -> httpx.Response:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme != "Bearer" or value not in self.valid_access_tokens:
+            return httpx.Response(401, json={"error": "invalid_token"})
+        return httpx.Response(200, json={"sub": "alice", "body": request.content.decode() or None})
+
+    def _consent_page(self, request: httpx.Request) -> httpx.Response:
+        """Visiting the consent URL plays "user signs in and allows": the entry turns active."""
+        token_id = self._states.pop(request.url.params.get("state", ""), None)
+        if token_id is None or self.tokens.get(token_id, {}).get("status") != "pending":
+            return httpx.Response(400, html="<p>unknown or used consent state</p>")
+        self.grant(token_id)
+        return httpx.Response(200, html="<p>Access granted, you can close this tab.</p>")
+
+    def _caller(self, request: httpx.Request) -> str | None:
+        """``"user"`` for the server token, the task id for a task credential, else None."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme == "token" and value == self.server_token:
+            return "user"
+        if scheme == "OfflineTokenTask" and value in self.task_secrets:
+            task_id = self.task_secrets[value]
+            if self.tasks.get(task_id, {}).get("status") == "running":
+                return f"task:{task_id}"
+        return None
+
+    def _route(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if not path.startswith(self._path + "api/offline-token/"):
+            return _error(404, "not_found", "no such route")
+        route = path[len(self._path + "api/offline-token/") :]
+        caller = self._caller(request)
+        if caller is None:
+            return _error(403, "forbidden", "authentication required")
+        method = request.method
+        if caller.startswith("task:"):
+            task_id = caller[5:]
+            token_id = self.tasks[task_id].get("persistent_token_id")
+            allowed = (
+                (method == "POST" and route == f"tokens/{token_id}/access-token")
+                or (method in ("GET", "PATCH") and route == f"tasks/{task_id}")
+                or (method == "GET" and route == f"tasks/{task_id}/events")
+            )
+            if not allowed:
+                return _error(403, "forbidden", "a task credential is limited to its own task")
+        for pattern, verb, handler in self._routes():
+            match = re.fullmatch(pattern, route)
+            if match and verb == method:
+                return handler(request, *match.groups())
+        if any(re.fullmatch(p, route) for p, _, _ in self._routes()):
+            return _error(405, "method_not_allowed", f"{method} is not allowed here")
+        return _error(404, "not_found", "no such route")
+
+    def _routes(self) -> list[tuple[str, str, Callable[..., httpx.Response]]]:
+        return [
+            (r"consents", "POST", self._create_consent),
+            (r"tokens", "GET", self._list_tokens),
+            (r"tokens/([^/]+)", "GET", self._get_token),
+            (r"tokens/([^/]+)", "DELETE", self._delete_token),
+            (r"tokens/([^/]+)/access-token", "POST", self._access_token),
+            (r"tokens/([^/]+)/audit", "GET", self._audit),
+            (r"health", "GET", self._health),
+            (r"tasks", "POST", self._create_task),
+            (r"tasks", "GET", self._list_tasks),
+            (r"tasks/([^/]+)", "GET", self._get_task),
+            (r"tasks/([^/]+)", "DELETE", self._delete_task),
+            (r"tasks/([^/]+)", "PATCH", self._patch_task),
+            (r"tasks/([^/]+)/link", "POST", self._link_task),
+            (r"tasks/([^/]+)/execute", "POST", self._execute_task),
+            (r"tasks/([^/]+)/cancel", "POST", self._cancel_task),
+            (r"tasks/([^/]+)/events", "GET", self._task_events),
+            (r"tasks/([^/]+)/log", "GET", self._task_log),
+        ]
+
+    # --- tokens --------------------------------------------------------------------------------
+    def _entry(self, token_id: str) -> dict[str, Any]:
+        entry = self.tokens.get(token_id)
+        if entry is None:
+            raise _Reject(_error(404, "not_found", f"no offline token {token_id!r}"))
+        return entry
+
+    def _public(self, entry: dict[str, Any]) -> dict[str, Any]:
+        level = {"active": "healthy", "pending": "pending"}.get(entry["status"], "unhealthy")
+        action = {"active": "none", "pending": "wait"}.get(entry["status"], "request_consent")
+        body = dict(entry)
+        body["health"] = {
+            "level": level,
+            "detail": entry.get("last_error") or entry["status"],
+            "action": action,
+            "next_attempt_at": None,
+            "retry_count": 0,
+        }
+        body["tasks"] = [
+            t["id"]
+            for t in self.tasks.values()
+            if t.get("persistent_token_id") == entry["persistent_token_id"]
+        ]
+        return body
+
+    def _create_consent(self, request: httpx.Request) -> httpx.Response:
+        body = _body(
+            request,
+            {"label": str, "task_id": str, "scopes": list, "return_to": str, "keep_warm": bool},
+        )
+        token_id = str(uuid.uuid4())
+        now = _now_iso()
+        self.tokens[token_id] = {
+            "persistent_token_id": token_id,
+            "label": body.get("label") or "",
+            "task_id": body.get("task_id"),
+            "status": "pending",
+            "subject": None,
+            "scopes": body.get("scopes") or ["openid", "offline_access"],
+            "created_at": now,
+            "updated_at": now,
+            "last_refresh_at": None,
+            "refresh_count": 0,
+            "last_error": None,
+            "refresh_state": "idle",
+            "keep_warm": bool(body.get("keep_warm")),
+            "consent_expires_at": now,
+            "idle_expires_at": None,
+        }
+        state = secrets.token_urlsafe(16)
+        self._states[state] = token_id
+        return httpx.Response(
+            201,
+            json={
+                "persistent_token_id": token_id,
+                "consent_url": f"{self.consent_url_base}?response_type=code&state={state}",
+                "status": "pending",
+                "expires_at": now,
+            },
+        )
+
+    def _list_tokens(self, request: httpx.Request) -> httpx.Response:
+        status = request.url.params.get("status")
+        entries = [self._public(e) for e in reversed(self.tokens.values())]
+        if status:
+            entries = [e for e in entries if e["status"] == status]
+        return httpx.Response(200, json={"tokens": entries})
+
+    def _get_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        return httpx.Response(200, json=self._public(self._entry(token_id)))
+
+    def _delete_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        self._entry(token_id)
+        force = request.url.params.get("force") == "true"
+        running = [
+            t
+            for t in self.tasks.values()
+            if t.get("persistent_token_id") == token_id and t["status"] == "running"
+        ]
+        if running and not force:
+            return _error(409, "token_in_use", "a running task uses this token; cancel it first")
+        for task in running:
+            task["status"] = "cancelled"
+            self._task_changed(task)
+        del self.tokens[token_id]
+        cached = self._cache.pop(token_id, None)
+        if cached:
+            self.valid_access_tokens.discard(cached[0])
+        return httpx.Response(204)
+
+    def _access_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        body = _body(request, {"min_ttl": int, "keep_warm": bool})
+        min_ttl = body.get("min_ttl", 30)
+        if not 0 <= min_ttl <= 86400:
+            return _error(400, "invalid_request", "min_ttl must be between 0 and 86400")
+        entry = self._entry(token_id)
+        status = entry["status"]
+        if status == "pending":
+            return _error(409, "waiting_consent", "the consent has not been granted yet")
+        if status == "failed":
+            return _error(409, "token_failed", f"{entry.get('last_error')}; request consent again")
+        if status == "revoked":
+            return _error(409, "token_revoked", "the offline token was revoked")
+        if status == "expired":
+            return _error(409, "consent_expired", "the consent expired before it was granted")
+        if self.provider_down_retry_after is not None:
+            return _error(
+                503,
+                "provider_unavailable",
+                "the provider is unreachable",
+                headers={"Retry-After": str(int(self.provider_down_retry_after))},
+            )
+        now = self.clock()
+        cached = self._cache.get(token_id)
+        if cached is None or cached[1] - now < min_ttl:
+            value = f"at-{next(self._minted)}-{secrets.token_urlsafe(8)}"
+            self.minted += 1
+            cached = (value, now + self.access_token_ttl)
+            self._cache[token_id] = cached
+            self.valid_access_tokens.add(value)
+            entry["refresh_count"] += 1
+            entry["last_refresh_at"] = _now_iso()
+        return httpx.Response(
+            200,
+            json={
+                "access_token": cached[0],
+                "token_type": "Bearer",
+                "expires_in": int(cached[1] - now),
+                "expires_at": _now_iso(),
+                "scope": " ".join(entry["scopes"]),
+            },
+        )
+
+    def _audit(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        self._entry(token_id)
+        return httpx.Response(200, json={"events": []})
+
+    def _health(self, request: httpx.Request) -> httpx.Response:
+        counts: dict[str, int] = {}
+        for entry in self.tokens.values():
+            level = self._public(entry)["health"]["level"]
+            counts[level] = counts.get(level, 0) + 1
+        order = ["healthy", "pending", "degraded", "unhealthy"]
+        level = max(counts, key=order.index) if counts else "healthy"
+        return httpx.Response(
+            200, json={"level": level, "counts": counts, "configured": True, "tokens": []}
+        )
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def _task(self, task_id: str) -> dict[str, Any]:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise _Reject(_error(404, "not_found", f"no task {task_id!r}"))
+        return task
+
+    def _task_changed(self, task: dict[str, Any]) -> None:
+        token = self.tokens.get(task.get("persistent_token_id") or "")
+        task["offline_token_status"] = (
+            "none"
+            if token is None
+            else {"expired": "failed", "revoked": "failed"}.get(token["status"], token["status"])
+        )
+        self.task_history.setdefault(task["id"], []).append(dict(task))
+
+    def _create_task(self, request: httpx.Request) -> httpx.Response:
+        body = _body(
+            request,
+            {
+                "name": str,
+                "description": str,
+                "kind": str,
+                "command": list,
+                "notebook": str,
+                "persistent_token_id": str,
+                "parameters": dict,
+            },
+        )
+        if not body.get("name"):
+            return _error(400, "invalid_request", "a task needs a name")
+        kind = body.get("kind") or "kernel"
+        if kind not in TASK_KINDS:
+            return _error(400, "invalid_request", f"unknown kind {kind!r}")
+        token_id = body.get("persistent_token_id")
+        if token_id is not None:
+            self._entry(token_id)
+        task = {
+            "id": uuid.uuid4().hex,
+            "name": body["name"],
+            "description": body.get("description") or "",
+            "kind": kind,
+            "status": "pending",
+            "persistent_token_id": token_id,
+            "progress": 0,
+            "message": "",
+            "result": None,
+            "error": None,
+            "created_at": _now_iso(),
+            "started_at": None,
+            "completed_at": None,
+            "command": body.get("command"),
+            "notebook": body.get("notebook"),
+            "parameters": body.get("parameters") or {},
+        }
+        self.tasks[task["id"]] = task
+        self._task_changed(task)
+        return httpx.Response(201, json=task)
+
+    def _list_tasks(self, request: httpx.Request) -> httpx.Response:
+        status = request.url.params.get("status")
+        tasks = [dict(t) for t in reversed(self.tasks.values())]
+        if status:
+            tasks = [t for t in tasks if t["status"] == status]
+        return httpx.Response(200, json={"tasks": tasks})
+
+    def _get_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        return httpx.Response(200, json=self._task(task_id))
+
+    def _delete_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        if self._task(task_id)["status"] == "running":
+            return _error(409, "task_running", "cancel the task before deleting it")
+        del self.tasks[task_id]
+        return httpx.Response(204)
+
+    def _link_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        task = self._task(task_id)
+        body = _body(request, {"persistent_token_id": str})
+        if not body.get("persistent_token_id"):
+            return _error(400, "invalid_request", "persistent_token_id is required")
+        self._entry(body["persistent_token_id"])
+        task["persistent_token_id"] = body["persistent_token_id"]
+        self._task_changed(task)
+        return httpx.Response(200, json=task)
+
+    def _execute_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        task = self._task(task_id)
+        if task["status"] == "running":
+            return _error(409, "already_running", "the task is already running")
+        token = self.tokens.get(task.get("persistent_token_id") or "")
+        if token is None:
+            return _error(409, "needs_consent", "link an offline token to this task first")
+        if token["status"] == "pending":
+            return _error(409, "waiting_consent", "the linked token is waiting for consent")
+        if token["status"] != "active":
+            return _error(
+                409, "token_failed", "the linked token cannot be used; request consent again"
+            )
+        task.update(status="running", started_at=_now_iso(), error=None, completed_at=None)
+        self._task_changed(task)
+        return httpx.Response(202, json={"status": "executing", "task": task})
+
+    def _cancel_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        task = self._task(task_id)
+        if task["status"] in TASK_TERMINAL:
+            return _error(409, "not_running", f"the task is already {task['status']}")
+        task.update(status="cancelled", completed_at=_now_iso())
+        self._task_changed(task)
+        return httpx.Response(200, json=task)
+
+    def _patch_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        task = self._task(task_id)
+        body = _body(
+            request,
+            {"progress": (int, float), "message": str, "status": str, "result": str, "error": str},
+        )
+        if task["status"] in TASK_TERMINAL:
+            return _error(409, "task_finished", f"the task is already {task['status']}")
+        progress = body.get("progress")
+        if progress is not None and (isinstance(progress, bool) or not 0 <= progress <= 100):
+            return _error(400, "invalid_request", "progress must be between 0 and 100")
+        status = body.get("status")
+        if status is not None and status not in ("running", "completed", "failed"):
+            return _error(400, "invalid_request", f"status {status!r} cannot be set")
+        for key in ("progress", "message", "result", "error"):
+            if body.get(key) is not None:
+                task[key] = body[key]
+        if status:
+            task["status"] = status
+            if status in TASK_TERMINAL:
+                task["completed_at"] = _now_iso()
+        self._task_changed(task)
+        return httpx.Response(200, json=task)
+
+    def _task_events(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        """Replays the task's recorded states as SSE (with a keepalive comment); ends there."""
+        self._task(task_id)
+        chunks = [": keepalive\n\n"]
+        chunks += [
+            f"event: task\ndata: {json.dumps(state)}\n\n" for state in self.task_history[task_id]
+        ]
+        return httpx.Response(
+            200,
+            headers={"Content-Type": "text/event-stream"},
+            content="".join(chunks).encode(),
+        )
+
+    def _task_log(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        self._task(task_id)
+        return httpx.Response(200, json={"lines": ["started", "done"]})
