@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -21,6 +20,8 @@ from traitlets.traitlets import TraitError
 from . import __version__
 from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
+from .refresh import BackoffPolicy
+from .refresh_engine import RefreshEngine
 from .services import Services
 from .vault import Vault
 
@@ -133,6 +134,60 @@ class OfflineTokenApp(ExtensionApp):
         200, config=True, help="Audit events kept per token (oldest dropped). Default: 200."
     )
 
+    # --- refresh engine ------------------------------------------------------------------------
+    refresh_margin = Float(
+        0.8,
+        config=True,
+        help="""Warm tokens (used by a running task, or asked for with keep_warm) are refreshed
+        when this fraction of the access token's lifetime has passed, so their access-token
+        requests are always served from the cache. Between 0.1 and 0.95. Default: 0.8.""",
+    )
+    keepalive_interval = Float(
+        86400.0,
+        config=True,
+        help="""An active entry not refreshed for this many seconds is refreshed once, so the
+        provider's offline-session idle timeout (30 days in Keycloak) never lapses while the
+        entry exists. Default: 86400 (1 day).""",
+    )
+    min_refresh_interval = Float(
+        10.0,
+        config=True,
+        help="""Never more than one refresh attempt per token within this many seconds while the
+        provider is failing. Default: 10.""",
+    )
+    backoff_base = Float(
+        10.0,
+        config=True,
+        help="""First retry delay in seconds after a transient provider fault; it doubles on each
+        failure up to backoff_max, with jitter. Default: 10.""",
+    )
+    backoff_max = Float(
+        300.0, config=True, help="Longest retry delay in seconds (the cap). Default: 300."
+    )
+    backoff_jitter = Float(
+        0.1,
+        config=True,
+        help="Random spread of each retry delay, as a fraction (0.1 = ±10 %). Default: 0.1.",
+    )
+    refresh_concurrency = Int(
+        4,
+        config=True,
+        help="""Background refreshes running at once (after a restart or a laptop's wake, many
+        tokens are due together: this keeps them from stampeding the provider). Default: 4.""",
+    )
+    wake_threshold = Float(
+        60.0,
+        config=True,
+        help="""A jump of the wall clock against the monotonic clock larger than this many seconds
+        (a laptop's sleep) makes every schedule be re-evaluated at once. Default: 60.""",
+    )
+    sweep_interval = Float(
+        60.0,
+        config=True,
+        help="""Seconds between housekeeping passes: expiring stale consents, the keep-alive
+        scan, metrics gauges and the audit of cached accesses. Default: 60.""",
+    )
+
     # --- defaults from the environment -----------------------------------------------------------
     @default("issuer")
     def _issuer_default(self) -> str:
@@ -199,7 +254,37 @@ class OfflineTokenApp(ExtensionApp):
                 )
         return keys
 
-    @validate("consent_timeout", "http_timeout")
+    @validate("refresh_margin")
+    def _check_margin(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0.1 <= value <= 0.95:
+            raise TraitError(f"OfflineTokenApp.refresh_margin must be in [0.1, 0.95], got {value}")
+        return value
+
+    @validate("backoff_jitter")
+    def _check_jitter(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0 <= value < 1:
+            raise TraitError(f"OfflineTokenApp.backoff_jitter must be in [0, 1), got {value}")
+        return value
+
+    @validate("refresh_concurrency", "audit_retention")
+    def _check_positive_int(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be >= 1, got {value}")
+        return value
+
+    @validate(
+        "consent_timeout",
+        "http_timeout",
+        "keepalive_interval",
+        "min_refresh_interval",
+        "backoff_base",
+        "backoff_max",
+        "wake_threshold",
+        "sweep_interval",
+    )
     def _check_positive(self, proposal: Any) -> float:
         value = float(proposal["value"])
         if value <= 0:
@@ -251,20 +336,30 @@ class OfflineTokenApp(ExtensionApp):
             provider,
             settings,
             consent_timeout=self.consent_timeout,
+            min_refresh_interval=self.min_refresh_interval,
             not_configured_message=self.not_configured_message(),
         )
-        services = Services(vault, broker)
-        services.extras["set_keep_warm"] = self._set_keep_warm
+        if self.backoff_max < self.backoff_base:
+            raise TraitError("OfflineTokenApp.backoff_max must be >= backoff_base")
+        engine = RefreshEngine(
+            broker,
+            refresh_margin=self.refresh_margin,
+            keepalive_interval=self.keepalive_interval,
+            min_refresh_interval=self.min_refresh_interval,
+            backoff=BackoffPolicy(
+                base=self.backoff_base, cap=self.backoff_max, jitter=self.backoff_jitter
+            ),
+            max_concurrency=self.refresh_concurrency,
+            wake_threshold=self.wake_threshold,
+            sweep_interval=self.sweep_interval,
+        )
+        services = Services(vault, broker, engine)
+        services.extras["set_keep_warm"] = engine.set_keep_warm
+        services.extras["failing_since"] = engine.failing_since
         return services
-
-    async def _set_keep_warm(self, token_id: str, keep_warm: bool) -> None:
-        import time
-
-        await self.services.vault.set_keep_warm(token_id, keep_warm, now=time.time())
 
     def initialize_settings(self) -> None:
         self.services = self.build_services()
-        self._background: list[asyncio.Task[Any]] = []
         self.settings.update(
             {"offline_token_services": self.services, "offline_token_owner": self.owner_of}
         )
@@ -298,6 +393,7 @@ class OfflineTokenApp(ExtensionApp):
         with contextlib.suppress(Exception):
             await self.services.ready()
         if self.services.error is None:
+            await self.services.start_background()
             self.log.info(
                 "jupyter-offline-token %s: vault %s, provider %s",
                 __version__,
@@ -306,11 +402,6 @@ class OfflineTokenApp(ExtensionApp):
             )
 
     async def stop_extension(self) -> None:
-        for task in self._background:
-            task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
-        self._background.clear()
         await self.services.close()
 
 

@@ -124,6 +124,7 @@ class TokenBroker:
         settings: ProviderSettings | None,
         *,
         consent_timeout: float = 600.0,
+        min_refresh_interval: float = 10.0,
         lease_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         not_configured_message: str = "",
@@ -132,6 +133,7 @@ class TokenBroker:
         self.provider = provider
         self.settings = settings
         self.consent_timeout = consent_timeout
+        self.min_refresh_interval = min_refresh_interval
         http_timeout = settings.http_timeout if settings else 15.0
         # Long enough to cover one grant at the provider plus the durable write.
         self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * http_timeout + 15.0
@@ -140,11 +142,14 @@ class TokenBroker:
         self._not_configured_message = not_configured_message
         self._cache: dict[str, AccessToken] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._backoff_until: dict[str, float] = {}  # token -> monotonic time of next attempt
+        self._closing = False
         # Hooks for the task service and the refresh scheduler (set by the app).
         self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
         self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
         self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
+        self.on_transient: list[Callable[[TokenRecord, float | None], Awaitable[None]]] = []
+        self.on_cache_hit: Callable[[str], None] | None = None
         self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
 
     # --- helpers -------------------------------------------------------------------------------
@@ -422,6 +427,10 @@ class TokenBroker:
         await self._notify(self.on_status_change, active)
         return active
 
+    @property
+    def not_configured_message(self) -> str:
+        return self._not_configured_message or "the provider is not configured"
+
     async def _fail(self, record: TokenRecord, reason: str) -> None:
         now = self.clock()
         try:
@@ -453,10 +462,17 @@ class TokenBroker:
         _raise_unusable(record)
         cached = self._cache.get(token_id)
         if cached is not None and cached.expires_at - self.clock() >= min_ttl:
-            metrics.access_token_requests_total.labels(source="cache").inc()
-            return cached
+            return self._served_from_cache(token_id, cached)
         self._require_provider()
         asked_at = time.monotonic()
+        wait = self._backoff_until.get(token_id, 0.0) - asked_at
+        if wait > 0:
+            # At most one attempt per min_refresh_interval while the provider is failing.
+            raise ProviderUnavailable(
+                f"the OpenID provider failed moments ago; the offline token is kept, next "
+                f"attempt in {wait:.0f} s",
+                retry_after=wait,
+            )
         lock = self._locks.setdefault(token_id, asyncio.Lock())
         async with lock:
             cached = self._cache.get(token_id)
@@ -464,11 +480,16 @@ class TokenBroker:
             if cached is not None and (
                 cached.obtained_at >= asked_at or cached.expires_at - self.clock() >= min_ttl
             ):
-                metrics.access_token_requests_total.labels(source="cache").inc()
-                return cached
+                return self._served_from_cache(token_id, cached)
             token = await self._refresh_locked(token_id)
         metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
+
+    def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
+        metrics.access_token_requests_total.labels(source="cache").inc()
+        if self.on_cache_hit is not None:
+            self.on_cache_hit(token_id)
+        return cached
 
     async def refresh(self, token_id: str, reason: str = "proactive") -> RefreshOutcome:
         """Refresh now for the scheduler; maps failures to a RefreshOutcome."""
@@ -492,6 +513,8 @@ class TokenBroker:
     async def _refresh_locked(self, token_id: str, *, reason: str = "on_demand") -> AccessToken:
         """One refresh grant; the caller holds this token's in-process lock."""
         provider, _ = self._require_provider()
+        if self._closing:
+            raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
         await self._acquire_lease(token_id)
         holder_released = False
         started = time.perf_counter()
@@ -549,6 +572,10 @@ class TokenBroker:
                     now=now,
                 )
                 await self.audit(record, "refresh", "transient_error", str(exc))
+                self._backoff_until[token_id] = time.monotonic() + max(
+                    self.min_refresh_interval, exc.retry_after or 0.0
+                )
+                await self._notify(self.on_transient, record, exc.retry_after)
                 raise ProviderUnavailable(
                     f"the OpenID provider is unavailable ({exc}); the offline token is kept, "
                     "try again shortly",
@@ -567,6 +594,7 @@ class TokenBroker:
             holder_released = True
             token = _cached(response, now)
             self._cache[token_id] = token
+            self._backoff_until.pop(token_id, None)
             metrics.refresh_total.labels(result="success").inc()
             metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
             await self.audit(updated, "refresh", "ok", f"{reason}{', rotated' if rotated else ''}")
@@ -669,7 +697,24 @@ class TokenBroker:
     async def expire_pending(self) -> list[str]:
         return await self.vault.expire_pending(self.clock())
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Let refreshes in flight finish (their rotated tokens must reach the vault), then close.
+
+        Waiting on every token's lock is what makes a restart in the middle of a
+        rotation-enabled refresh lose nothing.
+        """
+        self._closing = True
+        wait = self.lease_ttl if timeout is None else timeout
+
+        async def drain() -> None:
+            for lock in list(self._locks.values()):
+                async with lock:
+                    pass
+
+        try:
+            await asyncio.wait_for(drain(), wait)
+        except asyncio.TimeoutError:
+            log.warning("closing with a refresh still in flight after %.0f s", wait)
         self._cache.clear()
         if self.provider is not None:
             await self.provider.aclose()

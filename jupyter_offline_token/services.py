@@ -8,6 +8,7 @@ from typing import Any
 
 from .broker import TokenBroker
 from .errors import OfflineTokenError, VaultError
+from .refresh_engine import RefreshEngine
 from .vault import Vault
 
 log = logging.getLogger("jupyter_offline_token")
@@ -26,10 +27,14 @@ class Services:
     once at start.
     """
 
-    def __init__(self, vault: Vault, broker: TokenBroker) -> None:
+    def __init__(self, vault: Vault, broker: TokenBroker, engine: RefreshEngine) -> None:
         self.vault = vault
         self.broker = broker
+        self.engine = engine
         self.extras: dict[str, Any] = {}
+        self.on_start: list[Any] = []  # async callables run once the vault is open
+        self.on_stop: list[Any] = []  # async callables run before the vault closes
+        self._started = False
         self._lock = asyncio.Lock()
         self._opened = False
         self._error: str | None = None
@@ -54,7 +59,25 @@ class Services:
             raise VaultUnavailable(self._error)
         return self.broker
 
+    async def start_background(self) -> None:
+        """Start the refresh engine and whatever else registered (tasks); once."""
+        if self._started:
+            return
+        self._started = True
+        await self.engine.start()
+        for hook in self.on_start:
+            await hook()
+
     async def close(self) -> None:
+        """Stop background work, let in-flight refreshes land in the vault, close the vault."""
+        if self._started:
+            for hook in reversed(self.on_stop):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("offline-token shutdown hook failed")
+            await self.engine.stop()
+            self._started = False
         await self.broker.aclose()
         await self.vault.close()
         self._opened = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,14 @@ async def grant(api: Api, provider: DevProvider, **body: Any) -> str:
     status, token = await api.get("tokens", token_id)
     assert status == 200 and token["status"] == "active", token
     return token_id
+
+
+async def metric(api: Api, name: str, **labels: str) -> float:
+    """One sample of a Prometheus metric as jupyter_server's /metrics shows it."""
+    status, text = await api.request("GET", "metrics")
+    assert status == 200
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{name}{{{wanted}}} ([0-9.e+-]+)$" if labels else rf"^{name} ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name} {labels} not in /metrics"
+    return float(match.group(1))

@@ -1,0 +1,641 @@
+"""Refresh scheduling: one heap of wall-clock due times, bounded concurrency, backoff, wakes.
+
+The scheduler knows nothing about OAuth, the vault or Tornado. When an entry is due it calls
+``refresh(token_id, reason)`` (the broker) and reacts to the :class:`RefreshOutcome` it returns:
+reschedule, retry with exponential backoff, or stop. Time comes from an injectable :class:`Clock`
+so every rule is tested with a fake clock instead of by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import inspect
+import itertools
+import logging
+import math
+import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
+
+OutcomeKind = Literal["success", "transient", "permanent", "gone"]
+_OUTCOME_KINDS = ("success", "transient", "permanent", "gone")
+
+LOOP_TASK_NAME = "offline-token-refresh-scheduler"
+ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
+
+# Jitter only spreads retries over time; it protects nothing, so a non-crypto generator is right.
+_JITTER_RNG = random.Random()  # noqa: S311
+_CANCEL_GRACE = 1.0  # seconds a cancelled refresh gets to unwind at shutdown
+
+
+class Clock(Protocol):
+    """Where the scheduler reads time and sleeps; swapped for a fake clock in tests."""
+
+    def time(self) -> float:
+        """Wall clock, epoch seconds (due times are expressed in it)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds (rate limits; stops while the machine is suspended)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clocks: ``time.time``, ``time.monotonic`` and ``asyncio.sleep``."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh attempt returned to the scheduler.
+
+    ``next_refresh_at`` (success): wall time of the next proactive refresh, ``None`` = do not
+    reschedule. ``retry_after`` (transient): the provider's hint in seconds (429 Retry-After).
+    ``error``: safe text (never a secret) for health and ``last_error``.
+    """
+
+    kind: OutcomeKind
+    next_refresh_at: float | None = None
+    retry_after: float | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _OUTCOME_KINDS:
+            raise ValueError(
+                f"RefreshOutcome.kind must be one of {_OUTCOME_KINDS}, not {self.kind!r}"
+            )
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Exponential backoff: ``base * 2**(n-1)`` seconds for the n-th retry, capped, with jitter.
+
+    With the defaults: 10, 20, 40, 80, 160, 300, 300, ... seconds, each scaled by a random factor
+    in ``[1 - jitter, 1 + jitter]`` and never above ``cap * (1 + jitter)``.
+    """
+
+    base: float = 10.0
+    cap: float = 300.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.base) and self.base > 0):
+            raise ValueError(
+                f"backoff base must be a positive number of seconds, not {self.base!r}"
+            )
+        if not (math.isfinite(self.cap) and self.cap >= self.base):
+            raise ValueError(f"backoff cap must be a number of seconds >= base, not {self.cap!r}")
+        if not (0 <= self.jitter < 1):
+            raise ValueError(f"backoff jitter must be a fraction in [0, 1), not {self.jitter!r}")
+
+    def delay(self, retry_count: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry_count`` (1 = the first retry)."""
+        if retry_count < 1:
+            raise ValueError(f"retry_count starts at 1, got {retry_count!r}")
+        # The exponent is bounded so a token failing for months cannot overflow a float.
+        raw = min(self.cap, self.base * 2.0 ** min(retry_count - 1, 62))
+        if self.jitter:
+            raw *= 1.0 + (rng or _JITTER_RNG).uniform(-self.jitter, self.jitter)
+        return max(0.0, min(raw, self.cap * (1.0 + self.jitter)))
+
+
+@dataclass
+class ScheduleEntryState:
+    """What health and the REST API show for one scheduled token.
+
+    ``refresh_state`` is ``scheduled``, ``retrying`` or ``failed``; ``idle`` only appears in the
+    ``on_change`` notification sent when a successful refresh leaves nothing to schedule.
+    ``failing_since`` is the wall time of the first transient failure of the current run.
+    """
+
+    token_id: str
+    refresh_state: str
+    next_attempt_at: float | None = None
+    retry_count: int = 0
+    last_error: str | None = None
+    failing_since: float | None = None
+
+
+@dataclass(eq=False)
+class _Entry:
+    """A live (scheduled or retrying) token. ``seq`` identifies its current heap item."""
+
+    state: ScheduleEntryState
+    reason: str
+    due: float | None = None  # pending due time; None while an attempt runs and nothing is asked
+    seq: int = -1
+    queued: bool = False  # its current item (due, seq) is in the heap
+
+
+OnChange = Callable[[ScheduleEntryState], "Awaitable[None] | None"]
+
+
+class RefreshScheduler:
+    """Runs ``refresh(token_id, reason)`` for every token when it is due, from one heap.
+
+    Due times are wall-clock epoch seconds. One background task sleeps until the earliest due
+    time (never longer than ``max_sleep``), then re-reads the wall clock: asyncio sleeps follow the
+    monotonic clock, which stops during a laptop's suspend, so a jump of wall against monotonic
+    time reveals a wake and every past-due entry runs at once. At most ``max_concurrency`` refresh
+    callbacks run at a time (due-time order); one token is never attempted twice within
+    ``min_refresh_interval`` seconds. Not thread-safe: call it from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        refresh: Callable[[str, str], Awaitable[RefreshOutcome]],
+        *,
+        clock: Clock | None = None,
+        backoff: BackoffPolicy | None = None,
+        min_refresh_interval: float = 10.0,
+        max_concurrency: int = 4,
+        max_sleep: float = 30.0,
+        wake_threshold: float = 60.0,
+        max_retry_after: float = 3600.0,
+        on_change: OnChange | None = None,
+        rng: random.Random | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        _require_positive("min_refresh_interval", min_refresh_interval)
+        _require_positive("max_sleep", max_sleep)
+        _require_positive("wake_threshold", wake_threshold)
+        _require_positive("max_retry_after", max_retry_after)
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise ValueError(f"max_concurrency must be an integer, not {max_concurrency!r}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
+        self._refresh = refresh
+        self.clock: Clock = clock or SystemClock()
+        self.backoff = backoff or BackoffPolicy()
+        self.min_refresh_interval = float(min_refresh_interval)
+        self.max_concurrency = max_concurrency
+        self.max_sleep = float(max_sleep)
+        self.wake_threshold = float(wake_threshold)
+        self.max_retry_after = float(max_retry_after)
+        self._on_change = on_change
+        self._rng = rng
+        self.log = log or logging.getLogger(__name__)
+
+        self._entries: dict[str, _Entry] = {}  # scheduled or retrying (including in flight)
+        self._failed: dict[str, ScheduleEntryState] = {}  # readable until cancel()/schedule()
+        self._heap: list[tuple[float, int, str]] = []  # (due, seq, token_id); lazy deletion
+        self._queued = 0  # live items in the heap; the rest are stale
+        self._seq = itertools.count()
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # token -> running refresh callback
+        self._tasks: set[asyncio.Task[None]] = set()  # attempt tasks until fully finished
+        self._last_attempt: dict[str, float] = {}  # token -> monotonic start of its last attempt
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._sleep_until: float | None = None  # wall time the sleeping loop plans to wake
+        self._clock_offset: float | None = None  # wall - monotonic at the last check
+
+    # --- public interface ------------------------------------------------------------------
+
+    def schedule(
+        self, token_id: str, due_at: float, *, reason: str = "proactive"
+    ) -> ScheduleEntryState:
+        """Ask for a refresh of ``token_id`` at wall time ``due_at``; replaces any earlier entry.
+
+        Retry bookkeeping (``retry_count``, ``last_error``) survives a reschedule of a retrying
+        token; a ``failed`` token starts afresh. Returns the resulting state (a copy). The caller
+        made this change itself, so ``on_change`` is not called for it.
+        """
+        if not isinstance(token_id, str) or not token_id:
+            raise ValueError("token_id must be a non-empty string")
+        if isinstance(due_at, bool) or not isinstance(due_at, (int, float)):
+            raise ValueError(f"due_at must be epoch seconds, not {type(due_at).__name__}")
+        if not math.isfinite(due_at):
+            raise ValueError(f"due_at must be a finite number of epoch seconds, not {due_at!r}")
+        if not isinstance(reason, str) or not reason:
+            raise ValueError("reason must be a non-empty string")
+        self._failed.pop(token_id, None)
+        entry = self._entries.get(token_id)
+        if entry is None:
+            entry = _Entry(state=ScheduleEntryState(token_id, SCHEDULED), reason=reason)
+            self._entries[token_id] = entry
+        entry.reason = reason
+        self._push(entry, float(due_at))
+        return dataclasses.replace(entry.state)
+
+    def cancel(self, token_id: str) -> None:
+        """Forget ``token_id``. An attempt already running finishes, but its outcome is dropped."""
+        self._failed.pop(token_id, None)
+        entry = self._entries.pop(token_id, None)
+        if entry is not None and entry.queued:
+            entry.queued = False
+            self._queued -= 1
+            self._maybe_compact()
+
+    def state(self, token_id: str) -> ScheduleEntryState | None:
+        entry = self._entries.get(token_id)
+        if entry is not None:
+            return dataclasses.replace(entry.state)
+        failed = self._failed.get(token_id)
+        return dataclasses.replace(failed) if failed is not None else None
+
+    def states(self) -> list[ScheduleEntryState]:
+        live = [dataclasses.replace(e.state) for e in self._entries.values()]
+        return live + [dataclasses.replace(s) for s in self._failed.values()]
+
+    def __len__(self) -> int:
+        """Tokens with a pending or running refresh (``failed`` ones are not counted)."""
+        return len(self._entries)
+
+    @property
+    def in_flight(self) -> int:
+        """Refresh callbacks running right now."""
+        return len(self._inflight)
+
+    @property
+    def heap_size(self) -> int:
+        """Items in the heap, live and stale (for tests and diagnostics)."""
+        return len(self._heap)
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def start(self) -> None:
+        """Start the background loop (idempotent)."""
+        if self.running:
+            return
+        self._clock_offset = None
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=LOOP_TASK_NAME)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop, then wait up to ``timeout`` seconds (on the scheduler's clock) for
+        running refresh callbacks: a refresh may be storing a rotated token, so it is not cut
+        off at once. Those still running are then cancelled, with a short grace to unwind."""
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                self.log.error("refresh scheduler loop had died: %s", type(exc).__name__)
+        pending = await self._wait_for(set(self._tasks), timeout)
+        if not pending:
+            return
+        self.log.warning(
+            "%d token refresh(es) still running after %.0f s at shutdown: cancelling them",
+            len(pending),
+            timeout,
+        )
+        for t in pending:
+            t.cancel()
+        pending = await self._wait_for(pending, _CANCEL_GRACE)
+        if pending:
+            self.log.error("%d token refresh(es) ignored cancellation at shutdown", len(pending))
+
+    async def _wait_for(
+        self, tasks: set[asyncio.Task[None]], seconds: float
+    ) -> set[asyncio.Task[None]]:
+        """Wait until ``tasks`` finish or ``seconds`` pass on the clock; return the unfinished."""
+        if not tasks:
+            return tasks
+        sleeper = asyncio.get_running_loop().create_task(self.clock.sleep(max(0.0, seconds)))
+        try:
+            while tasks and not sleeper.done():
+                done, _ = await asyncio.wait({*tasks, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+                tasks = tasks - done
+        finally:
+            if not sleeper.done():
+                sleeper.cancel()
+            await asyncio.wait((sleeper,))
+        return tasks
+
+    async def run_due(self) -> int:
+        """Run every entry due now (bounded by ``max_concurrency``) and wait for those attempts
+        to finish, outcomes applied. Returns the number of attempts made."""
+        self._check_clock_jump()
+        horizon = self.clock.time()
+        attempts = 0
+        while True:
+            attempts += self._launch_due(horizon)
+            if not self._tasks:
+                return attempts
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    # --- heap ------------------------------------------------------------------------------
+
+    def _earliest_allowed(self, token_id: str) -> float:
+        """Wall time before which ``token_id`` may not be attempted (rate limit)."""
+        last = self._last_attempt.get(token_id)
+        if last is None:
+            return -math.inf
+        remaining = last + self.min_refresh_interval - self.clock.monotonic()
+        return self.clock.time() + remaining if remaining > 0 else -math.inf
+
+    def _push(self, entry: _Entry, due: float) -> None:
+        token_id = entry.state.token_id
+        due = max(due, self._earliest_allowed(token_id))
+        entry.due = due
+        entry.state.next_attempt_at = due
+        if token_id in self._inflight:
+            return  # parked: picked up when the running attempt finishes
+        if not entry.queued:
+            entry.queued = True
+            self._queued += 1
+        entry.seq = next(self._seq)
+        heapq.heappush(self._heap, (due, entry.seq, token_id))
+        self._maybe_compact()
+        if self._sleep_until is not None and due < self._sleep_until:
+            self._wakeup()
+
+    def _is_live(self, item: tuple[float, int, str]) -> _Entry | None:
+        entry = self._entries.get(item[2])
+        if entry is not None and entry.queued and entry.seq == item[1]:
+            return entry
+        return None
+
+    def _maybe_compact(self) -> None:
+        stale = len(self._heap) - self._queued
+        if stale <= 2 * self._queued:
+            return
+        self._heap = [
+            (e.due, e.seq, token_id)
+            for token_id, e in self._entries.items()
+            if e.queued and e.due is not None
+        ]
+        heapq.heapify(self._heap)
+        self._prune_last_attempts()
+
+    def _prune_last_attempts(self) -> None:
+        horizon = self.clock.monotonic() - self.min_refresh_interval
+        self._last_attempt = {t: m for t, m in self._last_attempt.items() if m > horizon}
+
+    def _next_due(self) -> float | None:
+        while self._heap:
+            if self._is_live(self._heap[0]) is not None:
+                return self._heap[0][0]
+            heapq.heappop(self._heap)
+        return None
+
+    # --- attempts ----------------------------------------------------------------------------
+
+    def _launch_due(self, horizon: float | None = None) -> int:
+        """Start attempts for entries due by ``horizon`` (default: now) while slots are free."""
+        now = self.clock.time()
+        if horizon is None:
+            horizon = now
+        started = 0
+        while self._heap and len(self._inflight) < self.max_concurrency:
+            item = self._heap[0]
+            entry = self._is_live(item)
+            if entry is None:
+                heapq.heappop(self._heap)
+                continue
+            if item[0] > horizon:
+                break
+            heapq.heappop(self._heap)
+            entry.queued = False
+            self._queued -= 1
+            if self._earliest_allowed(item[2]) > now:
+                self._push(entry, item[0])  # rate limited: deferred, not dropped
+                continue
+            self._start_attempt(entry)
+            started += 1
+        return started
+
+    def _start_attempt(self, entry: _Entry) -> None:
+        token_id = entry.state.token_id
+        if len(self._last_attempt) > 2 * (len(self._entries) + len(self._failed)) + 64:
+            self._prune_last_attempts()
+        self._last_attempt[token_id] = self.clock.monotonic()
+        entry.due = None
+        task = asyncio.get_running_loop().create_task(
+            self._attempt(entry, entry.reason), name=f"{ATTEMPT_TASK_PREFIX}{token_id}"
+        )
+        self._inflight[token_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, entry: _Entry, reason: str) -> None:
+        token_id = entry.state.token_id
+        try:
+            outcome = await self._call_refresh(token_id, reason)
+        except asyncio.CancelledError:
+            # Shutdown: keep the entry due so a restarted loop tries again.
+            self._inflight.pop(token_id, None)
+            if self._entries.get(token_id) is entry:
+                self._push(entry, self.clock.time() if entry.due is None else entry.due)
+            raise
+        self._inflight.pop(token_id, None)
+        self._wakeup()  # a concurrency slot is free
+        current = self._entries.get(token_id)
+        if current is not entry:
+            # Cancelled (maybe re-scheduled) meanwhile: the outcome belongs to nobody.
+            if current is not None and current.due is not None and not current.queued:
+                self._push(current, current.due)
+            return
+        await self._apply(entry, outcome)
+
+    async def _call_refresh(self, token_id: str, reason: str) -> RefreshOutcome:
+        try:
+            outcome = await self._refresh(token_id, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.warning(
+                "refresh of token %s raised %s%s; treating it as a transient failure",
+                token_id,
+                type(exc).__name__,
+                _where(exc),
+            )
+            return RefreshOutcome("transient", error=f"internal error ({type(exc).__name__})")
+        if not isinstance(outcome, RefreshOutcome):
+            self.log.error(
+                "refresh of token %s returned %s, not a RefreshOutcome; treating it as transient",
+                token_id,
+                type(outcome).__name__,
+            )
+            return RefreshOutcome("transient", error="internal error (invalid refresh result)")
+        return outcome
+
+    async def _apply(self, entry: _Entry, outcome: RefreshOutcome) -> None:
+        token_id = entry.state.token_id
+        st = entry.state
+        now = self.clock.time()
+        requested = entry.due  # a schedule() that arrived while the attempt ran
+        if outcome.kind == "gone":
+            del self._entries[token_id]
+            self._last_attempt.pop(token_id, None)
+            self.log.debug("token %s is gone: unscheduled", token_id)
+            return
+        if outcome.kind == "permanent":
+            del self._entries[token_id]
+            entry.due = None
+            st.refresh_state = REFRESH_FAILED
+            st.next_attempt_at = None
+            st.last_error = outcome.error or "refresh rejected by the provider"
+            self._failed[token_id] = st
+            self.log.warning("refresh of token %s failed for good: %s", token_id, st.last_error)
+        elif outcome.kind == "success":
+            if st.retry_count:
+                self.log.info(
+                    "refresh of token %s succeeded after %d failed attempts",
+                    token_id,
+                    st.retry_count,
+                )
+            st.retry_count = 0
+            st.failing_since = None
+            st.last_error = None
+            proactive = _finite_or_none(outcome.next_refresh_at)
+            if proactive is None and outcome.next_refresh_at is not None:
+                self.log.error("refresh of token %s gave a non-finite next_refresh_at", token_id)
+            if proactive is not None and (requested is None or proactive < requested):
+                entry.reason = "proactive"
+                requested = proactive
+            if requested is None:
+                del self._entries[token_id]
+                st.refresh_state = IDLE
+                st.next_attempt_at = None
+            else:
+                st.refresh_state = SCHEDULED
+                self._push(entry, requested)
+        else:
+            st.retry_count += 1
+            if st.failing_since is None:
+                st.failing_since = now
+            st.last_error = outcome.error or "transient refresh failure"
+            st.refresh_state = RETRYING
+            delay = self._retry_delay(st.retry_count, outcome.retry_after)
+            if requested is None or now + delay < requested:
+                entry.reason = "retry"
+                requested = now + delay
+            self._push(entry, requested)
+            # The first failure of a run and every 10th are worth a warning; the rest is noise.
+            level = (
+                logging.WARNING
+                if st.retry_count == 1 or st.retry_count % 10 == 0
+                else logging.DEBUG
+            )
+            self.log.log(
+                level,
+                "refresh of token %s failed (attempt %d, transient: %s); next try in %.0f s",
+                token_id,
+                st.retry_count,
+                st.last_error,
+                (st.next_attempt_at or now) - now,
+            )
+        await self._notify(dataclasses.replace(st))
+
+    def _retry_delay(self, retry_count: int, retry_after: float | None) -> float:
+        delay = max(self.backoff.delay(retry_count, self._rng), self.min_refresh_interval)
+        hint = _finite_or_none(retry_after)
+        if hint is not None and hint > 0:
+            delay = max(delay, min(hint, self.max_retry_after))
+        return delay
+
+    async def _notify(self, state: ScheduleEntryState) -> None:
+        if self._on_change is None:
+            return
+        try:
+            result = self._on_change(state)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.warning(
+                "on_change for token %s raised %s%s; ignored",
+                state.token_id,
+                type(exc).__name__,
+                _where(exc),
+            )
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _check_clock_jump(self) -> None:
+        offset = self.clock.time() - self.clock.monotonic()
+        if self._clock_offset is not None:
+            jump = offset - self._clock_offset
+            if abs(jump) > self.wake_threshold:
+                self.log.info(
+                    "clock jumped by %+.0f s (suspend/resume?): re-evaluating %d schedules",
+                    jump,
+                    len(self._entries),
+                )
+        self._clock_offset = offset
+
+    def _sleep_seconds(self) -> float:
+        if len(self._inflight) >= self.max_concurrency:
+            return self.max_sleep  # woken when a slot frees
+        due = self._next_due()
+        if due is None:
+            return self.max_sleep
+        return min(self.max_sleep, max(0.0, due - self.clock.time()))
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        self._wake = wake
+        self._sleep_until = self.clock.time() + seconds
+        sleeper = loop.create_task(self.clock.sleep(seconds), name=f"{LOOP_TASK_NAME}-sleep")
+        try:
+            await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wake = None
+            self._sleep_until = None
+            wake.cancel()
+            if not sleeper.done():
+                sleeper.cancel()
+            await asyncio.wait((sleeper,))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._check_clock_jump()
+                self._launch_due()
+                seconds = self._sleep_seconds()
+            except Exception as exc:
+                # A bug here must not end proactive refresh for every token: log and go on.
+                self.log.error(
+                    "refresh scheduler iteration failed: %s%s", type(exc).__name__, _where(exc)
+                )
+                seconds = self.max_sleep
+            await self._sleep_or_wake(seconds)
+
+
+def _require_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _where(exc: BaseException) -> str:
+    """`` at file.py:12 in func`` for the innermost frame: enough to find a bug, no message text
+    (an exception's message may quote data the log must not hold)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"

@@ -1,0 +1,237 @@
+"""RefreshEngine: keeps warm tokens warm, keeps idle offline sessions alive, retries faults.
+
+It connects the pure RefreshScheduler (one heap, backoff, wake detection) to the broker (which
+does the actual refresh), the vault (which persists the refresh state health shows) and the
+metrics. A token is *warm* while a running task uses it or while its entry asks for it
+(``keep_warm``); only warm tokens are refreshed proactively, so the scheduler's memory grows with
+warm tokens, not with the vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from . import metrics
+from .broker import TokenBroker
+from .models import ACTIVE, RETRYING, TokenRecord
+from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
+
+log = logging.getLogger("jupyter_offline_token.refresh")
+
+
+class RefreshEngine:
+    def __init__(
+        self,
+        broker: TokenBroker,
+        *,
+        refresh_margin: float = 0.8,
+        keepalive_interval: float = 86400.0,
+        min_refresh_interval: float = 10.0,
+        backoff: BackoffPolicy | None = None,
+        max_concurrency: int = 4,
+        wake_threshold: float = 60.0,
+        sweep_interval: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.broker = broker
+        self.vault = broker.vault
+        self.refresh_margin = refresh_margin
+        self.keepalive_interval = keepalive_interval
+        self.sweep_interval = sweep_interval
+        self.scheduler = RefreshScheduler(
+            self._refresh,
+            clock=clock,
+            backoff=backoff,
+            min_refresh_interval=min_refresh_interval,
+            max_concurrency=max_concurrency,
+            wake_threshold=wake_threshold,
+            on_change=self._persist,
+            log=log,
+        )
+        self.clock = self.scheduler.clock
+        self._task_users: Counter[str] = Counter()  # token id -> running tasks using it
+        self._keep_warm: set[str] = set()
+        self._cache_hits: Counter[str] = Counter()  # token id -> accesses served from cache
+        self._sweeper: asyncio.Task[None] | None = None
+        self._last_keepalive_scan = 0.0
+        broker.on_refreshed.append(self._after_refresh)
+        broker.on_transient.append(self._after_transient)
+        broker.on_status_change.append(self._after_status_change)
+        broker.on_cache_hit = self._count_cache_hit
+
+    # --- warmth ----------------------------------------------------------------------------
+    def is_warm(self, token_id: str) -> bool:
+        return token_id in self._keep_warm or self._task_users[token_id] > 0
+
+    async def set_keep_warm(self, token_id: str, keep_warm: bool) -> None:
+        """Persist the entry's keep_warm flag and start or stop proactive refresh."""
+        await self.vault.set_keep_warm(token_id, keep_warm, now=self.clock.time())
+        if keep_warm:
+            self._keep_warm.add(token_id)
+            self._warm_up(token_id)
+        else:
+            self._keep_warm.discard(token_id)
+            self._cool_down(token_id)
+
+    def task_started(self, token_id: str) -> None:
+        self._task_users[token_id] += 1
+        self._warm_up(token_id)
+
+    def task_ended(self, token_id: str) -> None:
+        if self._task_users[token_id] > 0:
+            self._task_users[token_id] -= 1
+        if self._task_users[token_id] == 0:
+            del self._task_users[token_id]
+            self._cool_down(token_id)
+
+    def _warm_up(self, token_id: str) -> None:
+        """Schedule the next proactive refresh from the cached token's lifetime (or now)."""
+        cached = self.broker.cached(token_id)
+        now = self.clock.time()
+        due = self._next_proactive(cached.expires_at, now) if cached is not None else now
+        state = self.scheduler.state(token_id)
+        if state is None or state.next_attempt_at is None or state.next_attempt_at > due:
+            self.scheduler.schedule(token_id, due, reason="warm")
+
+    def _cool_down(self, token_id: str) -> None:
+        state = self.scheduler.state(token_id)
+        if not self.is_warm(token_id) and state is not None and state.refresh_state != RETRYING:
+            self.scheduler.cancel(token_id)
+
+    def _next_proactive(self, expires_at: float, now: float) -> float:
+        return now + max(0.0, expires_at - now) * self.refresh_margin
+
+    def failing_since(self, token_id: str) -> float | None:
+        state = self.scheduler.state(token_id)
+        return state.failing_since if state is not None else None
+
+    # --- scheduler callbacks ---------------------------------------------------------------
+    async def _refresh(self, token_id: str, reason: str) -> RefreshOutcome:
+        outcome = await self.broker.refresh(token_id, reason)
+        if outcome.kind != "success":
+            return outcome
+        cached = self.broker.cached(token_id)
+        if not self.is_warm(token_id) or cached is None:
+            return RefreshOutcome(kind="success")
+        return RefreshOutcome(
+            kind="success", next_refresh_at=self._next_proactive(cached.expires_at, time.time())
+        )
+
+    async def _persist(self, state: ScheduleEntryState) -> None:
+        refresh_state = "idle" if state.refresh_state == "idle" else state.refresh_state
+        if refresh_state == "failed":
+            return  # the broker already marked the entry failed with the reason
+        with contextlib.suppress(KeyError):
+            await self.vault.update_refresh_state(
+                state.token_id,
+                refresh_state=refresh_state,
+                next_attempt_at=state.next_attempt_at,
+                retry_count=state.retry_count,
+                last_error=state.last_error if refresh_state == RETRYING else None,
+                now=self.clock.time(),
+            )
+        metrics.refresh_retrying.set(
+            sum(1 for s in self.scheduler.states() if s.refresh_state == RETRYING)
+        )
+
+    # --- broker hooks ----------------------------------------------------------------------
+    async def _after_refresh(self, record: TokenRecord, token: Any) -> None:
+        if self.is_warm(record.id):
+            self.scheduler.schedule(
+                record.id, self._next_proactive(token.expires_at, self.clock.time()), reason="warm"
+            )
+
+    async def _after_transient(self, record: TokenRecord, retry_after: float | None) -> None:
+        """An on-demand refresh hit a transient fault: keep retrying in the background."""
+        state = self.scheduler.state(record.id)
+        if state is not None and state.refresh_state == RETRYING:
+            return  # already retrying with its own backoff
+        delay = max(self.scheduler.min_refresh_interval, retry_after or 0.0)
+        self.scheduler.schedule(record.id, self.clock.time() + delay, reason="retry")
+
+    async def _after_status_change(self, record: TokenRecord) -> None:
+        if record.status != ACTIVE:
+            self.scheduler.cancel(record.id)
+            self._keep_warm.discard(record.id)
+        await self._update_gauges()
+
+    def _count_cache_hit(self, token_id: str) -> None:
+        self._cache_hits[token_id] += 1
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Resume: warm entries are refreshed at once (bounded concurrency), then periodically."""
+        warm = 0
+        for record in await self._active_records():
+            if record.keep_warm:
+                self._keep_warm.add(record.id)
+                self._warm_up(record.id)
+                warm += 1
+        await self.scheduler.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="offline-token-sweep")
+        log.info("refresh engine started: %d warm token(s) scheduled", warm)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._sweeper, timeout)
+            self._sweeper = None
+        await self.scheduler.stop(timeout)
+        await self._flush_cache_hits()
+
+    async def _active_records(self) -> list[TokenRecord]:
+        records: list[TokenRecord] = []
+        offset = 0
+        while True:
+            page = await self.vault.list(status=ACTIVE, limit=1000, offset=offset)
+            records.extend(page)
+            if len(page) < 1000:
+                return records
+            offset += len(page)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the sweep must never die
+                log.warning("offline-token sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.sweep_interval)
+
+    async def sweep(self) -> None:
+        """Expire stale consents, keep idle offline sessions alive, refresh gauges and audit."""
+        await self.broker.expire_pending()
+        now = self.clock.time()
+        scan_every = min(self.keepalive_interval / 4, 3600.0)
+        if now - self._last_keepalive_scan >= scan_every:
+            self._last_keepalive_scan = now
+            for record in await self._active_records():
+                last = record.last_refresh_at or record.created_at
+                if (
+                    now - last >= self.keepalive_interval
+                    and self.scheduler.state(record.id) is None
+                ):
+                    self.scheduler.schedule(record.id, now, reason="keepalive")
+        await self._update_gauges()
+        await self._flush_cache_hits()
+
+    async def _update_gauges(self) -> None:
+        with contextlib.suppress(Exception):
+            metrics.set_token_counts(await self.vault.count_by_status())
+
+    async def _flush_cache_hits(self) -> None:
+        """One audit event per token and sweep for accesses served from cache (bounded volume)."""
+        hits, self._cache_hits = self._cache_hits, Counter()
+        for token_id, count in hits.items():
+            record = await self.vault.get(token_id)
+            if record is not None:
+                await self.broker.audit(
+                    record, "access", "cache", f"served {count} time(s) from cache"
+                )

@@ -1,0 +1,120 @@
+"""The refresh engine wired into the server, against the real provider with 3 s access tokens.
+
+Schedule arithmetic (backoff sequence, rate limit, wake jumps) is unit-tested with a fake clock
+in test_refresh_scheduler.py; here the point is the wiring: warm tokens are refreshed ahead of
+expiry so callers are served from the cache, and warm entries resume after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import grant, metric
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def provider_for_test(idp_short_ttl):
+    return idp_short_ttl
+
+
+@pytest.fixture
+def offline_token_config(offline_token_config):
+    return {**offline_token_config, "min_refresh_interval": 0.5, "refresh_margin": 0.5}
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_warm_token_is_refreshed_ahead_and_served_from_cache(
+    api, idp_short_ttl, offline_app, jp_serverapp
+):
+    idp = idp_short_ttl
+    token_id = await grant(api, idp)
+    status, _ = await api.post("tokens", token_id, "access-token", body={"keep_warm": True})
+    assert status == 200
+    await offline_app._start_jupyter_server_extension(jp_serverapp)
+    _, token = await api.get("tokens", token_id)
+    assert token["keep_warm"] is True
+
+    grants_before = idp.stats()["refresh_token_grants"]
+    on_demand_before = await metric(
+        api, "offline_token_access_token_requests_total", source="refresh"
+    )
+    # Two and a half access-token lifetimes of callers asking for any unexpired token.
+    for _ in range(15):
+        status, access = await api.post("tokens", token_id, "access-token", body={"min_ttl": 0})
+        assert status == 200 and access["expires_in"] >= 0
+        await asyncio.sleep(0.5)
+    assert idp.stats()["refresh_token_grants"] - grants_before >= 3, "no proactive refresh"
+    assert (
+        await metric(api, "offline_token_access_token_requests_total", source="refresh")
+        == on_demand_before
+    ), "a caller had to wait for a refresh: the warm token was not kept ahead of expiry"
+    _, token = await api.get("tokens", token_id)
+    assert token["refresh_state"] == "scheduled"
+
+
+async def test_warm_entries_resume_after_restart(api, idp_short_ttl, offline_app, jp_serverapp):
+    idp = idp_short_ttl
+    token_id = await grant(api, idp)
+    await api.post("tokens", token_id, "access-token", body={"keep_warm": True})
+    await offline_app.services.close()
+    # A new process: no access token in memory, the schedule only in the vault's keep_warm flag.
+    fresh = offline_app.build_services()
+    offline_app.services = fresh
+    offline_app.serverapp.web_app.settings["offline_token_services"] = fresh
+    grants_before = idp.stats()["refresh_token_grants"]
+    await offline_app._start_jupyter_server_extension(jp_serverapp)
+    await wait_for(lambda: idp.stats()["refresh_token_grants"] > grants_before)
+    await wait_for(lambda: fresh.broker.cached(token_id) is not None)
+    status, access = await api.post("tokens", token_id, "access-token", body={"min_ttl": 0})
+    assert status == 200
+    info = await asyncio.to_thread(idp.userinfo, access["access_token"])
+    assert info.status_code == 200
+
+
+class ShiftedClock:
+    """Wall time shifted into the future; monotonic time and sleeping stay real."""
+
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def time(self) -> float:
+        return time.time() + self.shift
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+async def test_keepalive_refreshes_an_idle_entry_once(api, idp_short_ttl, offline_app):
+    idp = idp_short_ttl
+    idle = await grant(api, idp, label="idle")
+    engine = offline_app.services.engine
+    clock = ShiftedClock(2 * 86400)  # two days without a refresh
+    engine.clock = engine.scheduler.clock = clock
+    grants_before = idp.stats()["refresh_token_grants"]
+    await engine.sweep()
+    assert engine.scheduler.state(idle) is not None, "the idle entry was not scheduled"
+    await engine.scheduler.run_due()
+    await wait_for(lambda: idp.stats()["refresh_token_grants"] == grants_before + 1)
+    await wait_for(lambda: engine.scheduler.state(idle) is None)  # once, not kept warm
+    _, token = await api.get("tokens", idle)
+    assert token["refresh_count"] == 1 and token["status"] == "active"
+    _, audit = await api.get("tokens", idle, "audit")
+    assert any(e["detail"].startswith("keepalive") for e in audit["events"])
+    # A second sweep right away schedules nothing: it was just refreshed.
+    engine._last_keepalive_scan = 0.0
+    clock.shift = 0.0
+    await engine.sweep()
+    assert engine.scheduler.state(idle) is None
