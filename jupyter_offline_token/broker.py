@@ -148,7 +148,7 @@ class TokenBroker:
         self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
         self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
         self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_transient: list[Callable[[TokenRecord, float | None], Awaitable[None]]] = []
+        self.on_transient: list[Callable[[TokenRecord, str, float | None], Awaitable[None]]] = []
         self.on_cache_hit: Callable[[str], None] | None = None
         self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
 
@@ -575,7 +575,9 @@ class TokenBroker:
                 self._backoff_until[token_id] = time.monotonic() + max(
                     self.min_refresh_interval, exc.retry_after or 0.0
                 )
-                await self._notify(self.on_transient, record, exc.retry_after)
+                await self._notify(
+                    self.on_transient, record, f"provider unavailable: {exc}", exc.retry_after
+                )
                 raise ProviderUnavailable(
                     f"the OpenID provider is unavailable ({exc}); the offline token is kept, "
                     "try again shortly",

@@ -200,6 +200,7 @@ class RefreshScheduler:
         self._seq = itertools.count()
         self._inflight: dict[str, asyncio.Task[None]] = {}  # token -> running refresh callback
         self._tasks: set[asyncio.Task[None]] = set()  # attempt tasks until fully finished
+        self._retrying: set[str] = set()  # tokens whose refresh_state is "retrying"
         self._last_attempt: dict[str, float] = {}  # token -> monotonic start of its last attempt
         self._loop_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -237,6 +238,7 @@ class RefreshScheduler:
     def cancel(self, token_id: str) -> None:
         """Forget ``token_id``. An attempt already running finishes, but its outcome is dropped."""
         self._failed.pop(token_id, None)
+        self._retrying.discard(token_id)
         entry = self._entries.pop(token_id, None)
         if entry is not None and entry.queued:
             entry.queued = False
@@ -257,6 +259,40 @@ class RefreshScheduler:
     def __len__(self) -> int:
         """Tokens with a pending or running refresh (``failed`` ones are not counted)."""
         return len(self._entries)
+
+    def counts(self) -> dict[str, int]:
+        """Tokens per ``refresh_state`` (scheduled, retrying, failed), in O(1) for gauges."""
+        retrying = len(self._retrying)
+        return {
+            SCHEDULED: len(self._entries) - retrying,
+            RETRYING: retrying,
+            REFRESH_FAILED: len(self._failed),
+        }
+
+    async def report_transient(
+        self, token_id: str, error: str | None = None, *, retry_after: float | None = None
+    ) -> ScheduleEntryState | None:
+        """Count a transient failure seen outside the scheduler (an on-demand refresh) as one
+        failed attempt: retry_count, failing_since and backoff as if the scheduler had tried.
+
+        Ignored (returns None) while the scheduler's own attempt for the token is running, or
+        for a ``failed`` token. ``on_change`` is called as for the scheduler's own attempts.
+        """
+        if not isinstance(token_id, str) or not token_id:
+            raise ValueError("token_id must be a non-empty string")
+        if token_id in self._inflight or token_id in self._failed:
+            return None
+        entry = self._entries.get(token_id)
+        if entry is None:
+            entry = _Entry(state=ScheduleEntryState(token_id, SCHEDULED), reason="retry")
+            self._entries[token_id] = entry
+        # The failed request was an attempt: the rate limit counts from it.
+        self._last_attempt[token_id] = self.clock.monotonic()
+        self._record_transient(entry, error, retry_after, None)
+        self._track(entry.state)
+        state = dataclasses.replace(entry.state)
+        await self._notify(dataclasses.replace(state))
+        return state
 
     @property
     def in_flight(self) -> int:
@@ -472,10 +508,10 @@ class RefreshScheduler:
     async def _apply(self, entry: _Entry, outcome: RefreshOutcome) -> None:
         token_id = entry.state.token_id
         st = entry.state
-        now = self.clock.time()
         requested = entry.due  # a schedule() that arrived while the attempt ran
         if outcome.kind == "gone":
             del self._entries[token_id]
+            self._retrying.discard(token_id)
             self._last_attempt.pop(token_id, None)
             self.log.debug("token %s is gone: unscheduled", token_id)
             return
@@ -511,31 +547,44 @@ class RefreshScheduler:
                 st.refresh_state = SCHEDULED
                 self._push(entry, requested)
         else:
-            st.retry_count += 1
-            if st.failing_since is None:
-                st.failing_since = now
-            st.last_error = outcome.error or "transient refresh failure"
-            st.refresh_state = RETRYING
-            delay = self._retry_delay(st.retry_count, outcome.retry_after)
-            if requested is None or now + delay < requested:
-                entry.reason = "retry"
-                requested = now + delay
-            self._push(entry, requested)
-            # The first failure of a run and every 10th are worth a warning; the rest is noise.
-            level = (
-                logging.WARNING
-                if st.retry_count == 1 or st.retry_count % 10 == 0
-                else logging.DEBUG
-            )
-            self.log.log(
-                level,
-                "refresh of token %s failed (attempt %d, transient: %s); next try in %.0f s",
-                token_id,
-                st.retry_count,
-                st.last_error,
-                (st.next_attempt_at or now) - now,
-            )
+            self._record_transient(entry, outcome.error, outcome.retry_after, requested)
+        self._track(st)
         await self._notify(dataclasses.replace(st))
+
+    def _record_transient(
+        self, entry: _Entry, error: str | None, retry_after: float | None, requested: float | None
+    ) -> None:
+        """Count one transient failure and schedule the retry (or the earlier ``requested``)."""
+        st = entry.state
+        now = self.clock.time()
+        st.retry_count += 1
+        if st.failing_since is None:
+            st.failing_since = now
+        st.last_error = error or "transient refresh failure"
+        st.refresh_state = RETRYING
+        delay = self._retry_delay(st.retry_count, retry_after)
+        if requested is None or now + delay < requested:
+            entry.reason = "retry"
+            requested = now + delay
+        self._push(entry, requested)
+        # The first failure of a run and every 10th are worth a warning; the rest is noise.
+        level = (
+            logging.WARNING if st.retry_count == 1 or st.retry_count % 10 == 0 else logging.DEBUG
+        )
+        self.log.log(
+            level,
+            "refresh of token %s failed (attempt %d, transient: %s); next try in %.0f s",
+            st.token_id,
+            st.retry_count,
+            st.last_error,
+            (st.next_attempt_at or now) - now,
+        )
+
+    def _track(self, state: ScheduleEntryState) -> None:
+        if state.refresh_state == RETRYING:
+            self._retrying.add(state.token_id)
+        else:
+            self._retrying.discard(state.token_id)
 
     def _retry_delay(self, retry_count: int, retry_after: float | None) -> float:
         delay = max(self.backoff.delay(retry_count, self._rng), self.min_refresh_interval)

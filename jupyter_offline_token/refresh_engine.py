@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from typing import Any
 
@@ -119,7 +118,8 @@ class RefreshEngine:
         if not self.is_warm(token_id) or cached is None:
             return RefreshOutcome(kind="success")
         return RefreshOutcome(
-            kind="success", next_refresh_at=self._next_proactive(cached.expires_at, time.time())
+            kind="success",
+            next_refresh_at=self._next_proactive(cached.expires_at, self.clock.time()),
         )
 
     async def _persist(self, state: ScheduleEntryState) -> None:
@@ -135,24 +135,27 @@ class RefreshEngine:
                 last_error=state.last_error if refresh_state == RETRYING else None,
                 now=self.clock.time(),
             )
-        metrics.refresh_retrying.set(
-            sum(1 for s in self.scheduler.states() if s.refresh_state == RETRYING)
-        )
+        metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
     # --- broker hooks ----------------------------------------------------------------------
     async def _after_refresh(self, record: TokenRecord, token: Any) -> None:
+        """Any successful refresh ends a retry run; warm tokens get their next proactive slot."""
+        state = self.scheduler.state(record.id)
+        if state is not None and state.refresh_state == RETRYING:
+            self.scheduler.cancel(record.id)  # schedule() alone would keep the retry count
         if self.is_warm(record.id):
             self.scheduler.schedule(
                 record.id, self._next_proactive(token.expires_at, self.clock.time()), reason="warm"
             )
+        metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    async def _after_transient(self, record: TokenRecord, retry_after: float | None) -> None:
+    async def _after_transient(
+        self, record: TokenRecord, error: str, retry_after: float | None
+    ) -> None:
         """An on-demand refresh hit a transient fault: keep retrying in the background."""
-        state = self.scheduler.state(record.id)
-        if state is not None and state.refresh_state == RETRYING:
-            return  # already retrying with its own backoff
-        delay = max(self.scheduler.min_refresh_interval, retry_after or 0.0)
-        self.scheduler.schedule(record.id, self.clock.time() + delay, reason="retry")
+        if self.scheduler.state(record.id) is None:
+            self.scheduler.schedule(record.id, self.clock.time(), reason="retry")
+        await self.scheduler.report_transient(record.id, error, retry_after=retry_after)
 
     async def _after_status_change(self, record: TokenRecord) -> None:
         if record.status != ACTIVE:
@@ -184,6 +187,7 @@ class RefreshEngine:
             self._sweeper = None
         await self.scheduler.stop(timeout)
         await self._flush_cache_hits()
+        metrics.refresh_retrying.set(0)
 
     async def _active_records(self) -> list[TokenRecord]:
         records: list[TokenRecord] = []

@@ -86,7 +86,7 @@ class FakeClock:
         """Move only the wall clock (suspend/resume, or an NTP step); no sleeper wakes."""
         self._wall += seconds
 
-    async def settle(self, max_rounds: int = 1_000_000) -> None:
+    async def settle(self, max_rounds: int = 200_000) -> None:
         """Let every ready callback run until the loop has nothing ready left to do."""
         loop = asyncio.get_running_loop()
         ready = getattr(loop, "_ready", None)  # CPython's run queue; absent on other loops

@@ -7,6 +7,7 @@ import functools
 import itertools
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +21,7 @@ from jupyter_offline_token.refresh import (
     RefreshOutcome,
     RefreshScheduler,
     ScheduleEntryState,
+    SystemClock,
 )
 
 T0 = 1_700_000_000.0
@@ -710,12 +712,15 @@ async def test_stop_is_bounded_and_leaves_no_pending_task(make_scheduler, clock)
 
 @scheduler_test
 async def test_stop_gives_up_on_a_refresh_that_ignores_cancellation(make_scheduler, clock, caplog):
+    done = asyncio.Event()
+
     async def refresh(token_id: str, reason: str) -> RefreshOutcome:
-        while True:
+        while not done.is_set():
             try:
-                await asyncio.Event().wait()
+                await done.wait()
             except asyncio.CancelledError:
                 continue  # a badly behaved callback
+        return ok()
 
     sched = make_scheduler(refresh)
     sched.schedule("t1", T0)
@@ -728,8 +733,10 @@ async def test_stop_gives_up_on_a_refresh_that_ignores_cancellation(make_schedul
     assert stopping.done()
     await stopping
     assert "ignored cancellation" in caplog.text
-    assert sched.in_flight == 1  # left behind (run_async cancels it at the end of the test)
-    sched.cancel("t1")
+    assert sched.in_flight == 1  # left behind, still running
+    done.set()
+    await clock.settle()
+    assert sched.in_flight == 0
 
 
 @scheduler_test
@@ -746,3 +753,70 @@ async def test_start_is_idempotent_and_restartable(make_scheduler, clock):
     await sched.start()
     await clock.advance(5)
     assert len(provider.calls) == 1
+
+
+@run_async
+async def test_system_clock_reads_the_real_clocks():
+    clock = SystemClock()
+    before = time.time()
+    await clock.sleep(0)
+    assert before <= clock.time() <= time.time()
+    assert clock.monotonic() <= time.monotonic()
+
+
+@scheduler_test
+async def test_counts_follow_every_state_change(make_scheduler, clock):
+    script = {"a": transient(), "b": RefreshOutcome("permanent", error="invalid_grant")}
+    provider = Provider(clock, lambda t, n: script.get(t, ok(clock.time() + 100)))
+    sched = make_scheduler(provider)
+    for token_id in ("a", "b", "c"):
+        sched.schedule(token_id, T0)
+    assert sched.counts() == {"scheduled": 3, "retrying": 0, "failed": 0}
+    await sched.run_due()
+    assert sched.counts() == {"scheduled": 1, "retrying": 1, "failed": 1}
+    script["a"] = ok(None)
+    await clock.advance(10)
+    await sched.run_due()
+    assert sched.counts() == {"scheduled": 1, "retrying": 0, "failed": 1}
+    sched.cancel("b")
+    sched.cancel("c")
+    assert sched.counts() == {"scheduled": 0, "retrying": 0, "failed": 0}
+
+
+@scheduler_test
+async def test_report_transient_counts_an_on_demand_failure(make_scheduler, clock):
+    provider = Provider(clock, lambda t, n: ok(None))
+    changes: list[ScheduleEntryState] = []
+    sched = make_scheduler(provider, on_change=changes.append)
+    st = await sched.report_transient("t1", "HTTP 503", retry_after=30)
+    assert st is not None
+    assert (st.refresh_state, st.retry_count, st.failing_since) == ("retrying", 1, T0)
+    assert st.next_attempt_at == T0 + 30 and changes == [st]
+    st = await sched.report_transient("t1", "HTTP 503")
+    assert st.retry_count == 2 and st.next_attempt_at == T0 + 20  # backoff continues
+    assert sched.counts()["retrying"] == 1
+    await clock.advance(20)
+    assert await sched.run_due() == 1
+    assert provider.calls[0][1] == "retry"
+    assert sched.state("t1") is None and changes[-1].refresh_state == "idle"
+    assert sched.counts() == {"scheduled": 0, "retrying": 0, "failed": 0}
+
+
+@scheduler_test
+async def test_report_transient_is_ignored_while_an_attempt_runs(make_scheduler, clock):
+    release = asyncio.Event()
+
+    async def refresh(token_id: str, reason: str) -> RefreshOutcome:
+        await release.wait()
+        return ok(None)
+
+    sched = make_scheduler(refresh)
+    sched.schedule("t1", T0)
+    await sched.start()
+    await clock.settle()
+    assert await sched.report_transient("t1", "HTTP 503") is None
+    assert sched.state("t1").retry_count == 0
+    release.set()
+    await clock.settle()
+    with pytest.raises(ValueError):
+        await sched.report_transient("")
