@@ -71,6 +71,7 @@ class AccessToken:
     expires_at: float
     scope: str | None
     obtained_at: float  # monotonic, for single flight
+    owner: str = ""  # the entry's owner, so a cache hit needs no vault read
 
     def __repr__(self) -> str:
         return f"AccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
@@ -420,7 +421,7 @@ class TokenBroker:
             idle_expires_at=_idle_expiry(response, now),
             now=now,
         )
-        self._cache[record.id] = _cached(response, now)
+        self._cache[record.id] = _cached(response, now, owner=record.owner)
         await self.audit(active, "activate", "ok", f"subject {subject or '?'}")
         log.info("offline token %s activated for %s", record.id, owner)
         await self._notify(self.on_activated, active)
@@ -432,6 +433,7 @@ class TokenBroker:
         return self._not_configured_message or "the provider is not configured"
 
     async def _fail(self, record: TokenRecord, reason: str) -> None:
+        self._cache.pop(record.id, None)
         now = self.clock()
         try:
             await self.vault.mark_failed(record.id, error=reason, now=now)
@@ -457,12 +459,20 @@ class TokenBroker:
     async def get_access_token(
         self, owner: str | None, token_id: str, *, min_ttl: float = 30.0
     ) -> AccessToken:
-        """A cached access token with at least ``min_ttl`` seconds left, else one refresh."""
+        """A cached access token with at least ``min_ttl`` seconds left, else one refresh.
+
+        The cache is checked first: entries leave it when their token fails, is revoked or is
+        deleted, so a hit needs no vault read (the hot path of every warm token).
+        """
+        cached = self._cache.get(token_id)
+        if (
+            cached is not None
+            and (owner is None or cached.owner == owner)
+            and cached.expires_at - self.clock() >= min_ttl
+        ):
+            return self._served_from_cache(token_id, cached)
         record = await self._owned(owner, token_id)
         _raise_unusable(record)
-        cached = self._cache.get(token_id)
-        if cached is not None and cached.expires_at - self.clock() >= min_ttl:
-            return self._served_from_cache(token_id, cached)
         self._require_provider()
         asked_at = time.monotonic()
         wait = self._backoff_until.get(token_id, 0.0) - asked_at
@@ -594,7 +604,7 @@ class TokenBroker:
                 holder=self.holder,
             )
             holder_released = True
-            token = _cached(response, now)
+            token = _cached(response, now, owner=record.owner)
             self._cache[token_id] = token
             self._backoff_until.pop(token_id, None)
             metrics.refresh_total.labels(result="success").inc()
@@ -747,7 +757,7 @@ def _raise_unusable(record: TokenRecord) -> None:
     raise Conflict(f"offline token {record.id} is {record.status}", code="token_failed")
 
 
-def _cached(response: TokenResponse, now: float) -> AccessToken:
+def _cached(response: TokenResponse, now: float, *, owner: str) -> AccessToken:
     ttl = float(response.expires_in) if response.expires_in else DEFAULT_ACCESS_TTL
     return AccessToken(
         access_token=response.access_token,
@@ -755,6 +765,7 @@ def _cached(response: TokenResponse, now: float) -> AccessToken:
         expires_at=now + ttl,
         scope=response.scope,
         obtained_at=time.monotonic(),
+        owner=owner,
     )
 
 
