@@ -23,6 +23,7 @@ from .oidc import ProviderClient
 from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
 from .services import Services
+from .tasks import install as install_tasks
 from .vault import Vault
 
 HERE = Path(__file__).parent
@@ -188,6 +189,21 @@ class OfflineTokenApp(ExtensionApp):
         scan, metrics gauges and the audit of cached accesses. Default: 60.""",
     )
 
+    # --- tasks --------------------------------------------------------------------------------
+    max_running_tasks = Int(
+        4,
+        config=True,
+        help="""At most this many command, notebook and demo tasks run at once; further executes
+        wait as pending ("queued: N tasks ahead") and start in order when one ends. Kernel tasks
+        run in their kernel and are not counted. Default: 4.""",
+    )
+    task_cancel_grace = Float(
+        10.0,
+        config=True,
+        help="""Seconds a cancelled task process (or one stopped at server shutdown) gets between
+        SIGTERM and SIGKILL. Default: 10.""",
+    )
+
     # --- defaults from the environment -----------------------------------------------------------
     @default("issuer")
     def _issuer_default(self) -> str:
@@ -268,7 +284,14 @@ class OfflineTokenApp(ExtensionApp):
             raise TraitError(f"OfflineTokenApp.backoff_jitter must be in [0, 1), got {value}")
         return value
 
-    @validate("refresh_concurrency", "audit_retention")
+    @validate("task_cancel_grace")
+    def _check_grace(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise TraitError(f"OfflineTokenApp.task_cancel_grace must be >= 0, got {value}")
+        return value
+
+    @validate("refresh_concurrency", "audit_retention", "max_running_tasks")
     def _check_positive_int(self, proposal: Any) -> int:
         value = int(proposal["value"])
         if value < 1:
@@ -356,6 +379,10 @@ class OfflineTokenApp(ExtensionApp):
         services = Services(vault, broker, engine)
         services.extras["set_keep_warm"] = engine.set_keep_warm
         services.extras["failing_since"] = engine.failing_since
+        tasks = install_tasks(self, services)
+        tasks.on_warm_change.append(engine.task_warmth)
+        services.on_start.append(tasks.start)
+        services.on_stop.append(tasks.stop)
         return services
 
     def initialize_settings(self) -> None:

@@ -152,6 +152,8 @@ class TokenBroker:
         self.on_transient: list[Callable[[TokenRecord, str, float | None], Awaitable[None]]] = []
         self.on_cache_hit: Callable[[str], None] | None = None
         self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
+        # Called with the token id before a forced delete revokes it (cancel its tasks first).
+        self.before_force_delete: list[Callable[[str], Awaitable[Any]]] = []
 
     # --- helpers -------------------------------------------------------------------------------
     @property
@@ -659,6 +661,9 @@ class TokenBroker:
                     code="token_in_use",
                     extra={"tasks": running},
                 )
+        if force:
+            for hook in self.before_force_delete:
+                await hook(token_id)
         revoked = False
         warning = ""
         shared_with: list[str] = []

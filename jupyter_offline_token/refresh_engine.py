@@ -77,6 +77,13 @@ class RefreshEngine:
             self._keep_warm.discard(token_id)
             self._cool_down(token_id)
 
+    async def task_warmth(self, token_id: str, warm: bool) -> None:
+        """The task service's hook: a token's first running task started, or its last ended."""
+        if warm:
+            self.task_started(token_id)
+        else:
+            self.task_ended(token_id)
+
     def task_started(self, token_id: str) -> None:
         self._task_users[token_id] += 1
         self._warm_up(token_id)

@@ -101,7 +101,38 @@ CREATE TABLE audit (
 CREATE INDEX audit_token ON audit (token_id, id);
 """
 
-MIGRATIONS: list[Migration] = [_MIGRATION_1]
+# Tasks (issue 4): long-running work linked to an entry. ``spec`` is JSON (command argv,
+# notebook path, parameters); ``runner`` names the server process supervising a running task;
+# ``credential_hash`` is the SHA-256 of the task process's scoped credential, set only while the
+# task runs. No foreign key: a task outlives its token's entry.
+_MIGRATION_2 = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    persistent_token_id TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT,
+    spec TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    queued_at REAL,
+    runner TEXT,
+    credential_hash TEXT UNIQUE
+);
+CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
+CREATE INDEX tasks_token ON tasks (persistent_token_id);
+CREATE INDEX tasks_status ON tasks (status);
+"""
+
+MIGRATIONS: list[Migration] = [_MIGRATION_1, _MIGRATION_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
@@ -226,6 +257,12 @@ class Vault:
         return self.path.parent / KEY_FILE_NAME
 
     # --- worker plumbing ----------------------------------------------------------------------
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the vault's worker thread (for stores that share this
+        database, such as the task store). sqlite3 errors become VaultError; ``fn`` must
+        manage its own transaction."""
+        return await self._run(fn, *args)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the worker thread; sqlite3 errors become VaultError."""
         if self._closed:

@@ -1,0 +1,47 @@
+"""Tornado handlers. Routes are relative to the server's base_url."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ID = r"(?P<token_id>[^/]+)"
+TASK_ID = r"(?P<task_id>[^/]+)"
+
+
+def routes() -> list[tuple[str, Any]]:
+    from .callback import CallbackHandler
+    from .tasks import (
+        TaskCancelHandler,
+        TaskEventsHandler,
+        TaskExecuteHandler,
+        TaskHandler,
+        TaskLinkHandler,
+        TaskLogHandler,
+        TasksHandler,
+    )
+    from .tokens import (
+        AccessTokenHandler,
+        AuditHandler,
+        ConsentsHandler,
+        HealthHandler,
+        TokenHandler,
+        TokensHandler,
+    )
+
+    api = r"/api/offline-token"
+    return [
+        (rf"{api}/consents", ConsentsHandler),
+        (rf"{api}/tokens", TokensHandler),
+        (rf"{api}/tokens/{ID}", TokenHandler),
+        (rf"{api}/tokens/{ID}/access-token", AccessTokenHandler),
+        (rf"{api}/tokens/{ID}/audit", AuditHandler),
+        (rf"{api}/health", HealthHandler),
+        (rf"{api}/tasks", TasksHandler),
+        (rf"{api}/tasks/{TASK_ID}", TaskHandler),
+        (rf"{api}/tasks/{TASK_ID}/link", TaskLinkHandler),
+        (rf"{api}/tasks/{TASK_ID}/execute", TaskExecuteHandler),
+        (rf"{api}/tasks/{TASK_ID}/cancel", TaskCancelHandler),
+        (rf"{api}/tasks/{TASK_ID}/events", TaskEventsHandler),
+        (rf"{api}/tasks/{TASK_ID}/log", TaskLogHandler),
+        (r"/offline-token/callback", CallbackHandler),
+    ]

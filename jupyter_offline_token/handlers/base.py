@@ -1,0 +1,246 @@
+"""The base class of every REST handler: auth, body parsing, and one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from ..errors import InvalidRequest, OfflineTokenError
+
+if TYPE_CHECKING:
+    from ..services import Services
+    from ..tasks.credentials import TaskPrincipal
+
+log = logging.getLogger("jupyter_offline_token.handlers")
+
+AUTH_RESOURCE = "offline_token"
+MAX_BODY_BYTES = 64 * 1024
+TASK_AUTH_SCHEME = "OfflineTokenTask"
+_TASK_ALLOWED = "_offline_token_task_allowed"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def forbidden(message: str) -> OfflineTokenError:
+    return OfflineTokenError(message, code="forbidden", status=403)
+
+
+def authenticated_or_task(method: F) -> F:
+    """The Jupyter user (``@web.authenticated`` + ``@authorized``) or the scoped credential of
+    the task the route names: ``task_id`` must be its task, ``token_id`` its task's token."""
+    as_user = web.authenticated(authorized(method))
+
+    @functools.wraps(method)
+    async def wrapper(self: OfflineTokenHandler, *args: Any, **kwargs: Any) -> Any:
+        principal = self.task_principal
+        if principal is None:
+            result = as_user(self, *args, **kwargs)
+            return await result if asyncio.iscoroutine(result) else result
+        task_id, token_id = kwargs.get("task_id"), kwargs.get("token_id")
+        if (
+            (task_id is None and token_id is None)
+            or (task_id is not None and task_id != principal.task_id)
+            or (token_id is not None and token_id != principal.token_id)
+        ):
+            raise forbidden("a task credential only reaches its own task and its token")
+        return await method(self, *args, **kwargs)
+
+    setattr(wrapper, _TASK_ALLOWED, True)
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One accepted body field: its Python type(s), whether required, and a check."""
+
+    types: type | tuple[type, ...]
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+
+def max_len(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return f"is longer than {limit} characters" if len(value) > limit else None
+
+    return check
+
+
+def in_range(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low:g} and {high:g}"
+
+    return check
+
+
+def parse_body(raw: bytes, fields: dict[str, Field], *, allow_empty: bool = True) -> dict[str, Any]:
+    """Parse and validate a JSON object body; raise InvalidRequest naming what is wrong."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(
+            f"request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large"
+        )
+    if not raw.strip():
+        if allow_empty:
+            body: Any = {}
+        else:
+            raise InvalidRequest("a JSON object body is required", code="invalid_json")
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(fields))}",
+            code="unknown_field",
+        )
+    for name, spec in fields.items():
+        if name not in body or body[name] is None:
+            if spec.required:
+                raise InvalidRequest(f"field {name!r} is required", code="missing_field")
+            body.pop(name, None)
+            continue
+        value = body[name]
+        types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+        # bool is an int in Python; never accept it where a number is asked for.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join(_json_type(t) for t in types)
+            raise InvalidRequest(f"field {name!r} must be {names}", code="invalid_field")
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem:
+                raise InvalidRequest(f"field {name!r} {problem}", code="invalid_field")
+    return body
+
+
+def _json_type(t: type) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+    }.get(t, t.__name__)
+
+
+class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
+    """Every API route: authenticated Jupyter user, JSON errors ``{"error", "message"}``."""
+
+    auth_resource = AUTH_RESOURCE
+    task_principal: TaskPrincipal | None = None
+
+    @property
+    def services(self) -> Services:
+        return self.settings["offline_token_services"]
+
+    @property
+    def owner(self) -> str:
+        """The vault owner of this request: the task's owner for a task credential, else the
+        Jupyter user's (see OfflineTokenApp.owner_scope)."""
+        if self.task_principal is not None:
+            return self.task_principal.owner
+        return str(self.settings["offline_token_owner"](self.current_user))
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """``Authorization: OfflineTokenTask <secret>`` is resolved here, not by the identity
+        provider: it is not a Jupyter identity and not a cookie (so no XSRF check). It reaches
+        only methods marked ``@authenticated_or_task``; anything else answers 403."""
+        scheme, _, secret = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != TASK_AUTH_SCHEME.lower():
+            await super().prepare()
+            return
+        self.current_user = self._jupyter_current_user = None
+        if not self.check_host():
+            raise web.HTTPError(403)
+        if not self.check_origin():
+            raise web.HTTPError(404)
+        self.set_cors_headers()
+        method = getattr(self, (self.request.method or "").lower(), None)
+        if not getattr(method, _TASK_ALLOWED, False):
+            raise forbidden("a task credential is not valid for this request")
+        await self.services.ready()
+        authenticate = self.services.extras.get("authenticate_task")
+        principal = await authenticate(secret.strip()) if authenticate is not None else None
+        if principal is None:
+            raise forbidden("the task credential is not valid: unknown, or its task has ended")
+        self.task_principal = principal
+
+    def failing_since(self, token_id: str) -> float | None:
+        """When the current run of transient refresh failures began (for health details)."""
+        lookup = self.services.extras.get("failing_since")
+        return lookup(token_id) if lookup is not None else None
+
+    def body(self, fields: dict[str, Field], *, allow_empty: bool = True) -> dict[str, Any]:
+        return parse_body(self.request.body or b"", fields, allow_empty=allow_empty)
+
+    def query_flag(self, name: str, default: bool) -> bool:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise InvalidRequest(
+            f"query parameter {name!r} must be true or false", code="invalid_query"
+        )
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(payload))
+
+    def no_content(self) -> None:
+        self.set_status(204)
+        self.finish()
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, OfflineTokenError):
+            if self._finished:
+                return
+            self.clear()
+            self.set_status(e.status)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.set_header("Cache-Control", "no-store")
+            if e.retry_after is not None:
+                self.set_header("Retry-After", str(max(1, round(e.retry_after))))
+            log_fn = log.warning if e.status >= 500 else log.info
+            log_fn("%s %s -> %s %s", self.request.method, self.request.path, e.status, e.code)
+            self.finish(json.dumps(e.to_json()))
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado/jupyter_server errors (403, 404, 405, 500) in our JSON shape."""
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None:
+            exc = exc_info[1]
+            if isinstance(exc, web.HTTPError) and exc.log_message:
+                message = exc.log_message % exc.args if exc.args else exc.log_message
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+        }.get(status_code, "internal_error" if status_code >= 500 else "error")
+        if status_code >= 500:
+            message = "internal error; the server log has details"
+        self.finish(json.dumps({"error": code, "message": message}))

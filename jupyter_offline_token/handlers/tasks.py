@@ -1,0 +1,235 @@
+"""REST handlers for tasks: CRUD, link, execute, cancel, progress reports, events and log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..errors import OfflineTokenError
+from ..tasks.models import KINDS, MAX_DESCRIPTION, MAX_MESSAGE, MAX_NAME, MAX_TEXT, TERMINAL
+from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
+
+if TYPE_CHECKING:
+    from ..tasks.service import TaskService
+
+
+def _one_of(values: tuple[str, ...]) -> Any:
+    def check(value: Any) -> str | None:
+        return None if value in values else f"must be one of {', '.join(values)}"
+
+    return check
+
+
+CREATE_FIELDS = {
+    "name": Field(str, required=True, check=max_len(MAX_NAME)),
+    "description": Field(str, check=max_len(MAX_DESCRIPTION)),
+    "kind": Field(str, check=_one_of(KINDS)),
+    "command": Field(list),
+    "notebook": Field(str, check=max_len(4096)),
+    "persistent_token_id": Field(str, check=max_len(64)),
+    "parameters": Field(dict),
+}
+LINK_FIELDS = {"persistent_token_id": Field(str, required=True, check=max_len(64))}
+PATCH_FIELDS = {
+    "progress": Field((int, float), check=in_range(0, 100)),
+    "message": Field(str, check=max_len(MAX_MESSAGE)),
+    "status": Field(str, check=_one_of(("running", "completed", "failed"))),
+    "result": Field(str, check=max_len(MAX_TEXT)),
+    "error": Field(str, check=max_len(MAX_TEXT)),
+}
+
+
+class TaskBaseHandler(OfflineTokenHandler):
+    async def tasks(self) -> TaskService:
+        await self.services.ready()
+        service = self.services.extras.get("tasks")
+        if service is None:
+            raise OfflineTokenError(
+                "tasks are not enabled on this server", code="not_configured", status=503
+            )
+        return service
+
+
+class TasksHandler(TaskBaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        status = self.get_query_argument("status", None)
+        service = await self.tasks()
+        records = await service.list_tasks(self.owner, status=status)
+        self.write_json({"tasks": [t.to_json() for t in records]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body(CREATE_FIELDS, allow_empty=False)
+        service = await self.tasks()
+        task = await service.create(
+            self.owner,
+            name=body["name"],
+            description=body.get("description", ""),
+            kind=body.get("kind", "kernel"),
+            command=body.get("command"),
+            notebook=body.get("notebook"),
+            persistent_token_id=body.get("persistent_token_id"),
+            parameters=body.get("parameters"),
+        )
+        self.write_json(task.to_json(), status=201)
+
+
+class TaskHandler(TaskBaseHandler):
+    @authenticated_or_task
+    async def get(self, task_id: str) -> None:
+        service = await self.tasks()
+        self.write_json((await service.get(self.owner, task_id)).to_json())
+
+    @authenticated_or_task
+    async def patch(self, task_id: str) -> None:
+        body = self.body(PATCH_FIELDS, allow_empty=False)
+        service = await self.tasks()
+        progress = body.get("progress")
+        task = await service.patch(
+            self.owner,
+            task_id,
+            progress=float(progress) if progress is not None else None,
+            message=body.get("message"),
+            status=body.get("status"),
+            result=body.get("result"),
+            error=body.get("error"),
+        )
+        self.write_json(task.to_json())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, task_id: str) -> None:
+        service = await self.tasks()
+        await service.delete(self.owner, task_id)
+        self.no_content()
+
+
+class TaskLinkHandler(TaskBaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        body = self.body(LINK_FIELDS, allow_empty=False)
+        service = await self.tasks()
+        task = await service.link(self.owner, task_id, body["persistent_token_id"])
+        self.write_json(task.to_json())
+
+
+class TaskExecuteHandler(TaskBaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        self.body({}, allow_empty=True)
+        service = await self.tasks()
+        task = await service.execute(self.owner, task_id)
+        self.write_json({"status": "executing", "task": task.to_json()}, status=202)
+
+
+class TaskCancelHandler(TaskBaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        self.body({}, allow_empty=True)
+        service = await self.tasks()
+        task = await service.cancel(self.owner, task_id)
+        self.write_json(task.to_json())
+
+
+class TaskLogHandler(TaskBaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, task_id: str) -> None:
+        service = await self.tasks()
+        self.write_json({"lines": await service.log_lines(self.owner, task_id)})
+
+
+class TaskEventsHandler(TaskBaseHandler):
+    """Server-sent events: the current state first, then every change; ends after a terminal
+    state. A ``: keepalive`` comment every ``keepalive_interval`` seconds keeps proxies open."""
+
+    _closed: asyncio.Event | None = None
+
+    def on_connection_close(self) -> None:
+        if self._closed is not None:
+            self._closed.set()
+        super().on_connection_close()
+
+    @authenticated_or_task
+    async def get(self, task_id: str) -> None:
+        service = await self.tasks()
+        await service.get(self.owner, task_id)  # 404 before any stream starts
+        self._closed = asyncio.Event()
+        queue = service.subscribe(task_id)
+        try:
+            record = await service.get(self.owner, task_id)
+            current = record.to_json()
+            self.set_status(200)
+            self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Accel-Buffering", "no")
+            await self._send(current)
+            await self._follow(service, queue, current, since=record.updated_at)
+        except StreamClosedError:
+            return
+        finally:
+            service.unsubscribe(task_id, queue)
+        if not self._closed.is_set():
+            with contextlib.suppress(StreamClosedError):
+                await self.finish(set_content_type="text/event-stream; charset=UTF-8")
+
+    async def _follow(
+        self,
+        service: TaskService,
+        queue: asyncio.Queue[dict[str, Any]],
+        last: dict[str, Any],
+        *,
+        since: float,
+    ) -> None:
+        """Send queued changes until a terminal state; skip those older than ``since`` (the
+        state already sent was read after they were queued)."""
+        assert self._closed is not None
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            while last["status"] not in TERMINAL:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, closed},
+                    timeout=service.keepalive_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter not in done:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if closed in done:
+                    return
+                if getter.cancelled():
+                    self.write(": keepalive\n\n")
+                    await self.flush()
+                    continue
+                event = getter.result()
+                if event.get("_closed"):
+                    return  # the service is stopping
+                if event["_updated_at"] < since:
+                    continue
+                event = {k: v for k, v in event.items() if not k.startswith("_")}
+                if event == last:
+                    continue
+                await self._send(event)
+                last = event
+        finally:
+            closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closed
+
+    async def _send(self, task: dict[str, Any]) -> None:
+        self.write(f"event: task\ndata: {json.dumps(task)}\n\n")
+        await self.flush()
