@@ -1,0 +1,232 @@
+"""The dashboard and the JupyterLab launcher in a real browser (Debian's chromium + Playwright).
+
+A real ``jupyter lab`` process (the installed package, as users run it) and the real dev
+provider; the consent is completed at the provider in the same browser. Screenshots land in
+``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+# Chromium logs every 4xx answer as a console error; a 409 from Execute without a token is
+# the API working as designed, not a script error.
+EXPECTED_CONSOLE = re.compile(r"Failed to load resource: the server responded with a status of 409")
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+playwright_async = pytest.importorskip("playwright.async_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(idp, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A real `jupyter lab` with the extension configured for the dev provider."""
+    home = tmp_path_factory.mktemp("lab")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_OFFLINE_TOKEN_ISSUER": idp.issuer,
+        "JUPYTER_OFFLINE_TOKEN_CLIENT_ID": idp.client_id,
+        "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET": idp.client_secret,
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+    }
+    jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or "jupyter"
+    argv = [
+        jupyter,
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={home}",
+        "--OfflineTokenApp.sweep_interval=5",
+    ]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ok = httpx.get(f"{base}api/offline-token/health", params={"token": token})
+                if ok.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "jupyter lab did not start"
+            time.sleep(0.3)
+        yield {"base": base, "token": token}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextlib.asynccontextmanager
+async def browser_page() -> AsyncIterator[Any]:
+    """A fresh headless chromium page that records console errors and page errors."""
+    async with playwright_async.async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        context = await chromium.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        page.console_problems = []
+
+        def on_console(msg: Any) -> None:
+            if msg.type in ("error", "warning") and not EXPECTED_CONSOLE.search(msg.text):
+                page.console_problems.append(f"{msg.type}: {msg.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: page.console_problems.append(f"pageerror: {exc}"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await chromium.close()
+
+
+async def shot(page: Any, name: str) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def test_dashboard_whole_story(lab, idp):
+    async with browser_page() as page:
+        expect = playwright_async.expect
+        await page.goto(f"{lab['base']}offline-token/?token={lab['token']}")
+        await expect(page.get_by_test_id("health-banner")).to_be_visible()
+
+        # A demo task, created before there is any token.
+        await page.get_by_test_id("task-name").fill("nightly demo")
+        await page.get_by_test_id("task-kind").select_option("demo")
+        await page.get_by_test_id("create-task").click()
+        first = page.get_by_test_id("task-row").filter(has_text="nightly demo")
+        await expect(first).to_be_visible()
+        await first.get_by_test_id("execute").click()
+        await expect(first.get_by_test_id("inline-error")).to_be_visible()
+        await expect(first.get_by_test_id("inline-error")).to_have_attribute(
+            "data-error", "needs_consent"
+        )
+        await shot(page, "01-needs-consent")
+
+        # Request a token: the provider opens in a new tab; log in and allow there.
+        await page.get_by_test_id("token-label").fill("browser test")
+        async with page.context.expect_page() as popup_info:
+            await page.get_by_test_id("request-token").click()
+        popup = await popup_info.value
+        await popup.wait_for_selector("form#login")
+        await popup.fill("input[name=login]", "alice")
+        await popup.fill("input[name=password]", "alice")
+        await popup.click("form#login [type=submit]")
+        await popup.wait_for_selector("form#consent")
+        await shot(popup, "02-provider-consent")
+        await popup.click("form#consent button[value=allow]")
+        await popup.wait_for_load_state()
+        await expect(popup.get_by_test_id("callback-title")).to_have_text("Offline access granted")
+        await shot(popup, "03-callback")
+        await popup.close()
+
+        # The row turns active by itself (no reload).
+        row = page.get_by_test_id("token-row").filter(has_text="browser test")
+        await expect(row.get_by_test_id("token-status")).to_have_text(re.compile("active", re.I))
+        token_id = await row.get_attribute("data-token-id")
+        assert token_id
+
+        # Link the token and run the demo task to 100 %.
+        await first.get_by_test_id("link-select").select_option(token_id)
+        await first.get_by_test_id("link").click()
+        await first.get_by_test_id("execute").click()
+        await expect(first.get_by_test_id("task-status")).to_have_text(
+            re.compile("completed", re.I), timeout=60_000
+        )
+        await expect(first.get_by_test_id("task-progress")).to_have_attribute(
+            "aria-valuenow", "100"
+        )
+        await shot(page, "04-task-completed")
+
+        # A second task, cancelled while it runs.
+        await page.get_by_test_id("task-name").fill("to cancel")
+        await page.get_by_test_id("task-kind").select_option("demo")
+        await page.get_by_test_id("create-task").click()
+        second = page.get_by_test_id("task-row").filter(has_text="to cancel")
+        await second.get_by_test_id("link-select").select_option(token_id)
+        await second.get_by_test_id("link").click()
+        await second.get_by_test_id("execute").click()
+        await expect(second.get_by_test_id("task-status")).to_have_text(re.compile("running", re.I))
+        await second.get_by_test_id("cancel").click()
+        await expect(second.get_by_test_id("task-status")).to_have_text(
+            re.compile("cancelled", re.I)
+        )
+        await shot(page, "05-task-cancelled")
+
+        # Revoke, accepting the confirmation dialog.
+        page.once("dialog", lambda dialog: dialog.accept())
+        grants = idp.stats()["revocations"]
+        await row.get_by_test_id("revoke").click()
+        await expect(
+            page.get_by_test_id("token-row").filter(has_text="browser test")
+        ).to_have_count(0)
+        assert idp.stats()["revocations"] == grants + 1
+        await shot(page, "06-revoked")
+        assert page.console_problems == []  # type: ignore[attr-defined]
+
+
+async def test_jupyterlab_launcher_opens_the_dashboard(lab):
+    async with browser_page() as page:
+        expect = playwright_async.expect
+        await page.goto(f"{lab['base']}lab?token={lab['token']}")
+        card = page.locator(".jp-LauncherCard", has_text="Offline tokens")
+        await expect(card).to_be_visible(timeout=60_000)
+        await shot(page, "07-launcher")
+        await card.click()
+        frame = page.frame_locator("iframe").first
+        await expect(frame.get_by_test_id("health-banner")).to_be_visible(timeout=30_000)
+        await shot(page, "08-dashboard-tab")
+        problems = [p for p in page.console_problems if "offline" in p.lower()]  # type: ignore[attr-defined]
+        assert problems == []
