@@ -527,31 +527,28 @@ class TokenBroker:
         provider, _ = self._require_provider()
         if self._closing:
             raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
-        await self._acquire_lease(token_id)
-        holder_released = False
         started = time.perf_counter()
         try:
-            record = await self.vault.get(token_id)
-            if record is None:
-                raise NotFound(f"no offline token {token_id!r}")
+            record, refresh_token = await self._begin_refresh(token_id)
+        except DecryptionError:
+            failed = await self.vault.get(token_id)
+            if failed is not None:
+                await self._fail(failed, DECRYPT_FAILED)  # also releases the lease
+            raise Conflict(
+                f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
+                "request consent again",
+                code="token_failed",
+            ) from None
+        holder_released = False
+        try:
             _raise_unusable(record)
-            try:
-                refresh_token = await self.vault.read_refresh_token(token_id)
-            except DecryptionError:
-                holder_released = True
-                await self._fail(record, DECRYPT_FAILED)
-                raise Conflict(
-                    f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
-                    "request consent again",
-                    code="token_failed",
-                ) from None
-            except KeyError:
+            if refresh_token is None:
                 holder_released = True
                 await self._fail(record, "no refresh token stored")
                 raise Conflict(
                     f"offline token {token_id} has no refresh token: request consent again",
                     code="token_failed",
-                ) from None
+                )
             try:
                 response = await provider.refresh(refresh_token)
             except PermanentProviderError as exc:
@@ -604,6 +601,15 @@ class TokenBroker:
                 idle_expires_at=_idle_expiry(response, now) or record.idle_expires_at,
                 now=now,
                 holder=self.holder,
+                audit=AuditEvent(
+                    ts=now,
+                    action="refresh",
+                    result="ok",
+                    token_id=token_id,
+                    task_id=record.task_id,
+                    owner=record.owner,
+                    detail=f"{reason}{', rotated' if rotated else ''}",
+                ),
             )
             holder_released = True
             token = _cached(response, now, owner=record.owner)
@@ -611,7 +617,6 @@ class TokenBroker:
             self._backoff_until.pop(token_id, None)
             metrics.refresh_total.labels(result="success").inc()
             metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
-            await self.audit(updated, "refresh", "ok", f"{reason}{', rotated' if rotated else ''}")
             await self._notify(self.on_refreshed, updated, token)
             if record.refresh_state != IDLE:
                 await self._notify(self.on_status_change, updated)
@@ -623,19 +628,20 @@ class TokenBroker:
                 except (KeyError, VaultError):
                     pass
 
-    async def _acquire_lease(self, token_id: str) -> None:
-        """Wait for the cross-process refresh lease (another server may be refreshing)."""
+    async def _begin_refresh(self, token_id: str) -> tuple[TokenRecord, str | None]:
+        """Wait for the cross-process refresh lease (another server may be refreshing), then
+        return the entry and its refresh token, read under that lease."""
         deadline = time.monotonic() + self.lease_ttl + 5.0
         delay = 0.02
         while True:
             try:
-                got = await self.vault.acquire_lease(
+                got = await self.vault.begin_refresh(
                     token_id, self.holder, self.lease_ttl, self.clock()
                 )
             except KeyError:
                 raise NotFound(f"no offline token {token_id!r}") from None
-            if got:
-                return
+            if got is not None:
+                return got
             if time.monotonic() > deadline:
                 raise ProviderUnavailable(
                     "another process is refreshing this token; try again shortly", retry_after=2

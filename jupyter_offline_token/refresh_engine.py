@@ -176,15 +176,13 @@ class RefreshEngine:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Resume: warm entries are refreshed at once (bounded concurrency), then periodically."""
-        warm = 0
-        for record in await self._active_records():
-            if record.keep_warm:
-                self._keep_warm.add(record.id)
-                self._warm_up(record.id)
-                warm += 1
+        warm = await self.vault.warm_ids()
+        for token_id in warm:
+            self._keep_warm.add(token_id)
+            self._warm_up(token_id)
         await self.scheduler.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="offline-token-sweep")
-        log.info("refresh engine started: %d warm token(s) scheduled", warm)
+        log.info("refresh engine started: %d warm token(s) scheduled", len(warm))
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self._sweeper is not None:
@@ -195,16 +193,6 @@ class RefreshEngine:
         await self.scheduler.stop(timeout)
         await self._flush_cache_hits()
         metrics.refresh_retrying.set(0)
-
-    async def _active_records(self) -> list[TokenRecord]:
-        records: list[TokenRecord] = []
-        offset = 0
-        while True:
-            page = await self.vault.list(status=ACTIVE, limit=1000, offset=offset)
-            records.extend(page)
-            if len(page) < 1000:
-                return records
-            offset += len(page)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -223,13 +211,10 @@ class RefreshEngine:
         scan_every = min(self.keepalive_interval / 4, 3600.0)
         if now - self._last_keepalive_scan >= scan_every:
             self._last_keepalive_scan = now
-            for record in await self._active_records():
-                last = record.last_refresh_at or record.created_at
-                if (
-                    now - last >= self.keepalive_interval
-                    and self.scheduler.state(record.id) is None
-                ):
-                    self.scheduler.schedule(record.id, now, reason="keepalive")
+            # Ids only, oldest first and bounded: a 100k vault costs one indexed query.
+            for token_id in await self.vault.stale_ids(now - self.keepalive_interval):
+                if self.scheduler.state(token_id) is None:
+                    self.scheduler.schedule(token_id, now, reason="keepalive")
         await self._update_gauges()
         await self._flush_cache_hits()
 

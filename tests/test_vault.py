@@ -970,3 +970,48 @@ async def test_reprs_hold_no_secret(vault: Vault) -> None:
     assert vault.keyring.primary_key_id in repr(vault)
     for secret in (REFRESH, VERIFIER, key_line):
         assert secret not in text
+
+
+# --- the refresh path's combined operations ----------------------------------------------------
+
+
+async def test_begin_refresh_takes_the_lease_and_reads_the_token(vault: Vault) -> None:
+    record = await make_active(vault)
+    got = await vault.begin_refresh(record.id, "worker-a", 30, now=2000.0)
+    assert got is not None
+    read, token = got
+    assert read.id == record.id and token == REFRESH
+    # Another holder waits while the lease is fresh, takes it once it expired.
+    assert await vault.begin_refresh(record.id, "worker-b", 30, now=2010.0) is None
+    assert await vault.begin_refresh(record.id, "worker-b", 30, now=2031.0) is not None
+    with pytest.raises(KeyError):
+        await vault.begin_refresh("no-such-id", "worker-a", 30, now=2000.0)
+
+
+async def test_begin_refresh_with_tampered_ciphertext(vault: Vault) -> None:
+    record = await make_active(vault)
+    tamper(vault.path, "UPDATE tokens SET secret_nonce = zeroblob(12) WHERE id = ?", (record.id,))
+    with pytest.raises(DecryptionError):
+        await vault.begin_refresh(record.id, "worker-a", 30, now=2000.0)
+
+
+async def test_record_refresh_writes_its_audit_event_in_the_same_commit(vault: Vault) -> None:
+    record = await make_active(vault)
+    assert await vault.begin_refresh(record.id, "w", 30, now=2000.0) is not None
+    event = AuditEvent(ts=2001.0, action="refresh", result="ok", token_id=record.id, detail="x")
+    await vault.record_refresh(
+        record.id, new_refresh_token=None, idle_expires_at=None, now=2001.0, holder="w", audit=event
+    )
+    (latest, *_) = await vault.list_audit(record.id)
+    assert (latest.action, latest.result, latest.detail) == ("refresh", "ok", "x")
+
+
+async def test_warm_and_stale_ids_select_without_loading_records(vault: Vault) -> None:
+    old = await make_active(vault, now=1000.0)
+    fresh = await make_active(vault, now=5000.0)
+    await vault.set_keep_warm(fresh.id, True, now=5001.0)
+    assert await vault.warm_ids() == [fresh.id]
+    assert await vault.stale_ids(before=3000.0) == [old.id]
+    assert await vault.stale_ids(before=9000.0, limit=1) == [old.id]  # oldest first
+    await vault.mark_failed(old.id, error="gone", now=6000.0)
+    assert await vault.stale_ids(before=9000.0) == [fresh.id]

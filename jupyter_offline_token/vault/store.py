@@ -143,6 +143,28 @@ _RECORD_COLUMNS = (
 )
 
 
+def _insert_audit(conn: sqlite3.Connection, event: AuditEvent, retention: int) -> None:
+    """Append one audit event and drop that token's events beyond ``retention``."""
+    conn.execute(
+        "INSERT INTO audit (ts, owner, token_id, task_id, action, result, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.ts,
+            event.owner,
+            event.token_id,
+            event.task_id,
+            event.action,
+            event.result,
+            event.detail,
+        ),
+    )
+    conn.execute(
+        "DELETE FROM audit WHERE token_id IS ? AND id NOT IN "
+        "(SELECT id FROM audit WHERE token_id IS ? ORDER BY id DESC LIMIT ?)",
+        (event.token_id, event.token_id, retention),
+    )
+
+
 def _refresh_aad(token_id: str, owner: str) -> bytes:
     return f"token:{token_id}:{owner}:refresh".encode()
 
@@ -758,6 +780,82 @@ class Vault:
 
         return await self._run(work)
 
+    async def begin_refresh(
+        self, token_id: str, holder: str, ttl: float, now: float
+    ) -> tuple[TokenRecord, str | None] | None:
+        """Take the refresh lease and read the entry and its refresh token in one transaction.
+
+        None while another holder's lease is unexpired. The refresh token is None when the
+        entry has none. KeyError for an unknown id; DecryptionError (the lease then held: the
+        caller marks the entry failed, which releases it) when the ciphertext is bad.
+        """
+        if not holder:
+            raise ValueError("holder must not be empty")
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+
+        def work(conn: sqlite3.Connection) -> tuple[TokenRecord, str | None] | None:
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?",
+                    (token_id,),
+                ).fetchone()
+                if row is None:
+                    raise KeyError(token_id)
+                current, expires = row["lease_holder"], row["lease_expires_at"]
+                if not (current is None or current == holder or expires is None or expires <= now):
+                    return None
+                conn.execute(
+                    "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
+                    (holder, now + ttl, token_id),
+                )
+                record: TokenRecord = self._get(conn, token_id, required=True)
+                secret = conn.execute(
+                    "SELECT secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+                    (token_id,),
+                ).fetchone()
+            if secret["secret_ct"] is None:
+                return record, None
+            try:
+                plain = self.keyring.decrypt(
+                    secret["secret_key_id"],
+                    secret["secret_nonce"],
+                    secret["secret_ct"],
+                    _refresh_aad(token_id, record.owner),
+                )
+            except DecryptionError as exc:
+                raise DecryptionError(
+                    f"the refresh token of vault entry {token_id} cannot be decrypted: {exc}"
+                ) from None
+            return record, plain.decode()
+
+        return await self._run(work)
+
+    async def warm_ids(self) -> builtins.list[str]:
+        """Ids of active entries that asked to be kept warm (what a restart resumes)."""
+
+        def work(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute(
+                "SELECT id FROM tokens WHERE status = 'active' AND keep_warm = 1"
+            ).fetchall()
+            return [row["id"] for row in rows]
+
+        return await self._run(work)
+
+    async def stale_ids(self, before: float, *, limit: int = 1000) -> builtins.list[str]:
+        """Ids of active entries not refreshed since ``before`` (oldest first): keep-alive."""
+
+        def work(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute(
+                "SELECT id FROM tokens WHERE status = 'active' "
+                "AND COALESCE(last_refresh_at, created_at) < ? "
+                "ORDER BY COALESCE(last_refresh_at, created_at) LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            return [row["id"] for row in rows]
+
+        return await self._run(work)
+
     async def release_lease(self, token_id: str, holder: str) -> None:
         """Give the lease up if ``holder`` has it (a no-op otherwise)."""
 
@@ -780,10 +878,12 @@ class Vault:
         idle_expires_at: float | None,
         now: float,
         holder: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> TokenRecord:
         """One durable transaction: store the rotated refresh token (if any; else keep the
         old one), last_refresh_at=now, refresh_count+1, last_error=NULL, retry_count=0,
-        refresh_state='idle', next_attempt_at=NULL, and release ``holder``'s lease.
+        refresh_state='idle', next_attempt_at=NULL, release ``holder``'s lease, and append
+        ``audit`` (one commit instead of two on the refresh path).
 
         VaultError when ``holder`` is given but no longer holds the lease: a worker that lost
         it must not overwrite a newer refresh token. Returns after COMMIT (synchronous=FULL).
@@ -827,6 +927,8 @@ class Vault:
                         "WHERE id = ?",
                         (token_id,),
                     )
+                if audit is not None:
+                    _insert_audit(conn, audit, self.audit_retention)
                 return self._get(conn, token_id, required=True)
 
         return await self._run(work)
@@ -902,24 +1004,7 @@ class Vault:
 
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO audit (ts, owner, token_id, task_id, action, result, detail) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        event.ts,
-                        event.owner,
-                        event.token_id,
-                        event.task_id,
-                        event.action,
-                        event.result,
-                        event.detail,
-                    ),
-                )
-                conn.execute(
-                    "DELETE FROM audit WHERE token_id IS ? AND id NOT IN "
-                    "(SELECT id FROM audit WHERE token_id IS ? ORDER BY id DESC LIMIT ?)",
-                    (event.token_id, event.token_id, retention),
-                )
+                _insert_audit(conn, event, retention)
 
         await self._run(work)
 
