@@ -32,7 +32,12 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up on `kill` as on Ctrl-C
     state = ROOT / ".demo"
     state.mkdir(exist_ok=True)
     provider = DevProvider(
@@ -56,14 +61,19 @@ def main() -> int:
         }
     )
     jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or "jupyter"
+    has_display = sys.platform == "darwin" or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
     argv = [
         jupyter,
         "lab",
-        "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+        "--LabApp.default_url=/lab/tree/offline_token_demo.ipynb",
+        # Opens the demo notebook in your browser when there is a screen to show it on.
+        f"--ServerApp.open_browser={has_display}",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")  # only because this process runs as root

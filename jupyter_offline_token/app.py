@@ -205,9 +205,20 @@ class OfflineTokenApp(ExtensionApp):
     )
 
     # --- defaults from the environment -----------------------------------------------------------
+    # traitlets does not run @validate on @default values: environment values go through the
+    # same checks explicitly, so a bad $JUPYTER_OFFLINE_TOKEN_KEYS fails at start as config does.
+    def _from_env(self, name: str, raw: Any) -> Any:
+        checks = {
+            "issuer": self._check_issuer,
+            "redirect_uri": self._check_redirect_uri,
+            "encryption_keys": self._check_keys,
+        }
+        check = checks.get(name)
+        return check({"value": raw, "trait": self.traits()[name]}) if check else raw
+
     @default("issuer")
     def _issuer_default(self) -> str:
-        return os.environ.get("JUPYTER_OFFLINE_TOKEN_ISSUER", "")
+        return str(self._from_env("issuer", os.environ.get("JUPYTER_OFFLINE_TOKEN_ISSUER", "")))
 
     @default("client_id")
     def _client_id_default(self) -> str:
@@ -219,11 +230,13 @@ class OfflineTokenApp(ExtensionApp):
 
     @default("redirect_uri")
     def _redirect_uri_default(self) -> str:
-        return os.environ.get("JUPYTER_OFFLINE_TOKEN_REDIRECT_URI", "")
+        raw = os.environ.get("JUPYTER_OFFLINE_TOKEN_REDIRECT_URI", "")
+        return str(self._from_env("redirect_uri", raw))
 
     @default("encryption_keys")
     def _encryption_keys_default(self) -> list[str]:
-        return _env_list("JUPYTER_OFFLINE_TOKEN_KEYS")
+        keys: list[str] = self._from_env("encryption_keys", _env_list("JUPYTER_OFFLINE_TOKEN_KEYS"))
+        return keys
 
     @default("vault_path")
     def _vault_path_default(self) -> str:

@@ -58,6 +58,7 @@ class RefreshEngine:
         self._cache_hits: Counter[str] = Counter()  # token id -> accesses served from cache
         self._sweeper: asyncio.Task[None] | None = None
         self._last_keepalive_scan = 0.0
+        broker.on_activated.append(self._after_activation)
         broker.on_refreshed.append(self._after_refresh)
         broker.on_transient.append(self._after_transient)
         broker.on_status_change.append(self._after_status_change)
@@ -145,6 +146,12 @@ class RefreshEngine:
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
     # --- broker hooks ----------------------------------------------------------------------
+    async def _after_activation(self, record: TokenRecord) -> None:
+        """A consent asked for keep_warm: warm from the first access token on."""
+        if record.keep_warm:
+            self._keep_warm.add(record.id)
+            self._warm_up(record.id)
+
     async def _after_refresh(self, record: TokenRecord, token: Any) -> None:
         """Any successful refresh ends a retry run; warm tokens get their next proactive slot."""
         state = self.scheduler.state(record.id)

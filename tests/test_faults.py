@@ -150,3 +150,23 @@ async def test_revoking_warns_about_other_tokens_of_the_same_account(api, idp):
     assert status == 200
     assert body["revoked"] is True and body["shared_with"] == [second]
     assert "Keycloak" in body["warning"]
+
+
+async def test_rejected_client_is_a_configuration_error(api, idp, offline_app):
+    """The real provider answers invalid_client to a wrong secret: fix the configuration."""
+    token_id = await grant(api, idp)
+    broker = offline_app.services.broker
+    broker._cache.clear()
+    good = broker.provider
+    broker.provider = ProviderClient(idp.issuer, idp.client_id, "not-the-secret")
+    try:
+        status, err = await api.post("tokens", token_id, "access-token")
+    finally:
+        await broker.provider.aclose()
+        broker.provider = good
+    assert status == 409 and err["error"] == "token_failed"
+    assert "fix the client configuration" in err["message"]
+    _, token = await api.get("tokens", token_id)
+    assert token["status"] == "failed"
+    assert token["health"]["action"] == "fix_configuration"
+    assert "invalid_client" in token["health"]["detail"]

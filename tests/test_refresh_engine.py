@@ -118,3 +118,13 @@ async def test_keepalive_refreshes_an_idle_entry_once(api, idp_short_ttl, offlin
     clock.shift = 0.0
     await engine.sweep()
     assert engine.scheduler.state(idle) is None
+
+
+async def test_consent_with_keep_warm_is_warm_from_activation(api, idp_short_ttl, offline_app):
+    token_id = await grant(api, idp_short_ttl, keep_warm=True)
+    engine = offline_app.services.engine
+    assert engine.is_warm(token_id)
+    state = engine.scheduler.state(token_id)
+    assert state is not None and state.refresh_state == "scheduled"
+    # Proactive: scheduled before the access token from the consent expires.
+    assert state.next_attempt_at < offline_app.services.broker.cached(token_id).expires_at
