@@ -333,13 +333,12 @@ class TokenBroker:
         try:
             secrets = await self.vault.consume_consent(record.id)
         except DecryptionError:
-            secrets = None
-            await self._fail(record, DECRYPT_FAILED)
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                DECRYPT_FAILED,
                 "The stored consent request cannot be decrypted.",
                 code="decrypt_failed",
-                status=500,
-                record=record,
+                status=503,
                 hint="The vault's encryption key changed; request offline access again.",
             ) from None
         if secrets is None:
@@ -358,12 +357,12 @@ class TokenBroker:
                 else f"The provider reported an error: {error}"
                 + (f" ({error_description[:200]})" if error_description else "")
             )
-            await self._fail(record, f"consent {error}")
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                f"consent {error}",
                 message,
                 code=error if denied else "provider_error",
                 status=403 if denied else 502,
-                record=record,
                 hint="Request offline access again and choose Allow at the provider."
                 if denied
                 else "Request offline access again; if it keeps failing, tell your administrator.",
@@ -377,39 +376,39 @@ class TokenBroker:
             if response.id_token:
                 claims = await provider.validate_id_token(response.id_token, nonce=secrets.nonce)
         except IdTokenInvalid as exc:
-            await self._fail(record, f"id_token rejected: {exc.description}")
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                f"id_token rejected: {exc.description}",
                 f"The provider's id_token failed validation ({exc.description}).",
                 code="invalid_id_token",
                 status=502,
-                record=record,
                 hint="Tell your administrator: the issuer or client configuration may be wrong.",
             ) from None
         except PermanentProviderError as exc:
-            await self._fail(record, f"code exchange refused: {exc.error}")
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                f"code exchange refused: {exc.error}",
                 f"The provider refused the authorization code ({exc.error}).",
                 code="exchange_failed",
                 status=502,
-                record=record,
                 hint="Request offline access again.",
             ) from None
         except TransientProviderError as exc:
-            await self._fail(record, f"provider unavailable during consent: {exc}")
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                f"provider unavailable during consent: {exc}",
                 "The provider could not be reached to finish the consent.",
                 code="provider_unavailable",
                 status=503,
-                record=record,
                 hint="Wait a moment, then request offline access again.",
             ) from None
         if not response.refresh_token:
-            await self._fail(record, "the provider issued no refresh token")
-            raise ConsentFailed(
+            raise await self._consent_failure(
+                record,
+                "the provider issued no refresh token",
                 "The provider granted access but issued no offline (refresh) token.",
                 code="no_refresh_token",
                 status=502,
-                record=record,
                 hint="Your administrator must allow the offline_access scope for this client.",
             )
         granted = response.scope.split() if response.scope else record.scopes
@@ -433,6 +432,20 @@ class TokenBroker:
     @property
     def not_configured_message(self) -> str:
         return self._not_configured_message or "the provider is not configured"
+
+    async def _consent_failure(
+        self,
+        record: TokenRecord,
+        reason: str,
+        message: str,
+        *,
+        code: str,
+        status: int,
+        hint: str,
+    ) -> ConsentFailed:
+        """Mark the entry failed with ``reason`` and build the page's error."""
+        await self._fail(record, reason)
+        return ConsentFailed(message, code=code, status=status, record=record, hint=hint)
 
     async def _fail(self, record: TokenRecord, reason: str) -> None:
         self._cache.pop(record.id, None)

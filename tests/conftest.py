@@ -15,6 +15,8 @@ import pytest
 from jupyter_server.auth.identity import IdentityProvider, User
 from traitlets.config import Config
 
+from jupyter_offline_token.tasks import install
+
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "dev"))
 
@@ -197,3 +199,32 @@ async def metric(api: Api, name: str, **labels: str) -> float:
     match = re.search(pattern, text, re.M)
     assert match, f"{name} {labels} not in /metrics"
     return float(match.group(1))
+
+
+@pytest.fixture
+def tasks(offline_app, jp_asyncio_loop):
+    """The task service, installed and started as the app does it; stopped after the test
+    (which kills whatever still runs)."""
+    service = install(offline_app, offline_app.services)
+    service.cancel_grace = 2.0
+    jp_asyncio_loop.run_until_complete(offline_app.services.ready())
+    jp_asyncio_loop.run_until_complete(service.start())
+    yield service
+    jp_asyncio_loop.run_until_complete(service.stop())
+
+
+def task_processes(task_id: str) -> list[int]:
+    """Live processes (any depth) started for a task: they carry its id in their environment."""
+    marker = f"JUPYTER_OFFLINE_TOKEN_TASK_ID={task_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -15,6 +15,16 @@ from conftest import consent_location, grant
 pytestmark = pytest.mark.timeout(120)
 
 
+async def redeem_at_provider(idp, refresh_token: str) -> httpx.Response:
+    """A refresh grant sent by the test itself, straight to the provider."""
+    return await asyncio.to_thread(
+        idp.http.post,
+        idp.endpoint("token"),
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+        auth=(idp.client_id, idp.client_secret),
+    )
+
+
 async def test_happy_path_consent_callback_and_access_token(api, idp):
     status, created = await api.post("consents", body={"label": "nightly run"})
     assert status == 201
@@ -89,12 +99,7 @@ async def test_rotation_old_refresh_token_dead_ours_still_works(api, idp, offlin
     assert info.status_code == 200
     # The rotated-out token is dead at the provider (a replay there; done last because
     # oidc-provider then revokes the whole grant).
-    replay = await asyncio.to_thread(
-        idp.http.post,
-        idp.endpoint("token"),
-        data={"grant_type": "refresh_token", "refresh_token": before},
-        auth=(idp.client_id, idp.client_secret),
-    )
+    replay = await redeem_at_provider(idp, before)
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
 
 
@@ -107,12 +112,7 @@ async def test_revocation_then_provider_refuses(api, idp, offline_app):
     assert idp.stats()["revocations"] == 1
     status, _ = await api.get("tokens", token_id)
     assert status == 404
-    refused = await asyncio.to_thread(
-        idp.http.post,
-        idp.endpoint("token"),
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-        auth=(idp.client_id, idp.client_secret),
-    )
+    refused = await redeem_at_provider(idp, refresh_token)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
 
 
@@ -123,12 +123,7 @@ async def test_delete_without_revoke_keeps_grant_at_provider(api, idp, offline_a
     status, _ = await api.delete("tokens", token_id, params={"revoke": "false"})
     assert status == 204
     assert idp.stats()["revocations"] == 0
-    still = await asyncio.to_thread(
-        idp.http.post,
-        idp.endpoint("token"),
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-        auth=(idp.client_id, idp.client_secret),
-    )
+    still = await redeem_at_provider(idp, refresh_token)
     assert still.status_code == 200
 
 

@@ -8,13 +8,10 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import grant
-
-from jupyter_offline_token.tasks import install
+from conftest import grant, task_processes
 
 PY = sys.executable
 TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
@@ -59,32 +56,6 @@ for step in range(steps + 1):
 @pytest.fixture
 def provider_for_test(idp_short_ttl):
     return idp_short_ttl
-
-
-@pytest.fixture
-def tasks(offline_app, jp_asyncio_loop):
-    service = install(offline_app, offline_app.services)
-    service.cancel_grace = 2.0
-    jp_asyncio_loop.run_until_complete(offline_app.services.ready())
-    jp_asyncio_loop.run_until_complete(service.start())
-    yield service
-    jp_asyncio_loop.run_until_complete(service.stop())
-
-
-def task_processes(task_id: str) -> list[int]:
-    marker = f"JUPYTER_OFFLINE_TOKEN_TASK_ID={task_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 async def run_to_the_end(api, task_id: str, limit: float = 80.0) -> dict:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .client import OfflineTokenClient, get_default_client
 from .discovery import find_server, task_environment
 from .errors import ConsentPending, OfflineTokenClientError, TaskCancelled, TaskError
+from .remote import RemoteRecord
 from .tokens import OfflineToken
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _describe(exc: BaseException) -> str:
     return described[:MAX_ERROR_CHARS]
 
 
-class Task:
+class Task(RemoteRecord):
     """A task on the server (``kernel``, ``command``, ``notebook`` or ``demo`` kind).
 
     Example::
@@ -80,34 +81,9 @@ class Task:
         self._token = token
 
     @property
-    def id(self) -> str:
-        """The task id."""
-        return self._id
-
-    @property
-    def client(self) -> OfflineTokenClient:
-        """The client this task talks through."""
-        return self._client or get_default_client()
-
-    @property
     def name(self) -> str:
         """The task's name (last known)."""
         return str(self._info.get("name") or "")
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The last task JSON seen from the server (a copy; no HTTP)."""
-        return dict(self._info)
-
-    @property
-    def known_status(self) -> str:
-        """The last status seen, without asking the server."""
-        return str(self._info.get("status") or "unknown")
-
-    @property
-    def status(self) -> str:
-        """The current status (one GET)."""
-        return str(self.refresh()["status"])
 
     def _remember(self, info: dict[str, Any]) -> Task:
         self._info = dict(info)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .auth import OfflineTokenAuth
 from .client import MAX_MIN_TTL, AccessToken, OfflineTokenClient, get_default_client
 from .errors import ConsentExpired, ConsentPending, TokenFailed, TokenRevoked
+from .remote import RemoteRecord
 
 if TYPE_CHECKING:
     from .widgets import ConsentWidget, TokenStatusWidget
@@ -55,7 +56,7 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-class OfflineToken:
+class OfflineToken(RemoteRecord):
     """A persistent offline token known by its id; hands out fresh access tokens.
 
     ``access_token()`` is cached in-process: a call while the cached access token still has
@@ -93,35 +94,11 @@ class OfflineToken:
         self._auth: OfflineTokenAuth | None = None
 
     # --- identity and metadata -----------------------------------------------------------------
-    @property
-    def id(self) -> str:
-        """The ``persistent_token_id``."""
-        return self._id
-
-    @property
-    def client(self) -> OfflineTokenClient:
-        """The client this token talks through (the process default unless one was given)."""
-        return self._client or get_default_client()
 
     @property
     def label(self) -> str:
         """The label given at consent time (last known)."""
         return str(self._info.get("label") or "")
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The last metadata seen from the server (a copy; no HTTP)."""
-        return dict(self._info)
-
-    @property
-    def known_status(self) -> str:
-        """The last status seen from the server, without asking it again."""
-        return str(self._info.get("status") or "unknown")
-
-    @property
-    def status(self) -> str:
-        """The current status (one GET): ``pending|active|failed|revoked|expired``."""
-        return str(self.refresh()["status"])
 
     def refresh(self) -> dict[str, Any]:
         """Fetch the entry's metadata from the server and remember it.

@@ -168,6 +168,25 @@ def _insert_audit(conn: sqlite3.Connection, event: AuditEvent, retention: int) -
     )
 
 
+def _take_lease(
+    conn: sqlite3.Connection, token_id: str, holder: str, ttl: float, now: float
+) -> bool:
+    """Inside a write transaction: take the refresh lease if it is free, expired or ours."""
+    row = conn.execute(
+        "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?", (token_id,)
+    ).fetchone()
+    if row is None:
+        raise KeyError(token_id)
+    current, expires = row["lease_holder"], row["lease_expires_at"]
+    if not (current is None or current == holder or expires is None or expires <= now):
+        return False
+    conn.execute(
+        "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
+        (holder, now + ttl, token_id),
+    )
+    return True
+
+
 def _refresh_aad(token_id: str, owner: str) -> bytes:
     return f"token:{token_id}:{owner}:refresh".encode()
 
@@ -769,20 +788,7 @@ class Vault:
 
         def work(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                row = conn.execute(
-                    "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?",
-                    (token_id,),
-                ).fetchone()
-                if row is None:
-                    raise KeyError(token_id)
-                current, expires = row["lease_holder"], row["lease_expires_at"]
-                free = current is None or current == holder or expires is None or expires <= now
-                if free:
-                    conn.execute(
-                        "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
-                        (holder, now + ttl, token_id),
-                    )
-                return free
+                return _take_lease(conn, token_id, holder, ttl, now)
 
         return await self._run(work)
 
@@ -819,21 +825,8 @@ class Vault:
             conn = self._lease_connection()
             try:
                 with _transaction(conn):
-                    row = conn.execute(
-                        "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?",
-                        (token_id,),
-                    ).fetchone()
-                    if row is None:
-                        raise KeyError(token_id)
-                    current, expires = row["lease_holder"], row["lease_expires_at"]
-                    if not (
-                        current is None or current == holder or expires is None or expires <= now
-                    ):
+                    if not _take_lease(conn, token_id, holder, ttl, now):
                         return None
-                    conn.execute(
-                        "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
-                        (holder, now + ttl, token_id),
-                    )
                     record: TokenRecord = self._get(conn, token_id, required=True)
                     secret = conn.execute(
                         "SELECT secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
