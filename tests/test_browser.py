@@ -230,3 +230,27 @@ async def test_jupyterlab_launcher_opens_the_dashboard(lab):
         await shot(page, "08-dashboard-tab")
         problems = [p for p in page.console_problems if "offline" in p.lower()]  # type: ignore[attr-defined]
         assert problems == []
+
+
+async def test_keyboard_labels_and_dark_theme(lab):
+    async with browser_page() as page:
+        expect = playwright_async.expect
+        await page.goto(f"{lab['base']}offline-token/?token={lab['token']}&theme=dark")
+        # Dark theme: the page's own background really is dark.
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (int(x) for x in re.findall(r"\d+", background)[:3])
+        assert red + green + blue < 3 * 80, background
+        # Every form control is reachable by its label.
+        for label in ("Name", "Kind", "Label"):
+            await expect(page.get_by_label(label, exact=False).first).to_be_visible()
+        # Keyboard only: type a name and press Enter to create the task.
+        await page.get_by_label("Name", exact=True).focus()
+        await page.keyboard.type("typed with the keyboard")
+        await page.keyboard.press("Enter")
+        row = page.get_by_test_id("task-row").filter(has_text="typed with the keyboard")
+        await expect(row).to_be_visible()
+        # Its buttons are real buttons that take focus.
+        await row.get_by_test_id("execute").focus()
+        assert await page.evaluate("document.activeElement.tagName") == "BUTTON"
+        await shot(page, "09-dark-keyboard")
+        assert page.console_problems == []
