@@ -8,6 +8,7 @@ in-memory cache keyed by ``persistent_token_id``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -144,6 +145,7 @@ class TokenBroker:
         self._cache: dict[str, AccessToken] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff_until: dict[str, float] = {}  # token -> monotonic time of next attempt
+        self._inflight: dict[str, asyncio.Future[AccessToken]] = {}  # grants under way
         self._closing = False
         # Hooks for the task service and the refresh scheduler (set by the app).
         self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
@@ -463,9 +465,14 @@ class TokenBroker:
         return await self._owned(owner, token_id)
 
     async def list_tokens(
-        self, owner: str | None, *, status: str | None = None
+        self,
+        owner: str | None,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[TokenRecord]:
-        return await self.vault.list(owner=owner, status=status)
+        return await self.vault.list(owner=owner, status=status, limit=limit, offset=offset)
 
     def cached(self, token_id: str) -> AccessToken | None:
         return self._cache.get(token_id)
@@ -490,14 +497,7 @@ class TokenBroker:
         _raise_unusable(record)
         self._require_provider()
         asked_at = time.monotonic()
-        wait = self._backoff_until.get(token_id, 0.0) - asked_at
-        if wait > 0:
-            # At most one attempt per min_refresh_interval while the provider is failing.
-            raise ProviderUnavailable(
-                f"the OpenID provider failed moments ago; the offline token is kept, next "
-                f"attempt in {wait:.0f} s",
-                retry_after=wait,
-            )
+        self._check_backoff(token_id)
         lock = self._locks.setdefault(token_id, asyncio.Lock())
         async with lock:
             cached = self._cache.get(token_id)
@@ -506,9 +506,21 @@ class TokenBroker:
                 cached.obtained_at >= asked_at or cached.expires_at - self.clock() >= min_ttl
             ):
                 return self._served_from_cache(token_id, cached)
+            # Callers who queued behind a failed attempt must not each try again.
+            self._check_backoff(token_id)
             token = await self._refresh_locked(token_id)
         metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
+
+    def _check_backoff(self, token_id: str) -> None:
+        """At most one attempt per min_refresh_interval while the provider is failing."""
+        wait = self._backoff_until.get(token_id, 0.0) - time.monotonic()
+        if wait > 0:
+            raise ProviderUnavailable(
+                f"the OpenID provider failed moments ago; the offline token is kept, next "
+                f"attempt in {wait:.0f} s",
+                retry_after=wait,
+            )
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
         metrics.access_token_requests_total.labels(source="cache").inc()
@@ -538,6 +550,11 @@ class TokenBroker:
     async def _refresh_locked(self, token_id: str, *, reason: str = "on_demand") -> AccessToken:
         """One refresh grant; the caller holds this token's in-process lock."""
         provider, _ = self._require_provider()
+        pending = self._inflight.get(token_id)
+        if pending is not None:
+            # A grant whose caller was cancelled is still running: never start a second one
+            # with the same refresh token (a replay revokes the whole grant at most providers).
+            return await asyncio.shield(pending)
         if self._closing:
             raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
         started = time.perf_counter()
@@ -552,6 +569,31 @@ class TokenBroker:
                 "request consent again",
                 code="token_failed",
             ) from None
+        # From here the provider may rotate the refresh token: the rest runs as its own task that
+        # neither a shutdown nor a client hanging up can cut short, so a rotated token always
+        # reaches the vault. aclose() waits for it; a second caller joins it (see above).
+        work = asyncio.ensure_future(
+            self._refresh_under_lease(provider, record, refresh_token, reason, started)
+        )
+        self._inflight[token_id] = work
+        work.add_done_callback(lambda done: self._forget_inflight(token_id, done))
+        return await asyncio.shield(work)
+
+    def _forget_inflight(self, token_id: str, done: asyncio.Future[AccessToken]) -> None:
+        if self._inflight.get(token_id) is done:
+            del self._inflight[token_id]
+        if not done.cancelled():
+            done.exception()  # retrieved: a caller that was cancelled cannot read it
+
+    async def _refresh_under_lease(
+        self,
+        provider: ProviderClient,
+        record: TokenRecord,
+        refresh_token: str | None,
+        reason: str,
+        started: float,
+    ) -> AccessToken:
+        token_id = record.id
         holder_released = False
         try:
             _raise_unusable(record)
@@ -584,15 +626,15 @@ class TokenBroker:
                 ) from None
             except TransientProviderError as exc:
                 metrics.refresh_total.labels(result="transient_error").inc()
-                now = self.clock()
-                await self.vault.update_refresh_state(
-                    token_id,
-                    refresh_state=RETRYING,
-                    next_attempt_at=None,
-                    retry_count=record.retry_count + 1,
-                    last_error=f"provider unavailable: {exc}",
-                    now=now,
-                )
+                with contextlib.suppress(KeyError):  # deleted meanwhile: nothing to mark
+                    await self.vault.update_refresh_state(
+                        token_id,
+                        refresh_state=RETRYING,
+                        next_attempt_at=None,
+                        retry_count=record.retry_count + 1,
+                        last_error=f"provider unavailable: {exc}",
+                        now=self.clock(),
+                    )
                 await self.audit(record, "refresh", "transient_error", str(exc))
                 self._backoff_until[token_id] = time.monotonic() + max(
                     self.min_refresh_interval, exc.retry_after or 0.0
@@ -608,22 +650,11 @@ class TokenBroker:
             now = self.clock()
             rotated = response.refresh_token if response.refresh_token != refresh_token else None
             # Durable before anything from this response leaves the process.
-            updated = await self.vault.record_refresh(
-                token_id,
-                new_refresh_token=rotated,
-                idle_expires_at=_idle_expiry(response, now) or record.idle_expires_at,
-                now=now,
-                holder=self.holder,
-                audit=AuditEvent(
-                    ts=now,
-                    action="refresh",
-                    result="ok",
-                    token_id=token_id,
-                    task_id=record.task_id,
-                    owner=record.owner,
-                    detail=f"{reason}{', rotated' if rotated else ''}",
-                ),
-            )
+            try:
+                updated = await self._record_refresh(provider, record, response, rotated, reason)
+            except KeyError:
+                holder_released = True
+                raise NotFound(f"offline token {token_id} was deleted during its refresh") from None
             holder_released = True
             token = _cached(response, now, owner=record.owner)
             self._cache[token_id] = token
@@ -640,6 +671,42 @@ class TokenBroker:
                     await self.vault.release_lease(token_id, self.holder)
                 except (KeyError, VaultError):
                     pass
+
+    async def _record_refresh(
+        self,
+        provider: ProviderClient,
+        record: TokenRecord,
+        response: TokenResponse,
+        rotated: str | None,
+        reason: str,
+    ) -> TokenRecord:
+        """Store the grant's result; if the entry vanished meanwhile (deleted by another
+        process), revoke the orphaned rotated token so no live grant is left behind."""
+        token_id = record.id
+        now = self.clock()
+        try:
+            return await self.vault.record_refresh(
+                token_id,
+                new_refresh_token=rotated,
+                idle_expires_at=_idle_expiry(response, now) or record.idle_expires_at,
+                now=now,
+                holder=self.holder,
+                audit=AuditEvent(
+                    ts=now,
+                    action="refresh",
+                    result="ok",
+                    token_id=token_id,
+                    task_id=record.task_id,
+                    owner=record.owner,
+                    detail=f"{reason}{', rotated' if rotated else ''}",
+                ),
+            )
+        except KeyError:
+            if rotated:
+                with contextlib.suppress(Exception):
+                    await provider.revoke(rotated)
+                log.warning("offline token %s was deleted during its refresh", token_id)
+            raise
 
     async def _begin_refresh(self, token_id: str) -> tuple[TokenRecord, str | None]:
         """Wait for the cross-process refresh lease (another server may be refreshing), then
@@ -668,8 +735,22 @@ class TokenBroker:
     ) -> dict[str, Any]:
         """Revoke at the provider (RFC 7009) unless ``revoke`` is False, then delete locally.
 
-        A provider fault leaves the entry untouched (503): nothing is lost.
+        A provider fault leaves the entry untouched (503): nothing is lost. The deletion waits
+        for a refresh in flight (this process's lock, every process's lease), so what is revoked
+        is the newest refresh token, never one a concurrent rotation just replaced.
         """
+        await self._owned(owner, token_id)
+        lock = self._locks.setdefault(token_id, asyncio.Lock())
+        async with lock:
+            pending = self._inflight.get(token_id)
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+            return await self._delete_locked(owner, token_id, revoke=revoke, force=force)
+
+    async def _delete_locked(
+        self, owner: str | None, token_id: str, *, revoke: bool, force: bool
+    ) -> dict[str, Any]:
         record = await self._owned(owner, token_id)
         if self.tokens_in_use is not None and not force:
             running = await self.tokens_in_use(token_id)
@@ -688,27 +769,33 @@ class TokenBroker:
         shared_with: list[str] = []
         if revoke and record.has_secret and record.status in (ACTIVE, FAILED):
             provider, _ = self._require_provider()
+            refresh_token: str | None = None
             try:
-                refresh_token = await self.vault.read_refresh_token(token_id)
-            except (DecryptionError, KeyError):
-                refresh_token = None
+                _, refresh_token = await self._begin_refresh(token_id)  # takes the lease
+            except DecryptionError:
                 warning = "the stored token could not be decrypted, so it was not revoked"
-            if refresh_token is not None:
-                try:
+            try:
+                if refresh_token is not None:
                     revoked = await provider.revoke(refresh_token)
-                except TransientProviderError as exc:
-                    raise ProviderUnavailable(
-                        f"the OpenID provider is unavailable ({exc}); the token was kept. "
-                        "Try again, or delete without revoking (revoke=false)",
-                        retry_after=exc.retry_after or 10.0,
-                    ) from None
-                except PermanentProviderError as exc:
-                    raise ProviderRejected(
-                        f"the provider refused the revocation ({exc.error}); the token was kept. "
-                        "Delete without revoking (revoke=false) to remove it locally",
-                    ) from None
+                    if not revoked:
+                        warning = (
+                            "the provider has no revocation endpoint; the token was only deleted"
+                        )
+            except TransientProviderError as exc:
+                raise ProviderUnavailable(
+                    f"the OpenID provider is unavailable ({exc}); the token was kept. "
+                    "Try again, or delete without revoking (revoke=false)",
+                    retry_after=exc.retry_after or 10.0,
+                ) from None
+            except PermanentProviderError as exc:
+                raise ProviderRejected(
+                    f"the provider refused the revocation ({exc.error}); the token was kept. "
+                    "Delete without revoking (revoke=false) to remove it locally",
+                ) from None
+            finally:
                 if not revoked:
-                    warning = "the provider has no revocation endpoint; the token was only deleted"
+                    with contextlib.suppress(KeyError, VaultError):
+                        await self.vault.release_lease(token_id, self.holder)
             if record.subject:
                 shared_with = [
                     other.id
@@ -749,7 +836,11 @@ class TokenBroker:
 
         try:
             await asyncio.wait_for(drain(), wait)
+            if self._inflight:
+                await asyncio.wait(list(self._inflight.values()), timeout=wait)
         except asyncio.TimeoutError:
+            pass
+        if self._inflight:
             log.warning("closing with a refresh still in flight after %.0f s", wait)
         self._cache.clear()
         if self.provider is not None:

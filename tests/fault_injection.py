@@ -55,7 +55,8 @@ class FaultInjector(httpx.AsyncBaseTransport):
     """Arm a fault with ``arm(mode, path_suffix="/token", times=None)``; ``disarm()`` clears it.
 
     Modes: ``refuse``, ``timeout``, ``500``, ``502``, ``503``, ``429`` (``retry_after`` seconds),
-    ``malformed`` (200 with truncated JSON), ``delay`` (pass through after ``delay`` seconds).
+    ``malformed`` (200 with truncated JSON), ``delay`` (pass through after ``delay`` seconds),
+    ``hold_answer`` (pass through, then hold the provider's answer ``delay`` seconds).
     """
 
     def __init__(self) -> None:
@@ -103,6 +104,13 @@ class FaultInjector(httpx.AsyncBaseTransport):
             self.in_flight.set()
             await asyncio.sleep(self.delay)
             return await self._real.handle_async_request(request)
+        if mode == "hold_answer":
+            # The provider has answered (and rotated) before we are told: the worst moment.
+            response = await self._real.handle_async_request(request)
+            await response.aread()
+            self.in_flight.set()
+            await asyncio.sleep(self.delay)
+            return response
         if mode in ("500", "502", "503"):
             return httpx.Response(int(mode), text="upstream trouble", request=request)
         if mode == "429":

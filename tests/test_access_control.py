@@ -15,17 +15,34 @@ def multi_user():
 
 async def test_unauthenticated_calls_refused(api):
     anonymous = api.as_user(None)
-    for method, parts in [
-        ("GET", ("api", "offline-token", "tokens")),
-        ("POST", ("api", "offline-token", "consents")),
-        ("GET", ("api", "offline-token", "health")),
-        ("POST", ("api", "offline-token", "tokens", "x", "access-token")),
-        ("DELETE", ("api", "offline-token", "tokens", "x")),
-    ]:
-        status, _ = await anonymous.request(method, *parts)
-        assert status == 403, (method, parts)
-    status, _ = await anonymous.request("GET", "offline-token", "callback", params={"state": "s"})
-    assert status in (302, 403)
+    some_id = "0" * 8 + "-0000-4000-8000-" + "0" * 12
+    api_routes = [
+        ("GET", ("tokens",)),
+        ("POST", ("consents",)),
+        ("GET", ("health",)),
+        ("GET", ("tokens", some_id)),
+        ("DELETE", ("tokens", some_id)),
+        ("POST", ("tokens", some_id, "access-token")),
+        ("GET", ("tokens", some_id, "audit")),
+        ("GET", ("tasks",)),
+        ("POST", ("tasks",)),
+        ("GET", ("tasks", some_id)),
+        ("PATCH", ("tasks", some_id)),
+        ("DELETE", ("tasks", some_id)),
+        ("POST", ("tasks", some_id, "link")),
+        ("POST", ("tasks", some_id, "execute")),
+        ("POST", ("tasks", some_id, "cancel")),
+        ("GET", ("tasks", some_id, "events")),
+        ("GET", ("tasks", some_id, "log")),
+    ]
+    for method, parts in api_routes:
+        status, _ = await anonymous.request(method, "api", "offline-token", *parts)
+        assert status == 403, (method, parts, status)
+    # Pages redirect a browser to the login page; nothing is served.
+    for parts in (("offline-token", "callback"), ("offline-token",)):
+        status, body = await anonymous.request("GET", *parts, params={"state": "s"})
+        assert status in (302, 403), (parts, status)
+        assert "Offline tokens" not in str(body)
 
 
 async def test_other_users_entry_is_invisible(api, idp):

@@ -64,3 +64,32 @@ async def test_bad_access_token_bodies_and_unknown_ids(api, idp):
 async def test_wrong_method_is_json(api):
     status, err = await api.request("PUT", "api", "offline-token", "tokens", body={})
     assert status == 405 and err["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"label": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid_json"),
+        (b'{"label": "\\ud800"}', "invalid_field"),
+        (b'{"scopes": ["openid", "\\udfff"]}', "invalid_field"),
+        (b'{"\\ud800": 1}', "invalid_field"),
+        (b'{"keep_warm": NaN}', "invalid_json"),
+        (b'{"label": Infinity}', "invalid_json"),
+    ],
+)
+async def test_hostile_json_is_a_400_not_a_500(api, raw, code):
+    before = await _snapshot(api)
+    status, err = await api.post("consents", raw=raw)
+    assert status == 400 and err["error"] == code, err
+    assert await _snapshot(api) == before
+
+
+async def test_token_list_pages_newest_first(api, idp):
+    ids = [await grant(api, idp, label=f"t{i}") for i in range(3)]
+    _, page = await api.get("tokens", params={"limit": "2"})
+    assert [t["persistent_token_id"] for t in page["tokens"]] == ids[::-1][:2]
+    _, rest = await api.get("tokens", params={"limit": "2", "offset": "2"})
+    assert [t["persistent_token_id"] for t in rest["tokens"]] == [ids[0]]
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"limit": "99999999"}):
+        status, err = await api.get("tokens", params=bad)
+        assert status == 400 and err["error"] == "invalid_query", bad

@@ -253,4 +253,13 @@ async def test_keyboard_labels_and_dark_theme(lab):
         await row.get_by_test_id("execute").focus()
         assert await page.evaluate("document.activeElement.tagName") == "BUTTON"
         await shot(page, "09-dark-keyboard")
+        # XSRF: the page's cookie session cannot POST without jupyter_server's XSRF token.
+        status = await page.evaluate(
+            """async () => (await fetch('api/offline-token/tasks', {
+                method: 'POST', headers: {'Content-Type': 'application/json'},
+                body: JSON.stringify({name: 'forged'})})).status"""
+        )
+        assert status == 403
+        await expect(page.get_by_test_id("task-row").filter(has_text="forged")).to_have_count(0)
+        page.console_problems.clear()  # the forged request's 403 is logged by chromium
         assert page.console_problems == []

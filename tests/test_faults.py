@@ -170,3 +170,79 @@ async def test_rejected_client_is_a_configuration_error(api, idp, offline_app):
     assert token["status"] == "failed"
     assert token["health"]["action"] == "fix_configuration"
     assert "invalid_client" in token["health"]["detail"]
+
+
+def _restart(offline_app):
+    """A new process on the same vault: fresh services, nothing in memory."""
+    fresh = offline_app.build_services()
+    offline_app.services = fresh
+    offline_app.serverapp.web_app.settings["offline_token_services"] = fresh
+    return fresh
+
+
+async def test_shutdown_during_a_background_refresh_loses_nothing(api, idp, offline_app, injector):
+    token_id = await grant(api, idp)
+    services = offline_app.services
+    old_refresh = await services.vault.read_refresh_token(token_id)
+    injector.delay = 7.0  # longer than the scheduler's own stop timeout (5 s)
+    injector.arm("hold_answer")
+    await services.start_background()  # the refresh engine, as the server starts it
+    services.engine.scheduler.schedule(token_id, 0.0, reason="test")
+    await asyncio.wait_for(injector.in_flight.wait(), 10)  # the provider has rotated
+    await services.close()
+
+    injector.disarm()
+    fresh = _restart(offline_app)
+    broker = await fresh.ready()
+    assert await fresh.vault.read_refresh_token(token_id) != old_refresh, "rotation was lost"
+    token = await broker.get_access_token(None, token_id, min_ttl=10**6)
+    info = await asyncio.to_thread(idp.userinfo, token.access_token)
+    assert info.status_code == 200
+
+
+async def test_delete_during_a_refresh_revokes_the_newest_token(api, idp, offline_app, injector):
+    token_id = await grant(api, idp)
+    vault = offline_app.services.vault
+    stored: list[str] = []
+    record_refresh = vault.record_refresh
+
+    async def spy(token_id, **kwargs):  # passes through; remembers the rotated token
+        if kwargs.get("new_refresh_token"):
+            stored.append(kwargs["new_refresh_token"])
+        return await record_refresh(token_id, **kwargs)
+
+    vault.record_refresh = spy
+    injector.delay = 1.0
+    injector.arm("hold_answer")
+    refresh = asyncio.ensure_future(
+        api.post("tokens", token_id, "access-token", body={"min_ttl": 86400})
+    )
+    await asyncio.wait_for(injector.in_flight.wait(), 10)
+    injector.disarm()
+    status, body = await api.delete("tokens", token_id)
+    assert status == 204, body
+    status, access = await refresh
+    assert status == 200, access  # the refresh finished first, not a 500
+    assert len(stored) == 1
+    replay = await asyncio.to_thread(
+        idp.http.post,
+        idp.endpoint("token"),
+        data={"grant_type": "refresh_token", "refresh_token": stored[0]},
+        auth=(idp.client_id, idp.client_secret),
+    )
+    assert replay.status_code == 400, "the rotated refresh token is still live at the provider"
+
+
+async def test_concurrent_callers_on_a_failing_provider_make_one_attempt(
+    api, idp, offline_app, injector
+):
+    token_id = await grant(api, idp)
+    offline_app.services.broker._cache.clear()
+    injector.arm("500")
+    results = await asyncio.gather(
+        *(api.post("tokens", token_id, "access-token") for _ in range(20))
+    )
+    assert {status for status, _ in results} == {503}
+    assert injector.faults_served == 1
+    _, token = await api.get("tokens", token_id)
+    assert token["health"]["retry_count"] == 1

@@ -172,12 +172,22 @@ async def test_whole_flow_logs_no_secret(api, idp, offline_app, caplog):
         return await exchange(**kwargs)
 
     provider.exchange_code = spy_exchange
+    issued: list[str] = []  # every token the provider hands us during the flow
+    refresh = provider.refresh
+
+    async def spy_refresh(refresh_token):  # passes through; remembers what came back
+        response = await refresh(refresh_token)
+        issued.extend(t for t in (response.access_token, response.refresh_token) if t)
+        return response
+
+    provider.refresh = spy_refresh
     token_id, location = await consent_location(api, idp, label="log check")
     code = dict(httpx.URL(location).params)["code"]
     state = dict(httpx.URL(location).params)["state"]
     await api.callback(location)
     _, access = await api.post("tokens", token_id, "access-token")
     _, access2 = await api.post("tokens", token_id, "access-token", body={"min_ttl": 3600})
+    await api.post("tokens", token_id, "access-token", body={"min_ttl": 3600})
     refresh_token = await offline_app.services.vault.read_refresh_token(token_id)
     idp.revoke_account_grants("alice")
     await api.post("tokens", token_id, "access-token", body={"min_ttl": 3600})
@@ -196,7 +206,9 @@ async def test_whole_flow_logs_no_secret(api, idp, offline_app, caplog):
         "refresh token": refresh_token,
         "client secret": idp.client_secret,
         "PKCE verifier": verifiers[0],
+        **{f"issued token #{i}": token for i, token in enumerate(issued)},
     }
+    assert len(issued) >= 4, "expected at least two refreshes with rotation in the flow"
     for name, value in secrets.items():
         assert value not in text, f"{name} leaked into the log"
     assert not re.search(r"code_verifier=|refresh_token=", text)

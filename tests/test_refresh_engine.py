@@ -33,27 +33,46 @@ async def wait_for(predicate, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_warm_token_is_refreshed_ahead_and_served_from_cache(
-    api, idp_short_ttl, offline_app, jp_serverapp
-):
+class ManualClock:
+    """Wall and monotonic time that move only when the test says so (sleeping stays real)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._wall, self._mono = time.time(), time.monotonic()
+
+    def time(self) -> float:
+        return self._wall + self.offset
+
+    def monotonic(self) -> float:
+        return self._mono + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+async def test_warm_token_is_refreshed_ahead_and_served_from_cache(api, idp_short_ttl, offline_app):
+    """With one manual clock for the broker's cache and the schedule: no wall-clock luck."""
     idp = idp_short_ttl
-    token_id = await grant(api, idp)
+    services = offline_app.services
+    clock = ManualClock()
+    services.broker.clock = clock.time
+    services.engine.clock = services.engine.scheduler.clock = clock
+    token_id = await grant(api, idp)  # its access token lives 3 s of the manual clock
     status, _ = await api.post("tokens", token_id, "access-token", body={"keep_warm": True})
     assert status == 200
-    await offline_app._start_jupyter_server_extension(jp_serverapp)
-    _, token = await api.get("tokens", token_id)
-    assert token["keep_warm"] is True
 
     grants_before = idp.stats()["refresh_token_grants"]
     on_demand_before = await metric(
         api, "offline_token_access_token_requests_total", source="refresh"
     )
-    # Two and a half access-token lifetimes of callers asking for any unexpired token.
-    for _ in range(15):
+    # Three access-token lifetimes in 0.25 s steps; due refreshes run at each step, as the
+    # scheduler's loop would run them.
+    for _ in range(36):
+        clock.offset += 0.25
+        await services.engine.scheduler.run_due()
         status, access = await api.post("tokens", token_id, "access-token", body={"min_ttl": 0})
         assert status == 200 and access["expires_in"] >= 0
-        await asyncio.sleep(0.5)
-    assert idp.stats()["refresh_token_grants"] - grants_before >= 3, "no proactive refresh"
+    assert idp.stats()["refresh_token_grants"] - grants_before >= 4, "no proactive refresh"
     assert (
         await metric(api, "offline_token_access_token_requests_total", source="refresh")
         == on_demand_before

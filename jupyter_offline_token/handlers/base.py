@@ -95,9 +95,15 @@ def parse_body(raw: bytes, fields: dict[str, Field], *, allow_empty: bool = True
             raise InvalidRequest("a JSON object body is required", code="invalid_json")
     else:
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+        problem = _unencodable(body)
+        if problem:
+            raise InvalidRequest(
+                f"request body has {problem}: strings must be valid UTF-8 text",
+                code="invalid_field",
+            )
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
     unknown = sorted(set(body) - set(fields))
@@ -123,6 +129,33 @@ def parse_body(raw: bytes, fields: dict[str, Field], *, allow_empty: bool = True
             if problem:
                 raise InvalidRequest(f"field {name!r} {problem}", code="invalid_field")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON, though Python's parser accepts them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _unencodable(value: Any, depth: int = 0) -> str | None:
+    """Describe the first string (or key) that cannot be UTF-8 encoded (a lone surrogate)."""
+    if depth > 64:
+        return "too deeply nested values"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string that is not valid Unicode"
+        return None
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    for item in items:
+        problem = _unencodable(item, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 def _json_type(t: type) -> str:
@@ -198,6 +231,21 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         raise InvalidRequest(
             f"query parameter {name!r} must be true or false", code="invalid_query"
         )
+
+    def query_int(self, name: str, *, default: int | None, low: int, high: int) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise InvalidRequest(
+                f"query parameter {name!r} must be an integer from {low} to {high}",
+                code="invalid_query",
+            )
+        return value
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -144,8 +144,10 @@ class TokensHandler(OfflineTokenHandler):
             raise InvalidRequest(
                 f"status must be one of {', '.join(TOKEN_STATUSES)}", code="invalid_query"
             )
+        limit = self.query_int("limit", default=None, low=1, high=10_000)
+        offset = self.query_int("offset", default=0, low=0, high=10**9) or 0
         broker = await self.services.ready()
-        records = await broker.list_tokens(self.owner, status=status)
+        records = await broker.list_tokens(self.owner, status=status, limit=limit, offset=offset)
         linked = await self._linked_tasks([r.id for r in records])
         now = time.time()
         self.write_json(
