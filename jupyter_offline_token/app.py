@@ -204,6 +204,14 @@ class OfflineTokenApp(ExtensionApp):
         SIGTERM and SIGKILL. Default: 10.""",
     )
 
+    task_report_grace = Float(
+        60.0,
+        config=True,
+        help="""Seconds a command or notebook task process may keep running after reporting its
+        own end through its credential before it is stopped (SIGTERM, then SIGKILL after
+        task_cancel_grace). Default: 60.""",
+    )
+
     # --- defaults from the environment -----------------------------------------------------------
     # traitlets does not run @validate on @default values: environment values go through the
     # same checks explicitly, so a bad $JUPYTER_OFFLINE_TOKEN_KEYS fails at start as config does.
@@ -297,11 +305,11 @@ class OfflineTokenApp(ExtensionApp):
             raise TraitError(f"OfflineTokenApp.backoff_jitter must be in [0, 1), got {value}")
         return value
 
-    @validate("task_cancel_grace")
+    @validate("task_cancel_grace", "task_report_grace")
     def _check_grace(self, proposal: Any) -> float:
         value = float(proposal["value"])
         if value < 0:
-            raise TraitError(f"OfflineTokenApp.task_cancel_grace must be >= 0, got {value}")
+            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be >= 0, got {value}")
         return value
 
     @validate("refresh_concurrency", "audit_retention", "max_running_tasks")

@@ -9,12 +9,15 @@ import json
 import sys
 import textwrap
 import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 from conftest import Api, grant, task_processes
 
+from jupyter_offline_token.errors import InvalidRequest
+from jupyter_offline_token.tasks.models import TaskRecord
 from jupyter_offline_token.tasks.service import TaskService
 
 pytestmark = pytest.mark.timeout(90)
@@ -597,3 +600,325 @@ async def test_tasks_belong_to_their_user(api, tasks, idp):
     assert status == 404
     status, _ = await api.as_user(None).get("tasks")
     assert status == 403
+
+
+# --- paths the OS refuses, who ends a process, launch faults, text that cannot be encoded -------
+async def test_notebook_path_the_os_refuses_is_a_400_and_changes_nothing(
+    api, tasks, idp, jp_root_dir
+):
+    (jp_root_dir / "loop.ipynb").symlink_to(jp_root_dir / "loop.ipynb")
+    _, before = await api.get("tasks")
+    for notebook in ("a" * 300 + ".ipynb", "a" * 300 + "/x.ipynb", "loop.ipynb"):
+        status, err = await api.post(
+            "tasks", body={"name": "x", "kind": "notebook", "notebook": notebook}
+        )
+        assert status == 400 and err["error"] == "invalid_notebook", (notebook[:20], err)
+    _, after = await api.get("tasks")
+    assert after == before
+    # A notebook that turned into a symlink loop after creation: execute refuses, nothing changes.
+    (jp_root_dir / "ok.ipynb").write_text("{}")
+    token_id = await grant(api, idp)
+    task = await create(
+        api, name="nb", kind="notebook", notebook="ok.ipynb", persistent_token_id=token_id
+    )
+    (jp_root_dir / "ok.ipynb").unlink()
+    (jp_root_dir / "ok.ipynb").symlink_to(jp_root_dir / "ok.ipynb")
+    status, err = await api.post("tasks", task["id"], "execute")
+    assert status == 400 and err["error"] == "invalid_notebook", err
+    assert (await api.get("tasks", task["id"]))[1] == task
+
+
+SLEEPER = py("import time; print('up', flush=True); time.sleep(120)")
+
+
+async def test_the_user_cannot_end_a_process_or_demo_task_with_a_status(api, tasks, idp):
+    token_id = await grant(api, idp)
+    command = await create(
+        api, name="sleeper", kind="command", persistent_token_id=token_id, command=SLEEPER
+    )
+    demo = await create(
+        api,
+        name="slow demo",
+        kind="demo",
+        persistent_token_id=token_id,
+        parameters={"interval": 60},
+    )
+    for task in (command, demo):
+        status, _ = await api.post("tasks", task["id"], "execute")
+        assert status == 202
+    await until(lambda: log_has(api, command["id"], "up"), "the sleeper to start")
+    for task in (command, demo):
+        for body in ({"status": "completed"}, {"status": "failed", "error": "stop"}):
+            status, err = await api.patch("tasks", task["id"], body=body)
+            assert status == 409 and err["error"] == "use_cancel", (task["kind"], err)
+        # Progress and messages are still welcome.
+        status, got = await api.patch("tasks", task["id"], body={"message": "note"})
+        assert status == 200 and got["status"] == "running" and got["message"] == "note"
+    assert task_processes(command["id"])
+    status, err = await api.post("tasks", command["id"], "execute")
+    assert status == 409 and err["error"] == "already_running"
+    for task in (command, demo):
+        status, got = await api.post("tasks", task["id"], "cancel")
+        assert status == 200 and got["status"] == "cancelled"
+    await no_processes_left(command["id"])
+
+
+# Inside a command task: the kernel helper's Task, through the task's scoped credential.
+REPORTS_ITS_END = """
+import json, os, sys, time
+from jupyter_offline_token.kernel import current_task
+mode = json.loads(os.environ["JUPYTER_OFFLINE_TOKEN_PARAMETERS"])["mode"]
+task = current_task()
+with task.running():
+    task.progress(0.5, message="half way")
+    if mode == "fail":
+        raise ValueError("bad input data")
+    task.complete(result=f"{mode}: 42")
+    print("reported", task.known_status, flush=True)
+    if mode == "linger":
+        time.sleep(120)
+if mode == "lie":
+    sys.exit(4)
+"""
+
+
+async def test_a_task_process_reports_its_end_and_its_exit_settles_it(api, tasks, idp):
+    tasks.report_grace = 0.5
+    token_id = await grant(api, idp)
+    ids = {}
+    for mode in ("complete", "fail", "linger", "lie"):
+        task = await create(
+            api,
+            name=mode,
+            kind="command",
+            persistent_token_id=token_id,
+            command=[PY, "-c", REPORTS_ITS_END],
+            parameters={"mode": mode},
+        )
+        status, _ = await api.post("tasks", task["id"], "execute")
+        assert status == 202
+        ids[mode] = task["id"]
+    done = {mode: await wait_status(api, task_id, TERMINAL) for mode, task_id in ids.items()}
+    for task_id in ids.values():
+        await no_processes_left(task_id)
+
+    complete = done["complete"]
+    assert complete["status"] == "completed" and complete["result"] == "complete: 42", complete
+    assert complete["progress"] == 100 and complete["message"] == "exited with code 0"
+    # The report did not end the task: the process still saw itself running afterwards.
+    assert await log_has(api, ids["complete"], "reported running")
+
+    fail = done["fail"]
+    assert fail["status"] == "failed", fail
+    assert fail["error"].startswith("ValueError: bad input data")
+    assert "exited with code 1" in fail["error"] and fail["message"] == "exited with code 1"
+
+    linger = done["linger"]  # reported completed, then kept running: stopped after the grace
+    assert linger["status"] == "completed" and linger["result"] == "linger: 42", linger
+    assert linger["message"].startswith("reported completed; stopped")
+
+    lie = done["lie"]  # reported completed, then exited with code 4: the exit code decides
+    assert lie["status"] == "failed" and lie["result"] == "lie: 42", lie
+    assert lie["message"] == "reported completed, but exited with code 4"
+    assert lie["error"].startswith("exited with code 4")
+
+
+async def test_a_launch_that_fails_fails_its_task_and_the_queue_goes_on(
+    api, tasks, idp, jp_root_dir, monkeypatch
+):
+    tasks.max_running_tasks = 1
+    token_id = await grant(api, idp)
+    blocker = await create(
+        api,
+        name="blocker",
+        kind="command",
+        persistent_token_id=token_id,
+        command=py(
+            """
+            import pathlib, time
+            while not pathlib.Path("go.flag").exists():
+                time.sleep(0.05)
+            """
+        ),
+    )
+    missing = await create(
+        api,
+        name="no such program",
+        kind="command",
+        persistent_token_id=token_id,
+        command=["/no/such/program-xyz"],
+    )
+    faulty = await create(
+        api, name="disk full", kind="command", persistent_token_id=token_id, command=["true"]
+    )
+    last = await create(
+        api,
+        name="last",
+        kind="command",
+        persistent_token_id=token_id,
+        command=py("print('last one ran')"),
+    )
+    # A fault of the file system while a run is set up (the task's log directory, its env).
+    build_run = tasks._build_run
+
+    async def failing_build_run(task: Any, secret: Any) -> Any:
+        if task.id == faulty["id"]:
+            raise OSError(28, "No space left on device")
+        return await build_run(task, secret)
+
+    monkeypatch.setattr(tasks, "_build_run", failing_build_run)
+    for task in (blocker, missing, faulty, last):
+        status, _ = await api.post("tasks", task["id"], "execute")
+        assert status == 202
+    assert (await api.get("tasks", last["id"]))[1]["message"] == "queued: 2 tasks ahead"
+    (jp_root_dir / "go.flag").write_text("")
+    assert (await wait_status(api, last["id"], TERMINAL))["status"] == "completed"
+    assert await log_has(api, last["id"], "last one ran")
+    got = (await api.get("tasks", missing["id"]))[1]
+    assert got["status"] == "failed" and got["error"].startswith("cannot start '/no/such/")
+    got = (await api.get("tasks", faulty["id"]))[1]
+    assert got["status"] == "failed" and got["message"] == "could not start"
+    assert got["error"] == "could not start: No space left on device" and got["completed_at"]
+    # Executed directly (a free slot): the same clear failure, not a 500.
+    status, body = await api.post("tasks", faulty["id"], "execute")
+    assert status == 202 and body["task"]["status"] == "failed"
+    assert body["task"]["error"] == "could not start: No space left on device"
+    assert not tasks._active and not tasks.warm_tokens()
+
+
+async def test_text_that_cannot_be_encoded_never_reaches_a_runner(api, tasks, idp):
+    token_id = await grant(api, idp)
+    bad = "bad \ud800 text"
+    for fields in (
+        {"name": bad},
+        {"name": "x", "description": bad},
+        {"name": "x", "kind": "command", "command": ["echo", bad]},
+        {"name": "x", "kind": "command", "command": [bad]},
+        {"name": "x", "parameters": {"key": bad}},
+        {"name": "x", "parameters": {bad: 1}},
+        {"name": "x", "kind": "notebook", "notebook": bad + ".ipynb"},
+        {"name": "x", "persistent_token_id": bad},
+    ):
+        with pytest.raises(InvalidRequest):
+            await tasks.create("alice", **fields)
+        # Escaped in JSON it is valid JSON: the API refuses it with a 400 as well.
+        status, err = await api.post("tasks", raw=json.dumps(fields).encode())
+        assert status == 400, (fields, err)
+    assert (await api.get("tasks"))[1] == {"tasks": []}
+    # A row stored before this validation existed: its run fails with the reason, no 500.
+    probe = await create(api, name="whose")
+    owner = (await tasks.store.get(probe["id"])).owner
+    now = time.time()
+    legacy = await tasks.store.create(
+        TaskRecord(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            name="legacy",
+            kind="command",
+            status="pending",
+            created_at=now,
+            updated_at=now,
+            persistent_token_id=token_id,
+            command=[PY, "-c", "print(1)", bad],
+            parameters={"p": bad},
+        )
+    )
+    status, _ = await api.post("tasks", legacy.id, "execute")
+    assert status == 202
+    failed = await wait_status(api, legacy.id, TERMINAL)
+    assert failed["status"] == "failed" and failed["message"] == "could not start"
+    assert "is not valid text" in failed["error"] and "internal error" not in failed["error"]
+
+
+async def test_task_routes_never_answer_5xx_to_bad_input(api, tasks, idp):
+    token_id = await grant(api, idp)
+    kernel = await create(api, name="k", persistent_token_id=token_id)
+    await api.post("tasks", kernel["id"], "execute")
+    _, before = await api.get("tasks")
+    problems = []
+
+    async def check(label: Any, answer: Any) -> None:
+        status, body = await answer
+        if not 400 <= status < 500:
+            problems.append((label, status, body))
+
+    deep = b'{"a":' * 900 + b"1" + b"}" * 900
+    for raw in (
+        b'{"name": "x", "parameters": {"a": Infinity}}',
+        b'{"name": "x", "parameters": {"a": 1e999}}',
+        b'{"name": "x", "parameters": {"a": ' + b"9" * 5000 + b"}}",
+        b'{"name": "x", "kind": "demo", "parameters": {"interval": NaN}}',
+        b'{"name": "x", "kind": "demo", "parameters": {"interval": ' + b"9" * 400 + b"}}",
+        b'{"name": "x", "parameters": ' + deep + b"}",
+        b'{"name": "x", "parameters": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"name": "x", "kind": "notebook", "notebook": "/"}',
+        b'{"name": "x", "kind": "notebook", "notebook": "."}',
+        b'{"name": "x", "persistent_token_id": ""}',
+        b'{"name": "x", "persistent_token_id": "../.."}',
+        b'{"name": "x", "kind": ["demo"]}',
+        b'{"name": "x", "command": {}}',
+        b'{"name": "\xff"}',
+        b"\xff\xfe",
+        b"1e999",
+        b"NaN",
+    ):
+        await check(("POST tasks", raw[:60]), api.post("tasks", raw=raw))
+    for raw in (
+        b'{"progress": NaN}',
+        b'{"progress": -Infinity}',
+        b'{"progress": 1e999}',
+        b'{"progress": -1e-9}',
+        b'{"progress": ' + b"9" * 400 + b"}",
+        b'{"progress": "5"}',
+        b'{"status": "completed", "result": 42}',
+        b"",
+        b"null",
+        b"[]",
+    ):
+        await check(("PATCH", raw[:60]), api.patch("tasks", kernel["id"], raw=raw))
+    for raw in (b'{"persistent_token_id": ""}', b'{"persistent_token_id": 5}', b""):
+        await check(("link", raw), api.post("tasks", kernel["id"], "link", raw=raw))
+    for raw in (b'{"x": 1}', b"[]"):
+        await check(("execute", raw), api.post("tasks", kernel["id"], "execute", raw=raw))
+        await check(("cancel", raw), api.post("tasks", kernel["id"], "cancel", raw=raw))
+    for task_id in ("..", "%2e%2e", "a%2Fb", "%00", "%ff", "%ED%A0%80", "x" * 3000, " "):
+        for method, parts in (
+            ("GET", ()),
+            ("DELETE", ()),
+            ("PATCH", ()),
+            ("POST", ("execute",)),
+            ("POST", ("cancel",)),
+            ("POST", ("link",)),
+            ("GET", ("log",)),
+            ("GET", ("events",)),
+        ):
+            raw = b'{"progress": 1}' if method == "PATCH" else None
+            if parts == ("link",):
+                raw = b'{"persistent_token_id": "x"}'
+            await check(
+                (method, task_id[:10], parts),
+                api.request(method, "api", "offline-token", "tasks", task_id, *parts, raw=raw),
+            )
+    for method, parts in (
+        ("PUT", ()),
+        ("DELETE", ()),
+        ("PATCH", ()),
+        ("PUT", (kernel["id"],)),
+        ("POST", (kernel["id"],)),
+        ("GET", (kernel["id"], "execute")),
+        ("DELETE", (kernel["id"], "cancel")),
+    ):
+        raw = None if method in ("GET", "DELETE") else b"{}"
+        await check(
+            (method, parts), api.request(method, "api", "offline-token", "tasks", *parts, raw=raw)
+        )
+    for query in ("", "%ff", "x" * 5000):
+        await check(("status", query[:10]), api.get("tasks", params={"status": query}))
+    assert problems == []
+    nested: dict = {}
+    for _ in range(100):
+        nested = {"a": nested}
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        await tasks.create("someone", name="x", parameters=nested)
+    _, after = await api.get("tasks")
+    assert after == before

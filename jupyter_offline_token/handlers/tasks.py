@@ -102,6 +102,7 @@ class TaskHandler(TaskBaseHandler):
             status=body.get("status"),
             result=body.get("result"),
             error=body.get("error"),
+            by_task=self.task_principal is not None,
         )
         self.write_json(task.to_json())
 

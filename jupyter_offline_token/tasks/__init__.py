@@ -17,10 +17,10 @@ def install(app: Any, services: Services) -> TaskService:
     """Build the task service for ``app`` (an OfflineTokenApp) and connect it to the broker and
     the handlers. Idempotent: a second call returns the service already installed.
 
-    Reads ``app.max_running_tasks`` and ``app.task_cancel_grace`` when the app has them, and the
-    server's ``root_dir``, ``connection_url`` and token from ``app.serverapp``. The app still
-    starts it (``await service.start()``) and stops it (``await service.stop()``, before the
-    vault closes).
+    Reads ``app.max_running_tasks``, ``app.task_cancel_grace`` and ``app.task_report_grace`` when
+    the app has them, and the server's ``root_dir``, ``connection_url`` and token from
+    ``app.serverapp``. The app still starts it (``await service.start()``) and stops it
+    (``await service.stop()``, before the vault closes).
     """
     from .service import TaskService
 
@@ -40,6 +40,7 @@ def install(app: Any, services: Services) -> TaskService:
         server_url=lambda: str(serverapp.connection_url),
         max_running_tasks=int(getattr(app, "max_running_tasks", 4)),
         cancel_grace=float(getattr(app, "task_cancel_grace", 10.0)),
+        report_grace=float(getattr(app, "task_report_grace", 60.0)),
         server_secrets=server_secrets,
     )
     broker = services.broker

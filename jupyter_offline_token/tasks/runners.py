@@ -111,7 +111,15 @@ class ProcessRun(TaskRun):
             except OSError as exc:
                 reason = f"cannot start {self.argv[0]!r}: {exc.strerror or type(exc).__name__}"
                 await self._emit(log_file, reason)
-                return Outcome(TASK_FAILED, error=reason)
+                return Outcome(TASK_FAILED, error=reason, message="could not start")
+            except ValueError as exc:  # UnicodeEncodeError, NUL: argv or env not passable
+                what = "is not valid text" if isinstance(exc, UnicodeEncodeError) else "is invalid"
+                reason = (
+                    f"cannot start {self.argv[0]!r}: an argument or environment variable {what} "
+                    f"({type(exc).__name__})"
+                )
+                await self._emit(log_file, reason)
+                return Outcome(TASK_FAILED, error=reason, message="could not start")
             finally:
                 self._started.set()
             assert self.process.stdout is not None

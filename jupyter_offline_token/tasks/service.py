@@ -58,6 +58,7 @@ log = logging.getLogger("jupyter_offline_token.tasks")
 MAX_ARGV = 256
 MAX_ARG_CHARS = 8192
 MAX_PARAMETERS_BYTES = 32 * 1024
+MAX_PARAMETERS_DEPTH = 32
 LOG_FILE = "output.log"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 EVENT_QUEUE_SIZE = 1024
@@ -75,6 +76,10 @@ class _Active:
     run: TaskRun
     supervisor: asyncio.Task[None] | None = None
     stopper: asyncio.Task[None] | None = None
+    # The end the process reported itself (status, error); its exit still settles the task.
+    reported: tuple[str, str | None] | None = None
+    end_timer: asyncio.Task[None] | None = None
+    stopped_after_report: bool = False
 
 
 @dataclass
@@ -99,6 +104,7 @@ class TaskService:
         server_secrets: Callable[[], Iterable[str]] | None = None,
         python: str = sys.executable,
         keepalive_interval: float = 15.0,
+        report_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(max_running_tasks, bool) or not isinstance(max_running_tasks, int):
@@ -107,6 +113,8 @@ class TaskService:
             raise ValueError("max_running_tasks must be at least 1")
         if not cancel_grace >= 0:
             raise ValueError("cancel_grace must be >= 0")
+        if not report_grace >= 0:
+            raise ValueError("report_grace must be >= 0")
         self.vault = vault
         self.broker = broker
         self.store = TaskStore(vault)
@@ -118,6 +126,8 @@ class TaskService:
         self._server_secrets = server_secrets or (lambda: ())
         self.python = python
         self.keepalive_interval = keepalive_interval
+        # How long a process may keep running after reporting its own end before it is stopped.
+        self.report_grace = float(report_grace)
         self.clock = clock
         # Identifies this server process in running rows (see interrupt_leftovers).
         self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -195,6 +205,8 @@ class TaskService:
         self._queue.clear()
         active = list(self._active.values())
         for entry in active:
+            if entry.end_timer is not None:
+                entry.end_timer.cancel()
             entry.stopper = asyncio.ensure_future(entry.run.terminate(self.cancel_grace))
         pending = [e.supervisor for e in active if e.supervisor is not None]
         pending += [e.stopper for e in active if e.stopper is not None]
@@ -287,6 +299,7 @@ class TaskService:
         if kind == DEMO:
             _demo_interval(params)
         if persistent_token_id is not None:
+            persistent_token_id = _token_ref(persistent_token_id)
             await self.broker.get_token(owner, persistent_token_id)  # NotFound for a foreign one
         now = self.clock()
         task = TaskRecord(
@@ -314,6 +327,7 @@ class TaskService:
         )
 
     async def link(self, owner: str | None, task_id: str, token_id: str) -> TaskRecord:
+        token_id = _token_ref(token_id)
         async with self._lock:
             task = await self.get(owner, task_id)
             await self.broker.get_token(task.owner, token_id)
@@ -362,7 +376,7 @@ class TaskService:
             if task.kind == KERNEL:
                 updated = await self._mark_running(task, credential_hash=None)
             elif self._slots_free() and not self._queue:
-                updated = await self._launch(task)
+                updated = await self._launch_or_fail(task)
             else:
                 self._queue.append(task.id)
                 updated = await self._update(
@@ -428,6 +442,30 @@ class TaskService:
         )
         await self._warm_add(updated)
         return updated
+
+    async def _launch_or_fail(self, task: TaskRecord) -> TaskRecord:
+        """:meth:`_launch`, but a run that cannot even be set up (a file system or environment
+        fault) fails its task with the reason instead of escaping to the caller."""
+        try:
+            return await self._launch(task)
+        except OfflineTokenError as exc:
+            reason = exc.message
+        except Exception as exc:
+            log.exception("task %s: could not start", task.id)
+            reason = f"could not start: {_describe(exc)}"
+        self._active.pop(task.id, None)
+        failed = await self._update(
+            task.id,
+            expect=(task.status, RUNNING),
+            status=TASK_FAILED,
+            queued_at=None,
+            completed_at=self.clock(),
+            credential_hash=None,
+            error=reason[:MAX_TEXT],
+            message="could not start",
+        )
+        await self._warm_remove(task.id, task.persistent_token_id)
+        return failed
 
     async def _launch(self, task: TaskRecord) -> TaskRecord:
         """Mark running and start the run (caller holds the lock and checked the token)."""
@@ -495,13 +533,60 @@ class TaskService:
             log.exception("task %s: the runner failed", entry.task_id)
             outcome = Outcome(TASK_FAILED, error=f"internal error: {type(exc).__name__}")
         finally:
-            self._active.pop(entry.task_id, None)
+            if entry.end_timer is not None:
+                entry.end_timer.cancel()
         try:
-            await self._finish(entry, outcome)
+            # Still listed while the end is recorded, so a late report is not lost.
+            await self._finish(entry, self._settle(entry, outcome))
         except Exception:
             log.exception("task %s: could not record how it ended", entry.task_id)
+        finally:
+            self._active.pop(entry.task_id, None)
         if not self._stopping:
-            await self._start_queued()
+            try:
+                await self._start_queued()
+            except Exception:
+                log.exception("could not start the queued tasks")
+
+    def _settle(self, entry: _Active, outcome: Outcome) -> Outcome:
+        """Combine the end a process reported with how it exited: a reported failure stands,
+        a reported completion holds only if the process then exits with code 0."""
+        if entry.reported is None:
+            return outcome
+        status, error = entry.reported
+        if outcome.status == CANCELLED:
+            if not entry.stopped_after_report:
+                return outcome  # cancelled by the user (or the server is stopping)
+            return Outcome(
+                status,
+                error=error,
+                message=f"reported {status}; stopped because the process did not exit within "
+                f"{self.report_grace:g} s",
+            )
+        if status == COMPLETED:
+            if outcome.status == COMPLETED:
+                return outcome
+            return Outcome(
+                TASK_FAILED,
+                error=outcome.error,
+                message=f"reported completed, but {outcome.message or 'failed'}",
+            )
+        errors = [e for e in (error, outcome.error if outcome.status == TASK_FAILED else None) if e]
+        return Outcome(TASK_FAILED, error="\n\n".join(errors) or None, message=outcome.message)
+
+    def _expect_end(self, entry: _Active) -> None:
+        """After a reported end, stop the process if it has not exited ``report_grace`` s later."""
+        if entry.end_timer is not None:
+            return
+
+        async def stop_late() -> None:
+            await asyncio.sleep(self.report_grace)
+            if entry.stopper is None and self._active.get(entry.task_id) is entry:
+                log.info("task %s reported its end but still runs: stopping it", entry.task_id)
+                entry.stopped_after_report = True
+                entry.stopper = asyncio.ensure_future(entry.run.terminate(self.cancel_grace))
+
+        entry.end_timer = asyncio.ensure_future(stop_late())
 
     async def _finish(self, entry: _Active, outcome: Outcome) -> None:
         status = INTERRUPTED if self._stopping else outcome.status
@@ -548,7 +633,10 @@ class TaskService:
                         message="could not start",
                     )
                     continue
-                await self._launch(task)
+                try:
+                    await self._launch_or_fail(task)
+                except Exception:  # even recording the failure failed: on with the queue
+                    log.exception("task %s: could not start from the queue", task.id)
             await self._renumber_queue()
 
     async def _renumber_queue(self) -> None:
@@ -571,13 +659,24 @@ class TaskService:
         status: str | None = None,
         result: str | None = None,
         error: str | None = None,
+        by_task: bool = False,
     ) -> TaskRecord:
-        """Progress and end reports from the work itself (kernel helper or task process)."""
+        """Progress and end reports from the work itself (kernel helper or task process).
+
+        A process (``command``, ``notebook``) or ``demo`` run decides how it ends: the Jupyter
+        user cannot end one with a status (409 ``use_cancel``: cancel it instead), and a task
+        process's own report (``by_task``, its scoped credential) is recorded, while its exit
+        still settles the task: a reported failure stands, a completion needs exit code 0, and a
+        process still running ``report_grace`` seconds after its report is stopped."""
         if status is not None and status not in (RUNNING, COMPLETED, TASK_FAILED):
             raise InvalidRequest(
                 "field 'status' must be running, completed or failed", code="invalid_field"
             )
-        if progress is not None and not (math.isfinite(progress) and 0 <= progress <= 100):
+        if progress is not None and (
+            isinstance(progress, bool)
+            or not isinstance(progress, (int, float))
+            or not (math.isfinite(progress) and 0 <= progress <= 100)
+        ):
             raise InvalidRequest("field 'progress' must be between 0 and 100", code="invalid_field")
         changes: dict[str, Any] = {}
         if progress is not None:
@@ -598,6 +697,23 @@ class TaskService:
                 raise Conflict(
                     f"task {task_id} is not running: execute it first", code="not_running"
                 )
+            supervised = task.kind in PROCESS_KINDS or task.kind == DEMO
+            if status in (COMPLETED, TASK_FAILED) and supervised and not by_task:
+                raise Conflict(
+                    f"task {task_id} is a {task.kind} task: its process decides how it ends; "
+                    "cancel it instead",
+                    code="use_cancel",
+                )
+            entry = self._active.get(task.id)
+            if status in (COMPLETED, TASK_FAILED) and supervised and entry is not None:
+                if status == COMPLETED and progress is None:
+                    changes["progress"] = 100.0
+                if status == TASK_FAILED:
+                    changes["error"] = changes.get("error") or "the task reported a failure"
+                changes.setdefault("message", f"reported {status}; waiting for the process to exit")
+                entry.reported = (status, changes.get("error") if status == TASK_FAILED else None)
+                self._expect_end(entry)
+                return await self._update(task.id, expect=(RUNNING,), **changes)
             if status in (COMPLETED, TASK_FAILED):
                 changes.update(status=status, completed_at=self.clock(), credential_hash=None)
                 if status == COMPLETED and progress is None:
@@ -802,7 +918,36 @@ def _text(name: str, value: Any, limit: int) -> str:
         )
     if "\x00" in value:
         raise InvalidRequest(f"field {name!r} must not contain NUL", code="invalid_field")
+    if not _encodable(value):
+        raise InvalidRequest(f"field {name!r} is not valid Unicode text", code="invalid_field")
     return value
+
+
+def _encodable(value: str) -> bool:
+    """False for text UTF-8 cannot encode (lone surrogates): SQLite, argv and env refuse it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _token_ref(token_id: Any) -> str:
+    if not isinstance(token_id, str) or not token_id or len(token_id) > 256:
+        raise InvalidRequest("field 'persistent_token_id' must be a token id", code="invalid_field")
+    if not _encodable(token_id) or "\x00" in token_id:
+        raise InvalidRequest(
+            "field 'persistent_token_id' is not valid Unicode text", code="invalid_field"
+        )
+    return token_id
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short text for a task's error (OSError without its file name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)[:500]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _argv(command: Any) -> list[str]:
@@ -825,9 +970,10 @@ def _argv(command: Any) -> list[str]:
             f"field 'command' has more than {MAX_ARGV} items", code="invalid_field"
         )
     for arg in command:
-        if len(arg) > MAX_ARG_CHARS or "\x00" in arg:
+        if len(arg) > MAX_ARG_CHARS or "\x00" in arg or not _encodable(arg):
             raise InvalidRequest(
-                f"each command item must be at most {MAX_ARG_CHARS} characters without NUL",
+                f"each command item must be valid text of at most {MAX_ARG_CHARS} characters "
+                "without NUL",
                 code="invalid_field",
             )
     return list(command)
@@ -838,17 +984,42 @@ def _parameters(parameters: Any) -> dict[str, Any]:
         return {}
     if not isinstance(parameters, dict):
         raise InvalidRequest("field 'parameters' must be an object", code="invalid_field")
-    try:
-        text = json.dumps(parameters, allow_nan=False)
-    except ValueError:
+    if _depth(parameters) > MAX_PARAMETERS_DEPTH:
         raise InvalidRequest(
-            "field 'parameters' must hold finite numbers only", code="invalid_field"
+            f"field 'parameters' is nested deeper than {MAX_PARAMETERS_DEPTH} levels",
+            code="invalid_field",
+        )
+    try:
+        text = json.dumps(parameters, allow_nan=False, ensure_ascii=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            "field 'parameters' must hold valid Unicode text only", code="invalid_field"
         ) from None
-    if len(text) > MAX_PARAMETERS_BYTES:
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidRequest(
+            "field 'parameters' must be JSON with finite numbers only", code="invalid_field"
+        ) from None
+    if size > MAX_PARAMETERS_BYTES:
         raise InvalidRequest(
             f"field 'parameters' is larger than {MAX_PARAMETERS_BYTES} bytes", code="invalid_field"
         )
     return dict(parameters)
+
+
+def _depth(value: Any) -> int:
+    """How deeply a JSON value nests (iteratively: deep input never recurses)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if level <= MAX_PARAMETERS_DEPTH:
+                stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _demo_interval(parameters: dict[str, Any]) -> float:
@@ -868,24 +1039,38 @@ def _demo_interval(parameters: dict[str, Any]) -> float:
 def _resolve_notebook(root_dir: Path, notebook: str) -> Path:
     """Blocking (filesystem): run on an executor."""
     escape = InvalidRequest(
-        f"notebook {notebook!r} must be a relative path to a .ipynb file inside the server's "
-        "root directory",
+        f"notebook {_shorten(notebook)!r} must be a relative path to a .ipynb file inside the "
+        "server's root directory",
         code="invalid_notebook",
     )
     if "\x00" in notebook or len(notebook) > 4096 or "\\" in notebook:
         raise escape
+    if not _encodable(notebook):
+        raise escape
     relative = PurePosixPath(notebook)
     if relative.is_absolute() or notebook.startswith("~") or ".." in relative.parts:
         raise escape
-    root = root_dir.resolve()
-    real = (root / relative).resolve()  # follows symlinks: a link out of the root is refused
-    if not real.is_relative_to(root) or real.suffix != ".ipynb":
-        raise escape
-    if not real.is_file():
+    try:
+        root = root_dir.resolve()
+        real = (root / relative).resolve()  # follows symlinks: a link out of the root is refused
+        if not real.is_relative_to(root) or real.suffix != ".ipynb":
+            raise escape
+        found = real.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, no access
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unusable path"
         raise InvalidRequest(
-            f"no notebook {notebook!r} in the server's root directory", code="invalid_notebook"
+            f"cannot use notebook {_shorten(notebook)!r}: {reason}", code="invalid_notebook"
+        ) from None
+    if not found:
+        raise InvalidRequest(
+            f"no notebook {_shorten(notebook)!r} in the server's root directory",
+            code="invalid_notebook",
         )
     return real
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tail(path: Path, limit: int) -> list[str]:
