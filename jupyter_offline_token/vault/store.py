@@ -308,6 +308,13 @@ class Vault:
         manage its own transaction."""
         return await self._run(fn, *args)
 
+    def _decrypt(self, key_id: str, nonce: bytes, ct: bytes, aad: bytes, *, what: str) -> bytes:
+        """Decrypt on the worker thread; a failure names the entry, never the data."""
+        try:
+            return self.keyring.decrypt(key_id, nonce, ct, aad)
+        except DecryptionError as exc:
+            raise DecryptionError(f"{what} cannot be decrypted: {exc}") from None
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the worker thread; sqlite3 errors become VaultError."""
         if self._closed:
@@ -593,17 +600,13 @@ class Vault:
                     raise KeyError(token_id)
                 if row["consent_ct"] is None:
                     return None
-                try:
-                    plain = self.keyring.decrypt(
-                        row["consent_key_id"],
-                        row["consent_nonce"],
-                        row["consent_ct"],
-                        _consent_aad(token_id, row["owner"]),
-                    )
-                except DecryptionError as exc:
-                    raise DecryptionError(
-                        f"the consent secrets of vault entry {token_id} cannot be decrypted: {exc}"
-                    ) from None
+                plain = self._decrypt(
+                    row["consent_key_id"],
+                    row["consent_nonce"],
+                    row["consent_ct"],
+                    _consent_aad(token_id, row["owner"]),
+                    what=f"the consent secrets of vault entry {token_id}",
+                )
                 conn.execute(
                     "UPDATE tokens SET consent_ct = NULL, consent_nonce = NULL, "
                     "consent_key_id = NULL WHERE id = ?",
@@ -762,17 +765,13 @@ class Vault:
             ).fetchone()
             if row is None or row["secret_ct"] is None:
                 raise KeyError(token_id)
-            try:
-                plain = self.keyring.decrypt(
-                    row["secret_key_id"],
-                    row["secret_nonce"],
-                    row["secret_ct"],
-                    _refresh_aad(token_id, row["owner"]),
-                )
-            except DecryptionError as exc:
-                raise DecryptionError(
-                    f"the refresh token of vault entry {token_id} cannot be decrypted: {exc}"
-                ) from None
+            plain = self._decrypt(
+                row["secret_key_id"],
+                row["secret_nonce"],
+                row["secret_ct"],
+                _refresh_aad(token_id, row["owner"]),
+                what=f"the refresh token of vault entry {token_id}",
+            )
             return plain.decode()
 
         return await self._run(work)
@@ -838,17 +837,13 @@ class Vault:
                         conn.execute("ROLLBACK")
             if secret["secret_ct"] is None:
                 return record, None
-            try:
-                plain = self.keyring.decrypt(
-                    secret["secret_key_id"],
-                    secret["secret_nonce"],
-                    secret["secret_ct"],
-                    _refresh_aad(token_id, record.owner),
-                )
-            except DecryptionError as exc:
-                raise DecryptionError(
-                    f"the refresh token of vault entry {token_id} cannot be decrypted: {exc}"
-                ) from None
+            plain = self._decrypt(
+                secret["secret_key_id"],
+                secret["secret_nonce"],
+                secret["secret_ct"],
+                _refresh_aad(token_id, record.owner),
+                what=f"the refresh token of vault entry {token_id}",
+            )
             return record, plain.decode()
 
         return await self._run(work)
