@@ -121,8 +121,10 @@ def test_consent_link_refuses_non_http_urls() -> None:
 def test_token_status_widget(api: FakeOfflineTokenAPI, tok: OfflineToken) -> None:
     w = TokenStatusWidget(tok, autostart=False)
     assert w.status == "pending"
+    # The button only re-reads the status, and says so (it does not refresh the token).
+    assert w.reload_button.description == "Reload status"
     api.grant(tok.id)
-    w.refresh_button.click()
+    w.reload_button.click()
     assert w.status == "active"
     assert ">active<" in w.badge.value
     assert "refreshes: 0" in w.facts.value
@@ -149,7 +151,24 @@ def test_task_widget_progress_and_cancel(api: FakeOfflineTokenAPI, tok: OfflineT
     assert w.status == "cancelled"
     assert w.cancelled_here
     assert w.cancel_button.disabled
+    assert hidden(w.cancel_button)  # nothing left to cancel
     assert w.poll_once() is True
+
+
+@pytest.mark.parametrize("final", ["completed", "failed", "cancelled", "interrupted"])
+def test_task_widget_of_a_finished_task_has_no_cancel(
+    api: FakeOfflineTokenAPI, tok: OfflineToken, final: str
+) -> None:
+    api.grant(tok.id)
+    task = create_task("finished", token=tok)
+    w = TaskProgressWidget(task, autostart=False)
+    assert not hidden(w.cancel_button)
+    api.tasks[task.id]["status"] = final
+    assert w.poll_once() is True
+    assert hidden(w.cancel_button) and w.cancel_button.disabled
+    task.refresh()
+    again = TaskProgressWidget(task, autostart=False)  # built on a task that already ended
+    assert hidden(again.cancel_button) and again.cancel_button.disabled
 
 
 def test_task_widget_cancel_failure_is_shown(api: FakeOfflineTokenAPI, tok: OfflineToken) -> None:
@@ -175,6 +194,7 @@ def test_task_widget_follows_completion(api: FakeOfflineTokenAPI, tok: OfflineTo
     assert w.bar.bar_style == "success"
     assert "42 rows" in w.outcome.value
     assert w.cancel_button.disabled
+    assert hidden(w.cancel_button)
     assert "completed 100 %" in w.text_summary()
 
 

@@ -332,9 +332,14 @@ class TokenStatusWidget(_View):
         self.title = w.HTML()
         self.badge = w.HTML()
         self.facts = w.HTML()
-        self.refresh_button = w.Button(description="Refresh", icon="refresh", tooltip="Read again")
-        self.refresh_button.on_click(lambda _b: self._safe_poll())
-        self.box = w.VBox([w.HBox([self.title, self.badge, self.refresh_button]), self.facts])
+        # It only re-reads the status; refreshing the token itself is the server's job.
+        self.reload_button = w.Button(
+            description="Reload status",
+            icon="redo",
+            tooltip="Read this token's status from the server again (does not refresh the token)",
+        )
+        self.reload_button.on_click(lambda _b: self._safe_poll())
+        self.box = w.VBox([w.HBox([self.title, self.badge, self.reload_button]), self.facts])
         self._make_poller(poll_interval)
         self._apply(token.info)
         if autostart:
@@ -454,6 +459,7 @@ class TaskProgressWidget(_View):
         status = self.status
         self.badge.value = badge_html(status)
         self.cancel_button.disabled = status in TASK_DONE
+        _hidden(self.cancel_button, status in TASK_DONE)  # a finished task has nothing to cancel
         self.bar.bar_style = {
             "completed": "success",
             "failed": "danger",
