@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -196,6 +199,106 @@ def test_task_widget_follows_completion(api: FakeOfflineTokenAPI, tok: OfflineTo
     assert w.cancel_button.disabled
     assert hidden(w.cancel_button)
     assert "completed 100 %" in w.text_summary()
+
+
+# --- without ipywidgets (pip install jupyter-offline-token, no [kernel] extra) ------------------
+
+# Runs in a fresh interpreter where importing ipywidgets fails, as if it were not installed; an
+# IPython shell with a (pretend) kernel stands for a notebook, so everything goes through display().
+_WITHOUT_IPYWIDGETS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoIpywidgets(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ipywidgets" or name.startswith("ipywidgets."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, NoIpywidgets())
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    from jupyter_offline_token.kernel import create_task, request_offline_token, set_default_client
+    from jupyter_offline_token.kernel.testing import FakeOfflineTokenAPI
+
+    shell = InteractiveShell.instance()
+    shell.kernel = object()  # what in_notebook() looks for: a frontend that displays rich output
+    api = FakeOfflineTokenAPI()
+    set_default_client(api.client())
+    shown = {}
+
+    def capture(name, action):
+        with capture_output() as captured:
+            result = action()
+        shown[name] = {
+            "outputs": [output.data for output in captured.outputs],
+            "stdout": captured.stdout,
+            "stderr": captured.stderr,
+        }
+        return result
+
+    tok = capture("request", lambda: request_offline_token(label="plain install"))
+    shown["consent_url"] = tok.consent_url
+    api.grant(tok.id)
+    tok.access_token()
+    capture("token", lambda: display(tok.widget()))
+    task = create_task("no widgets", token=tok)
+    with task.running():
+        task.progress(0.5, "halfway")
+        capture("task", lambda: display(task.widget()))
+    shell.run_line_magic("load_ext", "jupyter_offline_token")
+    capture("magic_request", lambda: shell.run_line_magic("offline_token", "request --label m"))
+    capture("magic_watch", lambda: shell.run_line_magic("offline_token", f"watch {task.id}"))
+    shown["ipywidgets_imported"] = "ipywidgets" in sys.modules
+    print("RESULT " + json.dumps(shown))
+    """
+)
+
+
+def test_without_ipywidgets_widgets_degrade_to_links_and_say_what_to_install() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_IPYWIDGETS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    shown = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert shown["ipywidgets_imported"] is False
+    hint = "pip install 'jupyter-offline-token[kernel]'"
+
+    # request_offline_token(): a clickable consent link, the URL as text, and the install hint.
+    (consent,) = shown["request"]["outputs"]
+    url = shown["consent_url"]
+    assert f'href="{url.replace("&", "&amp;")}"' in consent["text/html"]
+    assert 'target="_blank"' in consent["text/html"]
+    assert "jupyter-offline-token[kernel]" in consent["text/html"]
+    assert f"Grant offline access: {url}" in consent["text/plain"]
+    assert hint in consent["text/plain"]
+    assert "Traceback" not in json.dumps(shown)
+
+    # tok.widget() and task.widget(): what the live widget would show, once, plus the hint.
+    (token_view,) = shown["token"]["outputs"]
+    assert "active" in token_view["text/plain"] and "plain install" in token_view["text/plain"]
+    assert "refreshes: 1" in token_view["text/html"]
+    assert hint in token_view["text/plain"] and "[kernel]" in token_view["text/html"]
+    (task_view,) = shown["task"]["outputs"]
+    assert "running 50 % - halfway" in task_view["text/plain"]
+    assert hint in task_view["text/plain"] and "[kernel]" in task_view["text/html"]
+
+    # The magic keeps working: the consent link for `request`, the task's state for `watch`.
+    magic_request = shown["magic_request"]
+    assert magic_request["stderr"] == ""
+    assert any("Grant offline access" in o.get("text/plain", "") for o in magic_request["outputs"])
+    assert "persistent_token_id" in magic_request["stdout"]
+    magic_watch = shown["magic_watch"]
+    assert magic_watch["stderr"] == ""
+    assert any("halfway" in o.get("text/plain", "") for o in magic_watch["outputs"])
 
 
 # --- the demo notebook in a real kernel --------------------------------------------------------

@@ -22,7 +22,7 @@ from .remote import RemoteRecord
 from .tokens import OfflineToken
 
 if TYPE_CHECKING:
-    from .widgets import TaskProgressWidget
+    from .widgets import StaticView, TaskProgressWidget
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
 MAX_ERROR_CHARS = 2000
@@ -294,16 +294,18 @@ class Task(RemoteRecord):
                 print(f"task {self._id} was cancelled before it completed")
 
     # --- display -------------------------------------------------------------------------------
-    def widget(self, *, poll_interval: float = 1.0) -> TaskProgressWidget:
+    def widget(self, *, poll_interval: float = 1.0) -> TaskProgressWidget | StaticView:
         """A live progress widget: bar, status badge, message and Cancel button.
+
+        Without ipywidgets: a snapshot of the progress that says what to install for live widgets.
 
         Example::
 
             display(task.widget())
         """
-        from .widgets import TaskProgressWidget
+        from .widgets import task_view
 
-        return TaskProgressWidget(self, poll_interval=poll_interval)
+        return task_view(self, poll_interval=poll_interval)
 
 
 def create_task(

@@ -21,7 +21,7 @@ from .errors import ConsentExpired, ConsentPending, TokenFailed, TokenRevoked
 from .remote import RemoteRecord
 
 if TYPE_CHECKING:
-    from .widgets import ConsentWidget, TokenStatusWidget
+    from .widgets import ConsentWidget, StaticView, TokenStatusWidget
 
 # A 401 from the target forces a new token: ask for more life than the cached one has left, so
 # the server (which serves its cache while >= min_ttl remains) must refresh. The margin covers the
@@ -341,40 +341,38 @@ class OfflineToken(RemoteRecord):
         return result
 
     # --- display -------------------------------------------------------------------------------
-    def widget(self) -> TokenStatusWidget:
+    def widget(self) -> TokenStatusWidget | StaticView:
         """A live status widget for this token.
+
+        Without ipywidgets: a snapshot of the status that says what to install for live widgets.
 
         Example::
 
             display(tok.widget())
         """
-        from .widgets import TokenStatusWidget
+        from .widgets import token_view
 
-        return TokenStatusWidget(self)
+        return token_view(self)
 
-    def consent_widget(self) -> ConsentWidget:
+    def consent_widget(self) -> ConsentWidget | StaticView:
         """The consent widget: "Grant offline access" link, live status badge, Retry on failure.
+
+        Without ipywidgets: the consent link alone, and what to install for live widgets.
 
         Example::
 
             display(tok.consent_widget())
         """
-        from .widgets import ConsentWidget
+        from .widgets import consent_view
 
-        return ConsentWidget(self)
+        return consent_view(self)
 
 
 def _show_consent(token: OfflineToken, display_in_notebook: bool) -> None:
     if display_in_notebook:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        try:
-            widget: Any = token.consent_widget()
-        except ImportError:  # ipywidgets not installed: a plain link still works
-            from .widgets import consent_link_html
-
-            widget = HTML(consent_link_html(token.consent_url or ""))
-        display(widget)
+        display(token.consent_widget())
         return
     label = f" ({token.label})" if token.label else ""
     print(
