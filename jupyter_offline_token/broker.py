@@ -387,14 +387,7 @@ class TokenBroker:
                 hint="Tell your administrator: the issuer or client configuration may be wrong.",
             ) from None
         except PermanentProviderError as exc:
-            raise await self._consent_failure(
-                record,
-                f"code exchange refused: {exc.error}",
-                f"The provider refused the authorization code ({exc.error}).",
-                code="exchange_failed",
-                status=502,
-                hint="Request offline access again.",
-            ) from None
+            raise await self._code_refused(record, exc) from None
         except TransientProviderError as exc:
             raise await self._consent_failure(
                 record,
@@ -434,6 +427,34 @@ class TokenBroker:
     @property
     def not_configured_message(self) -> str:
         return self._not_configured_message or "the provider is not configured"
+
+    async def _code_refused(
+        self, record: TokenRecord, exc: PermanentProviderError
+    ) -> ConsentFailed:
+        """The provider refused the code exchange. A dead code (invalid_grant: unknown, used or
+        expired) is the user's to retry, a 400; anything else is the provider refusing this
+        server (a 502), and a refused client is the administrator's to fix."""
+        if exc.error == "invalid_grant":
+            return await self._consent_failure(
+                record,
+                "authorization code rejected: invalid_grant",
+                "The provider rejected the authorization code (invalid_grant): it is unknown, "
+                "already used or expired.",
+                code="code_rejected",
+                status=400,
+                hint="Request offline access again from your notebook or the dashboard.",
+            )
+        return await self._consent_failure(
+            record,
+            f"code exchange refused: {exc.error}",
+            f"The provider refused the authorization code ({exc.error}).",
+            code="exchange_failed",
+            status=502,
+            hint="Tell your administrator: the provider rejected this server's client "
+            "configuration."
+            if exc.is_configuration_error
+            else "Request offline access again; if it keeps failing, tell your administrator.",
+        )
 
     async def _consent_failure(
         self,

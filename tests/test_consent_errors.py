@@ -3,12 +3,29 @@ what it must."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from conftest import consent_location
+from fault_injection import FaultInjector
+
+from jupyter_offline_token.oidc import ProviderClient
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@contextlib.asynccontextmanager
+async def provider_as(offline_app, provider: ProviderClient):
+    """The broker talks to the real dev provider through ``provider`` for the block."""
+    broker = offline_app.services.broker
+    original, broker.provider = broker.provider, provider
+    try:
+        yield
+    finally:
+        await provider.aclose()
+        broker.provider = original
 
 
 async def test_state_replay_is_refused_and_token_stays_active(api, idp):
@@ -76,3 +93,46 @@ async def test_return_to_must_stay_on_this_server(api, idp):
         assert status == 400 and err["error"] == "invalid_return_to", bad
     status, listing = await api.get("tokens")
     assert listing["tokens"] == []
+
+
+async def test_rejected_code_is_a_400_that_says_request_again(api, idp):
+    """The provider answers invalid_grant to a code it never issued: the user's link is dead,
+    nothing is wrong with the server, so a 4xx page that says what to do."""
+    token_id, location = await consent_location(api, idp)
+    state = dict(parse_qsl(urlsplit(location).query))["state"]
+    status, page = await api.request(
+        "GET", "offline-token", "callback", params={"state": state, "code": "not-a-real-code"}
+    )
+    assert status == 400, page
+    assert "invalid_grant" in page
+    assert "Request offline access again" in page
+    assert "not-a-real-code" not in page
+    _, token = await api.get("tokens", token_id)
+    assert token["status"] == "failed"
+
+
+async def test_rejected_client_is_a_502_configuration_error(api, idp, offline_app):
+    """invalid_client (a wrong client secret) is the server's configuration, not the user's."""
+    token_id, location = await consent_location(api, idp)
+    wrong = ProviderClient(idp.issuer, idp.client_id, "not-the-secret")
+    async with provider_as(offline_app, wrong):
+        status, page = await api.callback(location)
+    assert status == 502, page
+    assert "invalid_client" in page and "administrator" in page
+    _, token = await api.get("tokens", token_id)
+    assert token["status"] == "failed"
+
+
+async def test_unreachable_provider_is_a_503(api, idp, offline_app):
+    token_id, location = await consent_location(api, idp)
+    fault = FaultInjector()
+    fault.arm("refuse")
+    refusing = ProviderClient(
+        idp.issuer, idp.client_id, idp.client_secret, http_timeout=1.0, transport=fault
+    )
+    async with provider_as(offline_app, refusing):
+        status, page = await api.callback(location)
+    assert status == 503, page
+    assert "could not be reached" in page
+    _, token = await api.get("tokens", token_id)
+    assert token["status"] == "failed"  # the code was spent: a new consent is needed
