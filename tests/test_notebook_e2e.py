@@ -75,6 +75,12 @@ async def test_demo_notebook_runs_end_to_end(kernel_env, api, idp, tmp_path):
     _, tokens = await api.get("tokens")
     (token,) = tokens["tokens"]
     assert token["status"] == "active" and token["label"] == "demo"
+    # The notebook shows a real refresh, counted by the server, not "refreshes: 0".
+    shown = re.search(r"refreshes: (\d+) -> (\d+)", outputs)
+    assert shown, "the notebook never showed the refresh count"
+    assert int(shown.group(2)) > int(shown.group(1))
+    assert token["refresh_count"] > 0
+    assert f"refreshes: {token['refresh_count']}" in outputs  # the token widget's count
 
 
 async def test_magic_commands_in_a_real_kernel(kernel_env, api, idp, tmp_path):

@@ -466,6 +466,7 @@ class TokenStatusWidget(_View):
 
     status = Unicode("unknown", help="The entry's status as last read from the server.")
     detail = Unicode("", help="Health detail or last error from the server.")
+    _facts: list[tuple[str, Any]]
 
     def __init__(self, token: OfflineToken, *, poll_interval: float = 1.0, autostart: bool = True):
         import ipywidgets as w
@@ -489,11 +490,12 @@ class TokenStatusWidget(_View):
             self.start()
 
     def text_summary(self) -> str:
-        """Plain-text version of the widget."""
-        return f"Offline token {self.token.id} ({self.token.label}): {self.status}"
+        """Plain-text version of the widget: status, then the facts (refreshes, health, ...)."""
+        lines = [f"Offline token {self.token.id} ({self.token.label}): {self.status}"]
+        return "\n".join(lines + [f"{k}: {v}" for k, v in self._facts])
 
     def _apply(self, info: dict[str, Any]) -> None:
-        facts = token_facts(info)
+        facts = self._facts = token_facts(info)
         self.detail = str(dict(facts).get("detail") or "")
         self.status = str(info.get("status") or "unknown")
         label = html.escape(str(info.get("label") or ""))
