@@ -168,8 +168,20 @@ async def test_dashboard_whole_story(lab, idp):
         await shot(popup, "02-provider-consent")
         await popup.click("form#consent button[value=allow]")
         await popup.wait_for_load_state()
-        await expect(popup.get_by_test_id("callback-title")).to_have_text("Offline access granted")
-        await shot(popup, "03-callback")
+        # A consent started here comes back here (not to a page about a notebook): the tab
+        # shows the dashboard with the new token, and drops the id from its address.
+        await expect(popup.get_by_test_id("status-message")).to_contain_text(
+            "Offline access granted for “browser test”"
+        )
+        await expect(
+            popup.get_by_test_id("token-row")
+            .filter(has_text="browser test")
+            .get_by_test_id("token-status")
+        ).to_have_text(re.compile("active", re.I))
+        assert "persistent_token_id" not in popup.url
+        assert re.search(r"/offline-token/(\?|$)", popup.url), popup.url
+        assert "notebook" not in (await popup.content()).lower()
+        await shot(popup, "03-back-on-dashboard")
         await popup.close()
 
         # The row turns active by itself (no reload).

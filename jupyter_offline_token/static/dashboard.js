@@ -842,10 +842,46 @@
   }
 
   /**
+   * Where the provider's tab lands once access is granted: this dashboard (the callback adds
+   * ?persistent_token_id=), not the callback's page written for notebooks. Only the path and
+   * theme: never the ?token= a user may have opened the page with.
+   */
+  function consentReturnPath() {
+    const theme = new URLSearchParams(window.location.search).get("theme");
+    const query = theme === "light" || theme === "dark" ? "?theme=" + theme : "";
+    return baseUrl + "offline-token/" + query;
+  }
+
+  /** Back from the provider (see consentReturnPath): say so, show the row, tidy the address. */
+  function takeConsentReturn() {
+    const params = new URLSearchParams(window.location.search);
+    const id = params.get("persistent_token_id");
+    if (!id) return null;
+    params.delete("persistent_token_id");
+    const query = params.toString();
+    const url = window.location.pathname + (query ? "?" + query : "") + window.location.hash;
+    try {
+      window.history.replaceState(window.history.state, "", url);
+    } catch (_err) {
+      // A sandboxed frame may refuse; the id in the address bar is harmless.
+    }
+    return id;
+  }
+
+  function announceConsentReturn(id) {
+    const token = state.tokensById.get(id);
+    const name = token ? "“" + tokenName(token) + "”" : "token " + shortId(id);
+    announce("Offline access granted for " + name + ". You can close this tab or keep working here.");
+    const view = tokenViews.get(id);
+    if (view && view.row) view.row.scrollIntoView({ block: "nearest" });
+  }
+
+  /**
    * POST a consent and send the user to the provider. The tab is opened synchronously in the
    * click handler (pop-up blockers allow that) and pointed at the consent URL once known.
    */
   async function requestConsent(payload) {
+    payload = { ...payload, return_to: consentReturnPath() };
     if (!state.configured) {
       announce(state.notConfiguredMessage || "Offline tokens are not configured on this server.", "error");
       return null;
@@ -1129,5 +1165,9 @@
   ui.taskKind.addEventListener("change", syncKindField);
   syncKindField();
 
-  refresh().then(() => schedulePoll(POLL_MS));
+  const returnedFromConsent = takeConsentReturn();
+  refresh().then(() => {
+    if (returnedFromConsent) announceConsentReturn(returnedFromConsent);
+    schedulePoll(POLL_MS);
+  });
 })();
