@@ -1,11 +1,15 @@
 """`make demo`: the dev OpenID provider plus JupyterLab with the extension configured for it.
 
-Everything stays on 127.0.0.1. The vault and Jupyter's data live under .demo/ in the repo so a
-demo never touches your real Jupyter data dir. Ctrl-C stops both.
+Everything stays on 127.0.0.1. The vault and Jupyter's data live under .demo/ in the repo (or
+$DEMO_STATE_DIR) so a demo never touches your real Jupyter data dir. Ctrl-C (or SIGTERM) stops
+both cleanly: Jupyter gets SIGTERM, its own clean stop (extensions, kernels, runtime files), and
+is killed only if it has not stopped within JUPYTER_STOP_GRACE seconds or on a second Ctrl-C;
+then the provider the same way.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shutil
@@ -32,20 +36,69 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+JUPYTER_STOP_GRACE = 30.0  # shutting down kernels and extensions can take a while
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def stop_gracefully(process: subprocess.Popen[bytes], name: str, grace: float) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, and SIGKILL only if it is still running then (or
+    on another Ctrl-C while waiting)."""
+    if process.poll() is not None:
+        return
+    print(f"Stopping {name} (pid {process.pid})...", flush=True)
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        print(f"{name} did not stop within {grace:.0f} s: sending SIGKILL", flush=True)
+    except KeyboardInterrupt:
+        print(f"Interrupted again: sending SIGKILL to {name}", flush=True)
+    process.kill()
+    process.wait()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--no-browser", action="store_true", help="do not open the demo notebook in a browser"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on `kill` as on Ctrl-C
-    state = ROOT / ".demo"
-    state.mkdir(exist_ok=True)
+    state = Path(os.environ.get("DEMO_STATE_DIR") or ROOT / ".demo")
+    state.mkdir(parents=True, exist_ok=True)
     provider = DevProvider(
         port=free_port(9010),
         access_token_ttl=int(os.environ.get("DEMO_ACCESS_TOKEN_TTL", "60")),
         client_secret=os.environ.get("DEMO_CLIENT_SECRET", "demo-secret"),
     )
-    provider.start()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        provider.start()
+        server = start_jupyter(provider, state, open_browser=not args.no_browser)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # Jupyter first, then the provider: DevProvider.stop sends SIGTERM and kills only after
+        # 10 s (a Ctrl-C in the terminal has usually stopped it already, cleanly, by SIGINT).
+        if server is not None:
+            stop_gracefully(server, "JupyterLab", JUPYTER_STOP_GRACE)
+        provider.stop()
+        print("Demo stopped.", flush=True)
+
+
+def start_jupyter(
+    provider: DevProvider, state: Path, *, open_browser: bool
+) -> subprocess.Popen[bytes]:
+    """Start JupyterLab configured for ``provider`` and print where to go."""
     port = free_port(8888)
     token = secrets.token_hex(16)
     env = dict(os.environ)
@@ -61,8 +114,9 @@ def main() -> int:
         }
     )
     jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or "jupyter"
-    has_display = sys.platform == "darwin" or bool(
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    has_display = open_browser and (
+        sys.platform == "darwin"
+        or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     )
     argv = [
         jupyter,
@@ -90,18 +144,10 @@ def main() -> int:
 """,
         flush=True,
     )
-    server = subprocess.Popen(argv, env=env)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        return 0
-    finally:
-        provider.stop()
+    # Its own session: a Ctrl-C in the terminal reaches only this launcher, which stops Jupyter
+    # with SIGTERM. A SIGINT would make Jupyter ask for confirmation on a terminal, or die on a
+    # KeyboardInterrupt without its clean stop when stdin is not a terminal.
+    return subprocess.Popen(argv, env=env, start_new_session=True)
 
 
 if __name__ == "__main__":
