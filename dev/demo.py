@@ -123,6 +123,7 @@ def start_jupyter(
         "lab",
         "--ip=127.0.0.1",
         f"--port={port}",
+        "--ServerApp.port_retries=0",  # fail loudly rather than serve on a port not printed below
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={ROOT / 'notebooks'}",
         "--LabApp.default_url=/lab/tree/offline_token_demo.ipynb",
