@@ -100,6 +100,7 @@ async def hub_browser(hub: Hub, server: UserServer) -> AsyncIterator[Any]:
             await chromium.close()
 
 
+@pytest.mark.browser
 async def test_dashboard_works_and_a_kernel_consent_comes_back_to_the_public_url(hub, idp):
     server = await asyncio.to_thread(hub.user_server, USER)
     async with hub_browser(hub, server) as page:
@@ -130,6 +131,7 @@ async def test_dashboard_works_and_a_kernel_consent_comes_back_to_the_public_url
         assert token["status"] == "active"
 
 
+@pytest.mark.browser
 async def test_without_a_public_url_a_kernel_consent_waits_for_a_browser(hub):
     server = await asyncio.to_thread(hub.user_server, USER, NO_PUBLIC_URL)
     with kernel(server) as client, pytest.raises(RedirectURIUnknown) as refused:
@@ -147,9 +149,7 @@ async def test_without_a_public_url_a_kernel_consent_waits_for_a_browser(hub):
     with kernel(server) as client:
         created = await asyncio.to_thread(client.create_consent, label="after the browser")
     assert redirect_uri_of(created["consent_url"]) == server.public_url + "offline-token/callback"
-    assert f"/user/{USER}/{NO_PUBLIC_URL}/offline-token/callback" in server.public_url + (
-        "offline-token/callback"
-    )
+    assert server.public_url.endswith(f"/user/{USER}/{NO_PUBLIC_URL}/")  # a named server's own
 
 
 def test_a_running_task_is_server_activity_that_reaches_the_hub(hub, idp):

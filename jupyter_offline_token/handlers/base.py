@@ -8,9 +8,9 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from jupyter_server._tz import utcnow
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
@@ -230,10 +230,10 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
     def update_api_activity(self) -> None:
         """A request with a task's credential is activity of the server, like one by the Jupyter
         user (jupyter_server counts only those): the idle culler must not stop running work."""
-        if self.task_principal is not None and self._track_activity:
-            self.settings["api_last_activity"] = utcnow()
-            return
-        super().update_api_activity()
+        if self.task_principal is None:
+            super().update_api_activity()
+        elif self._track_activity and self.get_argument("no_track_activity", None) is None:
+            self.settings["api_last_activity"] = datetime.now(timezone.utc)
 
     def failing_since(self, token_id: str) -> float | None:
         """When the current run of transient refresh failures began (for health details)."""
