@@ -90,6 +90,21 @@ async def test_api_status_moves_while_a_kernel_task_runs(
     assert await last_activity(api) == OLD  # no task runs: no activity made up
 
 
+async def test_no_beat_is_left_once_the_task_service_stops(api, tasks, idp, offline_app):
+    clock = FakeClock(wall=time.time())
+    offline_app.activity.clock = clock
+    token_id = await grant(api, idp)
+    task = await create(api, name="in a kernel", kind="kernel", persistent_token_id=token_id)
+    await api.post("tasks", task["id"], "execute")
+    await clock.settle()
+    assert clock.pending_sleeps == 1
+    await tasks.stop()  # the server stops: its kernel tasks are interrupted, so nothing runs
+    await clock.settle()
+    assert clock.pending_sleeps == 0
+    _, got = await api.get("tasks", task["id"])
+    assert got["status"] == "interrupted"
+
+
 SECRET_TO_FILE = """
 import os, pathlib, sys, time
 pathlib.Path(sys.argv[1]).write_text(os.environ["JUPYTER_OFFLINE_TOKEN_TASK_SECRET"])
