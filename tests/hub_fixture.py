@@ -17,6 +17,7 @@ proxy), and whatever carries the session's marker in its environment is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -224,26 +225,27 @@ c.Spawner.environment = _environment
         return model if isinstance(model, dict) else None
 
     def user_server(self, user: str, name: str = "") -> UserServer:
-        """Start (once per session) and return the user's server ``name`` ("" = default)."""
-        key = (user, name)
-        if key in self._servers:
-            return self._servers[key]
-        if self.api("GET", f"users/{quote(user)}").status_code == 404:
-            self.api("POST", f"users/{quote(user)}").raise_for_status()
-        path = (
-            f"users/{quote(user)}/servers/{quote(name)}" if name else f"users/{quote(user)}/server"
-        )
-        response = self.api("POST", path)
-        assert response.status_code in (201, 202), (response.status_code, response.text)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            model = self.server_model(user, name)
-            if model and model.get("ready"):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {user}/{name} did not start:\n{self.log_tail()}")
-            time.sleep(0.2)
+        """The user's server ``name`` ("" = the default one), started when it does not run
+        (the first time, or after a culler stopped it)."""
+        model = self.server_model(user, name)
+        if not (model and model.get("ready")):
+            if self.api("GET", f"users/{quote(user)}").status_code == 404:
+                self.api("POST", f"users/{quote(user)}").raise_for_status()
+            path = f"users/{quote(user)}/server"
+            if name:
+                path = f"users/{quote(user)}/servers/{quote(name)}"
+            response = self.api("POST", path)
+            assert response.status_code in (201, 202), (response.status_code, response.text)
+            deadline = time.monotonic() + START_TIMEOUT
+            while not (model and model.get("ready")):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server {user}/{name} did not start:\n{self.log_tail()}")
+                time.sleep(0.2)
+                model = self.server_model(user, name)
         pid = int(model["state"]["pid"])
+        known = self._servers.get((user, name))
+        if known is not None and known.pid == pid:
+            return known
         environ = _environ(pid)
         server = UserServer(
             user=user,
@@ -253,8 +255,39 @@ c.Spawner.environment = _environment
             pid=pid,
             api_token=environ["JUPYTERHUB_API_TOKEN"],
         )
-        self._servers[key] = server
+        self._servers[(user, name)] = server
         return server
+
+    @contextlib.contextmanager
+    def idle_culler(self, *, timeout: int, cull_every: int = 1) -> Iterator[None]:
+        """jupyterhub-idle-culler against this hub while the block runs (it culls every idle
+        server, of any user)."""
+        culler = Path(sys.executable).with_name("jupyterhub-idle-culler")
+        env = {**os.environ, MARKER: str(self.dir), "JUPYTERHUB_API_TOKEN": self.admin_token}
+        log = (self.dir / "idle-culler.log").open("ab")
+        process = subprocess.Popen(
+            [
+                str(culler),
+                f"--url={self.url}hub/api",
+                f"--timeout={timeout}",
+                f"--cull-every={cull_every}",
+            ],
+            cwd=self.dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        try:
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
     def login(self, user: str) -> httpx.Client:
         """A cookie session logged in at the hub as ``user`` (what a browser holds)."""

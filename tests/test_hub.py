@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.timeout(180)]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 USER = "alice"
+CULL_TIMEOUT = 8  # seconds without activity before jupyterhub-idle-culler stops a server
 
 
 def kernel(server: UserServer) -> OfflineTokenClient:
@@ -152,8 +153,9 @@ async def test_without_a_public_url_a_kernel_consent_waits_for_a_browser(hub):
     assert server.public_url.endswith(f"/user/{USER}/{NO_PUBLIC_URL}/")  # a named server's own
 
 
-def test_a_running_task_is_server_activity_that_reaches_the_hub(hub, idp):
+def test_a_running_task_is_activity_that_the_hub_and_its_idle_culler_see(hub, idp):
     server = hub.user_server(USER)
+    idle = hub.user_server(USER, NO_PUBLIC_URL)  # the culler's control: no task runs there
     # A grant: the kernel asks, the user allows at the provider, the browser session (cookies of
     # the hub login) delivers the provider's redirect to the public callback.
     with contextlib.closing(hub.login(USER)) as browser, kernel(server) as client:
@@ -168,10 +170,10 @@ def test_a_running_task_is_server_activity_that_reaches_the_hub(hub, idp):
             name="long computation", kind="kernel", persistent_token_id=token_id
         )
         client.execute_task(task["id"])
+        last_request = time.monotonic()  # no request from here on counts (api/status does not)
         with server.kernel_client() as raw:
             started = parse_time(raw.get("api/status").json()["last_activity"])
 
-            # No request of ours counts from here on (api/status does not): only the task does.
             def moved() -> datetime | None:
                 value = parse_time(raw.get("api/status").json()["last_activity"])
                 return value if value > started else None
@@ -184,4 +186,17 @@ def test_a_running_task_is_server_activity_that_reaches_the_hub(hub, idp):
             return bool(model and parse_time(model["last_activity"]) >= fresh)
 
         until(hub_saw, "the hub's last_activity of the server to follow")
+
+        # The culler stops the idle server, and not the one whose task runs, although no request
+        # reached it for longer than the timeout.
+        with hub.idle_culler(timeout=CULL_TIMEOUT):
+            until(lambda: hub.server_model(USER, idle.name) is None, "the idle server culled", 40)
+            until(
+                lambda: time.monotonic() - last_request > CULL_TIMEOUT + 3,
+                "the busy server to be past the culler's timeout",
+                limit=CULL_TIMEOUT + 10,
+            )
+            model = hub.server_model(USER)
+            assert model and model["ready"] and not model["pending"], model
+        assert client.get_task(task["id"])["status"] == "running"
         client.update_task(task["id"], status="completed")
