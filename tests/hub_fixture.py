@@ -64,7 +64,7 @@ class UserServer:
     public_url: str  # through the proxy, ends with /
     internal_url: str  # the bind URL, ends with /
     pid: int
-    api_token: str  # never printed: repr excludes nothing else secret, so keep it out
+    api_token: str  # the server's own API token: kept out of repr
 
     def __repr__(self) -> str:
         return f"UserServer({self.user!r}, {self.name!r}, {self.public_url!r}, pid={self.pid})"
@@ -110,7 +110,6 @@ class Hub:
             "JUPYTER_OFFLINE_TOKEN_ISSUER": self.idp.issuer,
             "JUPYTER_OFFLINE_TOKEN_CLIENT_ID": self.idp.client_id,
             "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET": self.idp.client_secret,
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         }
         return f"""
 c = get_config()  # noqa: F821
@@ -136,7 +135,7 @@ c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = {str(self.dir / "home" / "{username}")!r}
 c.Spawner.cmd = [{str(singleuser)!r}]
 c.Spawner.args = {args!r}
-c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL"]
+c.Spawner.env_keep = ["PATH", "PYTHONPATH", "LANG", "LC_ALL"]  # PYTHONPATH: this checkout
 c.Spawner.start_timeout = {int(START_TIMEOUT)}
 c.Spawner.http_timeout = {int(START_TIMEOUT)}
 _environment = {environment!r}
