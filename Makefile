@@ -22,9 +22,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 dev/idp/node_modules/.package-lock.json: dev/idp/package-lock.json
 	cd dev/idp && npm ci --no-audit --no-fund --loglevel=error
 
-install: $(VENV)/.installed dev/idp/node_modules/.package-lock.json
+dev/hub/node_modules/.package-lock.json: dev/hub/package-lock.json
+	cd dev/hub && npm ci --no-audit --no-fund --loglevel=error
 
-node: dev/idp/node_modules/.package-lock.json
+install: $(VENV)/.installed dev/idp/node_modules/.package-lock.json dev/hub/node_modules/.package-lock.json
+
+node: dev/idp/node_modules/.package-lock.json dev/hub/node_modules/.package-lock.json
 
 lint: install
 	$(BIN)/ruff check .
@@ -45,4 +48,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) dev/idp/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dev/idp/node_modules dev/hub/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -18,8 +18,10 @@ from traitlets import Enum, Float, Int, List, Unicode, default, validate
 from traitlets.traitlets import TraitError
 
 from . import __version__
+from .activity import ServerActivity
 from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
+from .public_url import CallbackURL
 from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
 from .services import Services
@@ -92,8 +94,11 @@ class OfflineTokenApp(ExtensionApp):
         "",
         config=True,
         help="""The callback URL registered at the provider. Empty (the default) derives it from
-        each request: <scheme>://<host><base_url>offline-token/callback. Set it behind proxies
-        that rewrite the host. Default: $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI.""",
+        each request: <scheme>://<host><base_url>offline-token/callback. Under JupyterHub it is
+        derived from the hub's public URL ($JUPYTERHUB_PUBLIC_URL, set by JupyterHub.public_url)
+        or from the browser that opened this server's pages; when neither is known, consents
+        answer 409 redirect_uri_unknown. Set it behind proxies that rewrite the host.
+        Default: $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI.""",
     )
     http_timeout = Float(
         15.0, config=True, help="Timeout in seconds of each request to the provider. Default: 15."
@@ -212,6 +217,14 @@ class OfflineTokenApp(ExtensionApp):
         task_cancel_grace). Default: 60.""",
     )
 
+    activity_interval = Float(
+        60.0,
+        config=True,
+        help="""While any task runs, the server's last activity (GET api/status, which JupyterHub
+        and its idle culler read) is refreshed every this many seconds, so an idle culler does
+        not stop a server whose tasks run. Default: 60.""",
+    )
+
     # --- defaults from the environment -----------------------------------------------------------
     # traitlets does not run @validate on @default values: environment values go through the
     # same checks explicitly, so a bad $JUPYTER_OFFLINE_TOKEN_KEYS fails at start as config does.
@@ -328,6 +341,7 @@ class OfflineTokenApp(ExtensionApp):
         "backoff_max",
         "wake_threshold",
         "sweep_interval",
+        "activity_interval",
     )
     def _check_positive(self, proposal: Any) -> float:
         value = float(proposal["value"])
@@ -402,14 +416,26 @@ class OfflineTokenApp(ExtensionApp):
         services.extras["failing_since"] = engine.failing_since
         tasks = install_tasks(self, services)
         tasks.on_warm_change.append(engine.task_warmth)
+        assert self.serverapp is not None
+        self.activity = ServerActivity(
+            self.serverapp.web_app.settings, interval=self.activity_interval
+        )
+        tasks.on_warm_change.append(self.activity.task_warmth)
+        services.on_stop.append(self.activity.stop)
         services.on_start.append(tasks.start)
         services.on_stop.append(tasks.stop)
         return services
 
     def initialize_settings(self) -> None:
         self.services = self.build_services()
+        assert self.serverapp is not None
+        self.callback_url = CallbackURL(self.serverapp.base_url, configured=self.redirect_uri)
         self.settings.update(
-            {"offline_token_services": self.services, "offline_token_owner": self.owner_of}
+            {
+                "offline_token_services": self.services,
+                "offline_token_owner": self.owner_of,
+                "offline_token_callback_url": self.callback_url,
+            }
         )
 
     def effective_owner_scope(self) -> str:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "dev"))
 
 from dev_provider import DevProvider
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "hub_fixture"]
 
 TEST_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"  # bytes 0..31, base64url; tests only
 

@@ -8,14 +8,16 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from ..errors import InvalidRequest, OfflineTokenError
+from ..public_url import CallbackURL, browser_origin
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -169,6 +171,15 @@ def _json_type(t: type) -> str:
     }.get(t, t.__name__)
 
 
+def note_browser_request(handler: JupyterHandler) -> None:
+    """Remember the public origin of a cookie-authenticated browser request (for consents that
+    kernels start later, see CallbackURL)."""
+    if handler.current_user is None or handler.token_authenticated:
+        return
+    callback_url: CallbackURL = handler.settings["offline_token_callback_url"]
+    callback_url.note_browser_origin(browser_origin(handler.request.headers, handler.request.host))
+
+
 class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
     """Every API route: authenticated Jupyter user, JSON errors ``{"error", "message"}``."""
 
@@ -178,6 +189,10 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def services(self) -> Services:
         return self.settings["offline_token_services"]
+
+    @property
+    def callback_url(self) -> CallbackURL:
+        return self.settings["offline_token_callback_url"]
 
     @property
     def owner(self) -> str:
@@ -194,6 +209,7 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         scheme, _, secret = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != TASK_AUTH_SCHEME.lower():
             await super().prepare()
+            note_browser_request(self)
             return
         self.current_user = self._jupyter_current_user = None
         if not self.check_host():
@@ -210,6 +226,14 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         if principal is None:
             raise forbidden("the task credential is not valid: unknown, or its task has ended")
         self.task_principal = principal
+
+    def update_api_activity(self) -> None:
+        """A request with a task's credential is activity of the server, like one by the Jupyter
+        user (jupyter_server counts only those): the idle culler must not stop running work."""
+        if self.task_principal is None:
+            super().update_api_activity()
+        elif self._track_activity and self.get_argument("no_track_activity", None) is None:
+            self.settings["api_last_activity"] = datetime.now(timezone.utc)
 
     def failing_since(self, token_id: str) -> float | None:
         """When the current run of transient refresh failures began (for health details)."""

@@ -17,6 +17,8 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .base import note_browser_request
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATE_PATH = PACKAGE_DIR / "templates" / "dashboard.html"
@@ -60,6 +62,7 @@ class DashboardHandler(ExtensionHandlerMixin, JupyterHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        note_browser_request(self)
         theme = self.get_query_argument("theme", "")
         html = _dashboard_template().render(
             page_title=PAGE_TITLE,

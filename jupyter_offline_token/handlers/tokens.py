@@ -13,6 +13,7 @@ from ..broker import DECRYPT_FAILED
 from ..errors import InvalidRequest
 from ..health import overall_level, token_health
 from ..models import TOKEN_STATUSES, TokenRecord, iso
+from ..public_url import browser_origin
 from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
 
 CONSENT_FIELDS = {
@@ -129,10 +130,12 @@ class ConsentsHandler(OfflineTokenHandler):
         )
 
     def redirect_uri(self) -> str:
-        configured: str = self.extensionapp.redirect_uri  # type: ignore[attr-defined]
-        if configured:
-            return configured
-        return f"{self.request.protocol}://{self.request.host}{self.base_url}offline-token/callback"
+        browser = None
+        if not self.token_authenticated:
+            browser = browser_origin(self.request.headers, self.request.host)
+        return self.callback_url.redirect_uri(
+            request_origin=f"{self.request.protocol}://{self.request.host}", browser_origin=browser
+        )
 
 
 class TokensHandler(OfflineTokenHandler):

@@ -135,6 +135,21 @@ class NotConfigured(OfflineTokenClientError):
     code = "not_configured"
 
 
+class RedirectURIUnknown(OfflineTokenClientError):
+    """The server runs under JupyterHub and does not know its public URL, so it cannot tell the
+    provider where to send the browser back (409 redirect_uri_unknown). Opening the server's
+    offline-token dashboard in the browser once teaches it; the administrator's fix is
+    ``c.OfflineTokenApp.redirect_uri`` (or ``c.JupyterHub.public_url``).
+
+    Example::
+
+        except RedirectURIUnknown as exc:
+            print(exc.message)  # names OfflineTokenApp.redirect_uri
+    """
+
+    code = "redirect_uri_unknown"
+
+
 class ProviderUnavailable(OfflineTokenClientError):
     """A transient fault at the OpenID provider; try again after ``retry_after`` seconds.
 
@@ -263,6 +278,8 @@ _ADVICE = {
     "consent_expired": "Request offline access again with request_offline_token().",
     "provider_unavailable": "The provider is unreachable for now; try again in a moment.",
     "forbidden": "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
+    "redirect_uri_unknown": "Open this server's offline-token dashboard in your browser once "
+    "and try again, or ask the administrator to set c.OfflineTokenApp.redirect_uri.",
 }
 
 _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
@@ -273,6 +290,7 @@ _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
     "consent_expired": ConsentExpired,
     "provider_unavailable": ProviderUnavailable,
     "not_configured": NotConfigured,
+    "redirect_uri_unknown": RedirectURIUnknown,
     "not_found": NotFound,
     "forbidden": AuthenticationFailed,
     "invalid_request": InvalidRequest,

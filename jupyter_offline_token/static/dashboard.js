@@ -175,9 +175,11 @@
   }
 
   async function api(method, path, payload) {
-    const headers = { Accept: "application/json" };
+    // Every request carries the XSRF token, GETs included: JupyterHub's single-user server
+    // refuses cookie-authenticated fetch() GETs without it. (A request that cannot set headers,
+    // such as an EventSource, would pass it as the `_xsrf` query argument instead.)
+    const headers = { Accept: "application/json", "X-XSRFToken": xsrfToken() };
     const init = { method, headers, credentials: "same-origin", cache: "no-store" };
-    if (method !== "GET") headers["X-XSRFToken"] = xsrfToken();
     if (payload !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);

@@ -218,6 +218,11 @@ class TaskService:
                 "interrupted: the Jupyter server stopped while the task ran; execute it again",
                 still_supervised=lambda runner: runner != self.runner_id,
             )
+        # Kernel tasks have no process here but end with the server too (interrupted above):
+        # their tokens stop being warm and the server stops counting them as activity.
+        for token_id, running in list(self._warm.items()):
+            for task_id in list(running):
+                await self._warm_remove(task_id, token_id)
         for subscribers in self._subscribers.values():
             for queue in subscribers.queues:
                 _offer(queue, {"_closed": True})
