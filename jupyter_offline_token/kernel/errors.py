@@ -219,6 +219,19 @@ class TokenInUse(OfflineTokenClientError):
     code = "token_in_use"
 
 
+class TooManyPendingConsents(OfflineTokenClientError):
+    """Too many consents of this user wait to be granted (429); grant or delete some first, or
+    retry after ``retry_after`` seconds, when the oldest expires.
+
+    Example::
+
+        except TooManyPendingConsents as exc:
+            print(exc.retry_after)
+    """
+
+    code = "too_many_pending_consents"
+
+
 class TaskError(OfflineTokenClientError):
     """A task operation was refused by the server (wrong state, ...).
 
@@ -263,6 +276,8 @@ _ADVICE = {
     "consent_expired": "Request offline access again with request_offline_token().",
     "provider_unavailable": "The provider is unreachable for now; try again in a moment.",
     "forbidden": "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
+    "too_many_pending_consents": "Grant or delete the consents already waiting "
+    "(list_tokens(status='pending')), or wait until they expire.",
 }
 
 _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
@@ -279,6 +294,7 @@ _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
     "bad_request": InvalidRequest,
     "token_in_use": TokenInUse,
     "already_running": TaskAlreadyRunning,
+    "too_many_pending_consents": TooManyPendingConsents,
 }
 
 _BY_STATUS: dict[int, type[OfflineTokenClientError]] = {
