@@ -256,7 +256,9 @@ class TaskStore:
         sql = f"{_SELECT} WHERE t.persistent_token_id IN ({marks})"
         params: builtins.list[Any] = list(token_ids)
         if owner is not None:
-            sql += " AND t.owner = ?"
+            # Unary + keeps the planner off the owner index: with it, SQLite walked every task
+            # of the owner (100k: ~250 ms per token page) instead of the few linked ones.
+            sql += " AND +t.owner = ?"
             params.append(owner)
         sql += " ORDER BY t.created_at, t.rowid"
 
