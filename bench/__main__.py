@@ -29,7 +29,7 @@ TIME_LIMITS = {
     "access_cached": (60, 300),
     "single_flight": (60, 300),
     "refresh_path": (60, 300),
-    "vault_scale": (90, 420),
+    "vault_scale": (120, 420),
 }
 
 

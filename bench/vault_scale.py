@@ -1,16 +1,24 @@
-"""Benchmark 4: a vault with 100,000 entries against a small one (100 entries).
+"""Benchmark 4: every read route on a vault of 100,000 entries of ONE owner against the same
+routes on a vault of 1,000 entries (target: 100k p50 <= 1.5x the 1k p50, per route).
 
-Filled by a direct SQLite bulk insert in the vault's own schema (created by ``Vault.open``),
-with real ciphertexts from ``KeyRing.encrypt`` under the vault's associated data, so the data
-is what the vault itself would write; a sample is decrypted back through ``Vault`` to prove it.
-Layout: 1,000 owners x 100 entries (the server's own OS user is one of them, so the server's
-health view holds 100); 94 % active, 3 % failed, 2 % expired, 1 % pending; refresh tokens half
-opaque (43 chars, like oidc-provider) and half JWT-sized (~800 chars, like Keycloak).
+Both vaults are filled by a direct SQLite bulk insert in the vault's own schema (created by
+``Vault.open``, so its indexes and the triggers that keep ``token_counts`` run on every row),
+with real ciphertexts from ``KeyRing.encrypt`` under the vault's associated data; a sample is
+decrypted back through ``Vault`` to prove it. Every entry belongs to the server's own OS user (the
+owner a single-user server serves), as many tasks as entries too. Layout: 93 % active (1 % of
+them retrying), 3 % failed, 2 % expired, 1 % pending, 1 % revoked; refresh tokens half opaque
+(43 chars) and half JWT-sized (~800 chars); tasks mostly completed, a tenth linked to an entry.
+All timestamps lie within the last 6 days, so the retention purge (7 days) and the keep-alive
+scan leave the data alone while the bench runs.
 
-Figures: ``vault.get`` by random id, ``vault.list(owner=..., limit=50, offset=k)`` and the same
-over the whole vault at random (deep) offsets, both vaults; then a real ``jupyter server`` on
-each vault: time from process start until ``GET api/offline-token/health`` answers 200, and
-VmRSS after 20 health calls. No targets are set in the issue: ratios are printed as figures.
+Two real ``jupyter server`` processes, one per vault, answer at the same time; requests are
+paired (one to each vault, the order alternating), so a shared machine's load hits both alike.
+Routes: ``GET tokens`` (first page, default 100), ``GET tokens?cursor=`` (a page 50-99 % deep,
+cursor built from the row there), ``GET tokens/{id}`` (random id), ``GET health?limit=1`` (what
+the dashboard polls: the counts), ``GET health?limit=20`` (a full page of entries that need
+attention in both vaults: the 1k vault has ~40, so its default page of 100 would be a smaller
+answer than the 100k one's), ``GET tasks`` (first page) and ``GET tasks?cursor=`` (deep). Then
+server start time and RSS on the 100k vault against an empty one.
 """
 
 from __future__ import annotations
@@ -31,14 +39,17 @@ from pathlib import Path
 
 import httpx
 
+from jupyter_offline_token.paging import Cursor
 from jupyter_offline_token.vault import KeyRing, Vault
 from jupyter_offline_token.vault.store import _consent_aad, _refresh_aad
 
-from .harness import JupyterServer, Settings, percentile, rss_mib, show_latency
+from .harness import JupyterServer, Settings, check, rss_mib, show_latency
 
 ENTRIES = 100_000
-PER_OWNER = 100
+SMALL = 1_000
+TARGET_RATIO = 1.5
 ISSUER = "http://127.0.0.1:9/realms/bench"  # never contacted: the servers run unconfigured
+API = "api/offline-token/"
 
 
 def _server_owner() -> str:
@@ -56,29 +67,33 @@ def _refresh_token(index: int) -> bytes:
     return ".".join(secrets.token_urlsafe(n) for n in (27, 560, 64)).encode()
 
 
-def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
-    """Bulk-insert ``entries`` rows into the (already created) vault at ``path``; return a few
-    ``{id: refresh token}`` samples to decrypt back."""
+def _status(roll: float) -> str:
+    for status, upto in (
+        ("active", 0.93),
+        ("failed", 0.96),
+        ("expired", 0.98),
+        ("pending", 0.99),
+    ):
+        if roll < upto:
+            return status
+    return "revoked"
+
+
+def fill(path: Path, key: str, entries: int, seed: int = 7) -> tuple[list[str], dict[str, bytes]]:
+    """Bulk-insert ``entries`` entries and as many tasks of one owner into the (already
+    created) vault at ``path``; return the entry ids and a few ``{id: refresh token}`` samples."""
     rng = random.Random(seed)
     ring = KeyRing.from_config([key])
-    owners = [_server_owner()] + [f"user-{n:04d}" for n in range(1, entries // PER_OWNER)]
+    owner = _server_owner()
     now = time.time()
     samples: dict[str, bytes] = {}
-    rows = []
+    rows, ids = [], []
     for index in range(entries):
         token_id = str(uuid.uuid4())
-        owner = owners[index % len(owners)]
-        created = now - rng.uniform(0, 90 * 86400)
-        roll = rng.random()
-        status = (
-            "active"
-            if roll < 0.94
-            else "failed"
-            if roll < 0.97
-            else "expired"
-            if roll < 0.99
-            else "pending"
-        )
+        ids.append(token_id)
+        created = now - rng.uniform(3600, 6 * 86400)
+        status = _status(rng.random())
+        retrying = status == "active" and rng.random() < 0.01
         secret_ct = secret_nonce = secret_key_id = None
         consent_ct = consent_nonce = consent_key_id = state_hash = None
         if status in ("active", "failed"):
@@ -89,10 +104,9 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
             if len(samples) < 5 and status == "active":
                 samples[token_id] = plain
         elif status == "pending":
-            verifier = secrets.token_urlsafe(48)
             consent = json.dumps(
                 {
-                    "code_verifier": verifier,
+                    "code_verifier": secrets.token_urlsafe(48),
                     "nonce": secrets.token_urlsafe(24),
                     "redirect_uri": "http://127.0.0.1:8888/offline-token/callback",
                 }
@@ -101,7 +115,9 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
                 consent, _consent_aad(token_id, owner)
             )
             state_hash = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
-        refreshed = created + rng.uniform(0, 86400) if status == "active" else None
+        # Refreshed within the last hour: the keep-alive scan finds nothing to do.
+        refreshed = now - rng.uniform(0, 3600) if status == "active" else None
+        consent_expires = {"pending": now + 600, "expired": created + 600}.get(status)
         rows.append(
             (
                 token_id,
@@ -114,13 +130,15 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
                 refreshed or created,
                 f"run {index}",
                 "alice" if status != "pending" else None,
-                created + 600 if status in ("pending", "expired") else None,
+                consent_expires,
                 refreshed,
                 rng.randint(0, 500) if refreshed else 0,
                 "refresh token rejected by the provider (invalid_grant): request consent again"
                 if status == "failed"
+                else "provider unreachable (timeout)"
+                if retrying
                 else None,
-                "failed" if status == "failed" else "idle",
+                "failed" if status == "failed" else "retrying" if retrying else "idle",
                 state_hash,
                 consent_ct,
                 consent_nonce,
@@ -128,6 +146,28 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
                 secret_ct,
                 secret_nonce,
                 secret_key_id,
+            )
+        )
+    tasks = []
+    for index in range(entries):
+        created = now - rng.uniform(3600, 6 * 86400)
+        roll = rng.random()
+        status = "completed" if roll < 0.9 else "failed" if roll < 0.97 else "cancelled"
+        tasks.append(
+            (
+                str(uuid.uuid4()),
+                owner,
+                f"job {index}",
+                "command",
+                status,
+                rng.choice(ids) if rng.random() < 0.1 else None,
+                100 if status == "completed" else 40,
+                "exited with code 0" if status == "completed" else "exited with code 1",
+                json.dumps({"command": ["python", "train.py"], "parameters": {}}),
+                created,
+                created + 600,
+                created,
+                created + 600,
             )
         )
     conn = sqlite3.connect(path, isolation_level=None)
@@ -141,20 +181,46 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> dict[str, bytes]:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        conn.executemany(
+            "INSERT INTO tasks (id, owner, name, kind, status, persistent_token_id, progress, "
+            "message, spec, created_at, updated_at, started_at, completed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tasks,
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
-    return samples
+    return ids, samples
 
 
-async def make_vault(path: Path, key: str, entries: int) -> tuple[list[str], dict[str, bytes]]:
+def deep_cursors(path: Path, table: str, count: int, seed: int = 3) -> list[str]:
+    """Cursors of pages 50-99 % deep into the owner's list (as next_cursor would give them)."""
+    rng = random.Random(seed)
+    conn = sqlite3.connect(path)
+    try:
+        total = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608
+        cursors = []
+        for _ in range(count):
+            offset = rng.randint(total // 2, total - 101)
+            created, rowid = conn.execute(
+                f"SELECT created_at, rowid FROM {table} "  # noqa: S608
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1 OFFSET ?",
+                (offset,),
+            ).fetchone()
+            cursors.append(Cursor(created, rowid).encode())
+        return cursors
+    finally:
+        conn.close()
+
+
+async def make_vault(path: Path, key: str, entries: int) -> list[str]:
     """Create the schema through Vault, fill it, prove the ciphertexts decrypt; return ids."""
     vault = Vault(path, encryption_keys=[key])
     await vault.open()
     await vault.close()
     started = time.perf_counter()
-    samples = await asyncio.to_thread(fill, path, key, entries)
+    ids, samples = await asyncio.to_thread(fill, path, key, entries)
     took = time.perf_counter() - started
     vault = Vault(path, encryption_keys=[key])
     await vault.open()
@@ -162,164 +228,171 @@ async def make_vault(path: Path, key: str, entries: int) -> tuple[list[str], dic
         for token_id, plain in samples.items():
             if (await vault.read_refresh_token(token_id)).encode() != plain:
                 raise RuntimeError("a bulk-inserted ciphertext does not decrypt to its token")
+        counts = await vault.count_by_status(_server_owner())
     finally:
         await vault.close()
-
-    def ids() -> list[str]:
-        conn = sqlite3.connect(path)
-        try:
-            return [row[0] for row in conn.execute("SELECT id FROM tokens")]
-        finally:
-            conn.close()
-
-    all_ids = await asyncio.to_thread(ids)
     size = path.stat().st_size / 2**20
     print(
-        f"  vault of {entries:>6} entries: filled in {took:.1f} s, {size:.1f} MiB; "
-        f"{len(samples)} sample ciphertexts decrypted through Vault"
+        f"  vault of {entries:>6} entries + {entries} tasks of one owner: filled in {took:.1f} s, "
+        f"{size:.1f} MiB; {len(samples)} sample ciphertexts decrypted through Vault; {counts}"
     )
-    return all_ids, samples
+    return ids
 
 
-async def time_calls(
-    vault: Vault, ids: list[str], owner: str, samples: int, deep: int
-) -> dict[str, list]:
-    rng = random.Random(11)
-    get_times, owner_times, global_times = [], [], []
-    total = len(ids)
-    for _ in range(samples):
-        token_id = rng.choice(ids)
-        started = time.perf_counter()
-        record = await vault.get(token_id)
-        get_times.append(time.perf_counter() - started)
-        if record is None:
-            raise RuntimeError("get by id found nothing")
-    for _ in range(samples // 5):
-        offset = rng.randint(0, PER_OWNER - 50)
-        started = time.perf_counter()
-        page = await vault.list(owner=owner, limit=50, offset=offset)
-        owner_times.append(time.perf_counter() - started)
-        if len(page) != 50:
-            raise RuntimeError(f"owner page has {len(page)} entries")
-    for _ in range(deep):
-        offset = rng.randint(0, total - 50)
-        started = time.perf_counter()
-        page = await vault.list(limit=50, offset=offset)
-        global_times.append(time.perf_counter() - started)
-    return {"get": get_times, "owner": owner_times, "global": global_times}
+@dataclass
+class Target:
+    """One running server and what its routes are asked for."""
+
+    server: JupyterServer
+    ids: list[str]
+    token_cursors: list[str]
+    task_cursors: list[str]
+
+    def request(self, route: str, rng: random.Random) -> tuple[str, dict[str, str]]:
+        if route == "tokens first page":
+            return "tokens", {}
+        if route == "tokens deep page":
+            return "tokens", {"cursor": rng.choice(self.token_cursors)}
+        if route == "one token":
+            return f"tokens/{rng.choice(self.ids)}", {}
+        if route == "health (dashboard poll)":
+            return "health", {"limit": "1"}
+        if route == "health, page of 20":
+            return "health", {"limit": "20"}
+        if route == "tasks first page":
+            return "tasks", {}
+        if route == "tasks deep page":
+            return "tasks", {"cursor": rng.choice(self.task_cursors)}
+        raise ValueError(route)
+
+
+ROUTES = (
+    "tokens first page",
+    "tokens deep page",
+    "one token",
+    "health (dashboard poll)",
+    "health, page of 20",
+    "tasks first page",
+    "tasks deep page",
+)
+
+
+async def time_routes(targets: dict[str, Target], rounds: int, per_round: int) -> dict:
+    """``{route: {name: [seconds]}}``: sequential requests, paired: each request to one vault is
+    followed by the same kind of request to the other, the order alternating, so the load of a
+    shared machine falls on both alike."""
+    times: dict[str, dict[str, list[float]]] = {r: {n: [] for n in targets} for r in ROUTES}
+    sizes: dict[str, dict[str, int]] = {r: {} for r in ROUTES}
+    rng = random.Random(5)
+    clients = {
+        name: httpx.AsyncClient(headers=t.server.headers, timeout=60) for name, t in targets.items()
+    }
+    try:
+        for round_index in range(rounds + 1):  # round 0 warms up and is not counted
+            for route in ROUTES:
+                for index in range(per_round):
+                    names = list(targets) if index % 2 else list(reversed(targets))
+                    for name in names:
+                        target, client = targets[name], clients[name]
+                        path, params = target.request(route, rng)
+                        started = time.perf_counter()
+                        response = await client.get(
+                            f"{target.server.url}{API}{path}", params=params
+                        )
+                        took = time.perf_counter() - started
+                        if response.status_code != 200:
+                            raise RuntimeError(
+                                f"{route} on {name}: HTTP {response.status_code} {response.text}"
+                            )
+                        if round_index:
+                            times[route][name].append(took)
+                        sizes[route][name] = len(response.content)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {"times": times, "sizes": sizes}
 
 
 @dataclass
 class Start:
-    """One server start on a vault."""
-
     healthy: float  # seconds from spawn until health answers 200
-    started: float | None  # ... until the extension logged that its start finished (None: not yet)
-    rss_healthy: float  # VmRSS MiB right after the first 200
-    rss_end: float  # VmRSS MiB when the start finished or the wait ran out
-    health_ms: list[float]  # latency of health calls made while waiting
+    rss: float  # VmRSS MiB after 20 health calls
 
 
-async def server_start(work: Path, vault_path: Path, key: str, wait: float) -> Start:
-    """Spawn a server on the vault; poll health until 200, then keep polling until the
-    extension's start (vault open + background services such as the refresh engine's startup
-    scan) has logged completion, at most ``wait`` seconds."""
+async def server_start(work: Path, vault_path: Path, key: str) -> Start:
     server = JupyterServer(work, vault_path=vault_path, encryption_key=key, provider=None)
     server.start()
-    marker = f": vault {vault_path}"
     try:
         healthy = await server.wait_healthy(timeout=120)
-        rss_healthy = rss_mib(server.pid)
-        health_ms: list[float] = []
-        started: float | None = None
-        async with httpx.AsyncClient(headers=server.headers, timeout=120) as client:
-            while True:
-                sent = time.perf_counter()
-                response = await client.get(f"{server.url}api/offline-token/health")
-                response.raise_for_status()
-                health_ms.append((time.perf_counter() - sent) * 1000)
-                elapsed = time.monotonic() - server.started_at
-                if marker in server.log_tail(400):
-                    started = elapsed
-                    break
-                if elapsed > wait:
-                    break
-                await asyncio.sleep(0.25)
-        return Start(healthy, started, rss_healthy, rss_mib(server.pid), health_ms)
+        async with httpx.AsyncClient(headers=server.headers, timeout=60) as client:
+            for _ in range(20):
+                (await client.get(f"{server.url}{API}health")).raise_for_status()
+        return Start(healthy, rss_mib(server.pid))
     finally:
         server.stop()
 
 
 async def run(settings: Settings) -> None:
-    samples = settings.pick(1000, 10000)
+    rounds = settings.pick(2, 6)
+    per_round = settings.pick(15, 40)
     starts = settings.pick(1, 3)
-    deep = settings.pick(20, 60)  # a whole-vault page at a deep offset costs ~0.4 s
-    wait = settings.pick(15.0, 75.0)
     key = KeyRing.generate()
-    owner = _server_owner()
     with tempfile.TemporaryDirectory(prefix="bench-vault-") as tmp:
         work = Path(tmp)
-        small_path, big_path = work / "small" / "vault.db", work / "big" / "vault.db"
-        small_ids, _ = await make_vault(small_path, key, PER_OWNER)
-        big_ids, _ = await make_vault(big_path, key, ENTRIES)
-        figures: dict[str, dict[str, list]] = {}
-        for name, path, ids in (("small", small_path, small_ids), ("big", big_path, big_ids)):
-            vault = Vault(path, encryption_keys=[key])
-            await vault.open()
-            try:
-                figures[name] = await time_calls(vault, ids, owner, samples, deep)
-            finally:
-                await vault.close()
-        rows = (
-            ("get", "vault.get(id)"),
-            ("owner", "vault.list(owner, limit=50, offset<=50)"),
-            ("global", "vault.list(limit=50, random offset)"),
-        )
-        for what, label in rows:
-            small = show_latency(f"{label} [{PER_OWNER}]", figures["small"][what])
-            big = show_latency(f"{label} [{ENTRIES}]", figures["big"][what])
+        paths = {"1k": work / "small" / "vault.db", "100k": work / "big" / "vault.db"}
+        ids = {
+            "1k": await make_vault(paths["1k"], key, SMALL),
+            "100k": await make_vault(paths["100k"], key, ENTRIES),
+        }
+        targets: dict[str, Target] = {}
+        try:
+            for name, path in paths.items():
+                server = JupyterServer(
+                    work / f"server-{name}", vault_path=path, encryption_key=key, provider=None
+                )
+                server.start()
+                targets[name] = Target(
+                    server,
+                    ids[name],
+                    deep_cursors(path, "tokens", 50),
+                    deep_cursors(path, "tasks", 50),
+                )
+            for target in targets.values():
+                await target.server.wait_healthy(timeout=120)
+            figures = await time_routes(targets, rounds, per_round)
+        finally:
+            for target in targets.values():
+                target.server.stop()
+        print(f"  {rounds} rounds x {per_round} paired sequential requests per route and vault")
+        for route in ROUTES:
+            small = show_latency(f"{route} [1k]", figures["times"][route]["1k"])
+            big = show_latency(f"{route} [100k]", figures["times"][route]["100k"])
             print(
-                f"  {'':<50} ratio 100k/100: p50 {big['p50_ms'] / small['p50_ms']:.2f}x, "
-                f"p99 {big['p99_ms'] / small['p99_ms']:.2f}x"
+                f"  {'':<50} body {figures['sizes'][route]['1k']} / "
+                f"{figures['sizes'][route]['100k']} bytes; p99 ratio "
+                f"{big['p99_ms'] / small['p99_ms']:.2f}x"
+            )
+            check(
+                f"{route}: p50 100k / 1k",
+                big["p50_ms"] / small["p50_ms"],
+                TARGET_RATIO,
+                at_most=True,
             )
         empty_path = work / "empty" / "vault.db"
-        results: dict[str, list[Start]] = {"empty": [], "big": []}
+        results: dict[str, list[Start]] = {"empty": [], "100k": []}
         for index in range(starts):
-            for name, path in (("empty", empty_path), ("big", big_path)):
-                results[name].append(
-                    await server_start(work / f"server-{name}-{index}", path, key, wait)
-                )
-        for name, label in (("empty", "empty vault"), ("big", f"{ENTRIES} entries")):
+            for name, path in (("empty", empty_path), ("100k", paths["100k"])):
+                results[name].append(await server_start(work / f"start-{name}-{index}", path, key))
+        for name in results:
             runs = results[name]
-            done = [f"{r.started:.2f}" if r.started is not None else f">{wait:.0f}" for r in runs]
-            health = [ms for r in runs for ms in r.health_ms]
             print(
-                f"  server, {label}: health 200 after "
-                f"{' '.join(f'{r.healthy:.2f}' for r in runs)} s; extension start finished after "
-                f"{' '.join(done)} s; VmRSS at first 200 "
-                f"{' '.join(f'{r.rss_healthy:.0f}' for r in runs)} MiB, at the end "
-                f"{' '.join(f'{r.rss_end:.0f}' for r in runs)} MiB; health calls meanwhile "
-                f"p50 {percentile(health, 50):.0f} ms, max {max(health):.0f} ms (n={len(health)})"
+                f"  server on the {name} vault: health 200 after "
+                f"{' '.join(f'{r.healthy:.2f}' for r in runs)} s; VmRSS after 20 health calls "
+                f"{' '.join(f'{r.rss:.0f}' for r in runs)} MiB"
             )
-        empty, big = results["empty"], results["big"]
-        best_empty = min(r.healthy for r in empty)
-        best_big = min(r.healthy for r in big)
-        rss_first = max(r.rss_healthy for r in big) / max(r.rss_healthy for r in empty)
-        rss_end = max(r.rss_end for r in big) / max(r.rss_end for r in empty)
+        best = {name: min(r.healthy for r in runs) for name, runs in results.items()}
+        rss = {name: max(r.rss for r in runs) for name, runs in results.items()}
         print(
             f"  ratio 100k/empty: time to health 200 (best of {starts}) "
-            f"{best_big / best_empty:.2f}x (+{(best_big - best_empty) * 1000:.0f} ms); "
-            f"RSS at first 200 {rss_first:.2f}x; RSS at the end {rss_end:.2f}x"
+            f"{best['100k'] / best['empty']:.2f}x; RSS {rss['100k'] / rss['empty']:.2f}x"
         )
-        finished = [r.started for r in big if r.started is not None]
-        finished_empty = [r.started for r in empty if r.started is not None]
-        if finished and finished_empty:
-            print(
-                f"  ratio 100k/empty, extension start finished (best): "
-                f"{min(finished) / min(finished_empty):.2f}x"
-            )
-        else:
-            print(
-                f"  NOTE: with {ENTRIES} entries the extension's start had not finished after "
-                f"{wait:.0f} s in {len(big) - len(finished)} of {len(big)} run(s)"
-            )

@@ -139,6 +139,21 @@ class OfflineTokenApp(ExtensionApp):
     audit_retention = Int(
         200, config=True, help="Audit events kept per token (oldest dropped). Default: 200."
     )
+    max_pending_consents = Int(
+        50,
+        config=True,
+        help="""At most this many consents of one user may wait to be granted at once (unexpired
+        pending entries); one more answers 429 too_many_pending_consents, with Retry-After set
+        to when the oldest of them expires. Default: 50.""",
+    )
+    history_retention = Float(
+        7 * 86400.0,
+        config=True,
+        help="""Seconds that expired, failed and revoked entries (with their audit events) and
+        finished tasks (completed, failed, cancelled, interrupted, with their logs and executed
+        notebooks) are kept after their last change; the housekeeping sweep then deletes them
+        in small batches. 0 keeps them forever. Default: 604800 (7 days).""",
+    )
 
     # --- refresh engine ------------------------------------------------------------------------
     refresh_margin = Float(
@@ -325,7 +340,17 @@ class OfflineTokenApp(ExtensionApp):
             raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be >= 0, got {value}")
         return value
 
-    @validate("refresh_concurrency", "audit_retention", "max_running_tasks")
+    @validate("history_retention")
+    def _check_retention(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value >= 0 or value == float("inf"):
+            raise TraitError(
+                f"OfflineTokenApp.history_retention must be a number of seconds >= 0 (0 keeps "
+                f"history forever), got {value}"
+            )
+        return value
+
+    @validate("refresh_concurrency", "audit_retention", "max_running_tasks", "max_pending_consents")
     def _check_positive_int(self, proposal: Any) -> int:
         value = int(proposal["value"])
         if value < 1:
@@ -367,6 +392,7 @@ class OfflineTokenApp(ExtensionApp):
             Path(self.vault_path).expanduser(),
             encryption_keys=list(self.encryption_keys),
             audit_retention=self.audit_retention,
+            max_pending_consents=self.max_pending_consents,
         )
         provider: ProviderClient | None = None
         settings: ProviderSettings | None = None
@@ -410,6 +436,7 @@ class OfflineTokenApp(ExtensionApp):
             max_concurrency=self.refresh_concurrency,
             wake_threshold=self.wake_threshold,
             sweep_interval=self.sweep_interval,
+            retention=self.history_retention or None,
         )
         services = Services(vault, broker, engine)
         services.extras["set_keep_warm"] = engine.set_keep_warm
@@ -422,6 +449,7 @@ class OfflineTokenApp(ExtensionApp):
         )
         tasks.on_warm_change.append(self.activity.task_warmth)
         services.on_stop.append(self.activity.stop)
+        engine.purge_hooks.append(tasks.purge_finished)
         services.on_start.append(tasks.start)
         services.on_stop.append(tasks.stop)
         return services

@@ -47,6 +47,7 @@ from .models import (
     TokenRecord,
 )
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
+from .paging import Cursor, Page
 from .refresh import RefreshOutcome
 from .vault import Vault
 
@@ -494,6 +495,25 @@ class TokenBroker:
         offset: int = 0,
     ) -> list[TokenRecord]:
         return await self.vault.list(owner=owner, status=status, limit=limit, offset=offset)
+
+    async def list_token_page(
+        self,
+        owner: str,
+        *,
+        status: str | None = None,
+        limit: int,
+        cursor: Cursor | None = None,
+        attention: bool = False,
+    ) -> Page[TokenRecord]:
+        """One page of the owner's entries, newest first (``attention``: only those health
+        lists: failed, retrying, refresh-failed)."""
+        return await self.vault.list_page(
+            owner=owner, status=status, limit=limit, cursor=cursor, attention=attention
+        )
+
+    async def count_by_state(self, owner: str) -> dict[tuple[str, str], int]:
+        """``{(status, refresh_state): entries}`` of the owner, from SQL (never a list)."""
+        return await self.vault.count_by_state(owner)
 
     def cached(self, token_id: str) -> AccessToken | None:
         return self._cache.get(token_id)

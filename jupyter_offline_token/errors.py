@@ -59,6 +59,14 @@ class Conflict(OfflineTokenError):
     code = "conflict"
 
 
+class TooManyPendingConsents(OfflineTokenError):
+    """The owner already has ``max_pending_consents`` consents waiting to be granted (429);
+    ``retry_after`` says when the oldest of them expires."""
+
+    status = 429
+    code = "too_many_pending_consents"
+
+
 class NotConfigured(OfflineTokenError):
     status = 503
     code = "not_configured"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import metrics
@@ -21,6 +22,10 @@ from .models import ACTIVE, RETRYING, TokenRecord
 from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
 
 log = logging.getLogger("jupyter_offline_token.refresh")
+
+# Retention purge: rows per transaction, transactions per sweep.
+PURGE_BATCH = 200
+PURGE_MAX_BATCHES = 10
 
 
 class RefreshEngine:
@@ -35,10 +40,15 @@ class RefreshEngine:
         max_concurrency: int = 4,
         wake_threshold: float = 60.0,
         sweep_interval: float = 60.0,
+        retention: float | None = 7 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
         self.broker = broker
         self.vault = broker.vault
+        # Expired, failed and revoked entries (and finished tasks, via purge_hooks) unchanged
+        # for this long are deleted by the sweep; None keeps them forever.
+        self.retention = retention
+        self.purge_hooks: list[Callable[[float], Awaitable[int]]] = []
         self.refresh_margin = refresh_margin
         self.keepalive_interval = keepalive_interval
         self.sweep_interval = sweep_interval
@@ -212,9 +222,11 @@ class RefreshEngine:
             await asyncio.sleep(self.sweep_interval)
 
     async def sweep(self) -> None:
-        """Expire stale consents, keep idle offline sessions alive, refresh gauges and audit."""
+        """Expire stale consents, purge old history, keep idle offline sessions alive, refresh
+        gauges and audit."""
         await self.broker.expire_pending()
         now = self.clock.time()
+        await self.purge(now)
         scan_every = min(self.keepalive_interval / 4, 3600.0)
         if now - self._last_keepalive_scan >= scan_every:
             self._last_keepalive_scan = now
@@ -224,6 +236,34 @@ class RefreshEngine:
                     self.scheduler.schedule(token_id, now, reason="keepalive")
         await self._update_gauges()
         await self._flush_cache_hits()
+
+    async def purge(self, now: float) -> int:
+        """Delete entries (with their audit) and, through ``purge_hooks``, finished tasks older
+        than ``retention``: at most PURGE_MAX_BATCHES transactions of PURGE_BATCH rows each on
+        the vault's thread per sweep, so a backlog drains over several sweeps and the event
+        loop and the vault's other callers are never held up for long. Returns entries purged."""
+        if self.retention is None:
+            return 0
+        before = now - self.retention
+        purged = 0
+        for _ in range(PURGE_MAX_BATCHES):
+            ids = await self.vault.purge(before, limit=PURGE_BATCH)
+            for token_id in ids:
+                self.scheduler.cancel(token_id)
+                self._keep_warm.discard(token_id)
+            purged += len(ids)
+            if len(ids) < PURGE_BATCH:
+                break
+        if purged:
+            log.info(
+                "purged %d expired, failed or revoked entries older than the retention", purged
+            )
+        for hook in self.purge_hooks:
+            try:
+                await hook(before)
+            except Exception as exc:  # one failing part must not stop the rest of the sweep
+                log.warning("offline-token purge hook failed: %s", type(exc).__name__)
+        return purged
 
     async def _update_gauges(self) -> None:
         with contextlib.suppress(Exception):

@@ -88,8 +88,9 @@ async def test_token_list_pages_newest_first(api, idp):
     ids = [await grant(api, idp, label=f"t{i}") for i in range(3)]
     _, page = await api.get("tokens", params={"limit": "2"})
     assert [t["persistent_token_id"] for t in page["tokens"]] == ids[::-1][:2]
-    _, rest = await api.get("tokens", params={"limit": "2", "offset": "2"})
+    _, rest = await api.get("tokens", params={"limit": "2", "cursor": page["next_cursor"]})
     assert [t["persistent_token_id"] for t in rest["tokens"]] == [ids[0]]
+    assert rest["next_cursor"] is None
     for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"limit": "99999999"}):
         status, err = await api.get("tokens", params=bad)
         assert status == 400 and err["error"] == "invalid_query", bad

@@ -19,4 +19,4 @@ async def test_not_configured_answers_503_naming_the_setting(api):
     status, health = await api.get("health")
     assert status == 200 and health["configured"] is False
     status, listing = await api.get("tokens")
-    assert status == 200 and listing == {"tokens": []}
+    assert status == 200 and listing == {"tokens": [], "next_cursor": None}

@@ -14,6 +14,7 @@ from tornado.iostream import StreamClosedError
 from ..errors import OfflineTokenError
 from ..tasks.models import KINDS, MAX_DESCRIPTION, MAX_MESSAGE, MAX_NAME, MAX_TEXT, TERMINAL
 from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
+from .tokens import page_query
 
 if TYPE_CHECKING:
     from ..tasks.service import TaskService
@@ -61,9 +62,12 @@ class TasksHandler(TaskBaseHandler):
     @authorized
     async def get(self) -> None:
         status = self.get_query_argument("status", None)
+        limit, cursor = page_query(self)
         service = await self.tasks()
-        records = await service.list_tasks(self.owner, status=status)
-        self.write_json({"tasks": [t.to_json() for t in records]})
+        page = await service.list_page(self.owner, status=status, limit=limit, cursor=cursor)
+        self.write_json(
+            {"tasks": [t.to_json() for t in page.items], "next_cursor": page.next_cursor}
+        )
 
     @web.authenticated
     @authorized

@@ -13,6 +13,7 @@ from ..broker import DECRYPT_FAILED
 from ..errors import InvalidRequest
 from ..health import overall_level, token_health
 from ..models import TOKEN_STATUSES, TokenRecord, iso
+from ..paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor
 from ..public_url import browser_origin
 from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
 
@@ -73,6 +74,21 @@ def token_json(
     }
     body.update(extra)
     return body
+
+
+def page_query(handler: OfflineTokenHandler) -> tuple[int, Cursor | None]:
+    """``limit`` (default DEFAULT_PAGE_SIZE) and ``cursor`` of a list request. ``offset`` is
+    refused (400): a deep offset costs what skipping every row before it costs."""
+    offset = handler.get_query_argument("offset", None)
+    if offset is not None and offset != "0":
+        raise InvalidRequest(
+            "query parameter 'offset' is not supported: lists page by cursor; pass the "
+            "previous page's next_cursor as 'cursor'",
+            code="invalid_query",
+        )
+    limit = handler.query_int("limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
+    raw = handler.get_query_argument("cursor", None)
+    return limit or DEFAULT_PAGE_SIZE, Cursor.decode(raw) if raw is not None else None
 
 
 def check_return_to(value: str, base_url: str) -> str:
@@ -147,10 +163,10 @@ class TokensHandler(OfflineTokenHandler):
             raise InvalidRequest(
                 f"status must be one of {', '.join(TOKEN_STATUSES)}", code="invalid_query"
             )
-        limit = self.query_int("limit", default=None, low=1, high=10_000)
-        offset = self.query_int("offset", default=0, low=0, high=10**9) or 0
+        limit, cursor = page_query(self)
         broker = await self.services.ready()
-        records = await broker.list_tokens(self.owner, status=status, limit=limit, offset=offset)
+        page = await broker.list_token_page(self.owner, status=status, limit=limit, cursor=cursor)
+        records = page.items
         linked = await self._linked_tasks([r.id for r in records])
         now = time.time()
         self.write_json(
@@ -163,7 +179,8 @@ class TokensHandler(OfflineTokenHandler):
                         tasks=linked.get(r.id, []),
                     )
                     for r in records
-                ]
+                ],
+                "next_cursor": page.next_cursor,
             }
         )
 
@@ -243,21 +260,36 @@ class AuditHandler(OfflineTokenHandler):
 
 
 class HealthHandler(OfflineTokenHandler):
+    """Counts per level from SQL (``token_counts``) and one page of the entries that need
+    attention (failed, retrying, refresh-failed), newest first: its cost does not grow with the
+    vault. Pending entries are counted, not listed (they wait for the user, not for a fix);
+    revoked and expired ones are history, not health."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        limit, cursor = page_query(self)
         configured = self.services.broker.configured
         broker = await self.services.ready()
-        records = await broker.list_tokens(self.owner)
         now = time.time()
-        tokens = []
         counts = {"healthy": 0, "degraded": 0, "unhealthy": 0, "pending": 0}
-        for record in records:
+        for (status, refresh_state), n in (await broker.count_by_state(self.owner)).items():
+            if status in ("revoked", "expired"):
+                continue
+            level = token_health(
+                status=status,
+                refresh_state=refresh_state,
+                last_error=None,
+                next_attempt_at=None,
+                retry_count=0,
+                failing_since=None,
+                now=now,
+            )["level"]
+            counts[level] = counts.get(level, 0) + n
+        page = await broker.list_token_page(self.owner, limit=limit, cursor=cursor, attention=True)
+        tokens = []
+        for record in page.items:
             view = token_json(record, now=now, failing_since=self.failing_since(record.id))
-            if record.status in ("revoked", "expired"):
-                continue  # history, not health
-            level = view["health"]["level"]
-            counts[level] = counts.get(level, 0) + 1
             tokens.append(
                 {
                     "persistent_token_id": record.id,
@@ -266,7 +298,7 @@ class HealthHandler(OfflineTokenHandler):
                     "health": view["health"],
                 }
             )
-        level = overall_level(t["health"]["level"] for t in tokens)
+        level = overall_level(name for name, n in counts.items() if n)
         if not configured:
             level = "unhealthy"
         self.write_json(
@@ -276,5 +308,6 @@ class HealthHandler(OfflineTokenHandler):
                 "configured": configured,
                 "message": None if configured else broker.not_configured_message,
                 "tokens": tokens,
+                "next_cursor": page.next_cursor,
             }
         )

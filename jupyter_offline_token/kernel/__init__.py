@@ -40,6 +40,7 @@ from .errors import (
     TokenFailed,
     TokenInUse,
     TokenRevoked,
+    TooManyPendingConsents,
 )
 from .tasks import Task, create_task, current_task
 from .tokens import OfflineToken, list_tokens, request_offline_token
@@ -69,6 +70,7 @@ __all__ = [
     "TokenFailed",
     "TokenInUse",
     "TokenRevoked",
+    "TooManyPendingConsents",
     "create_task",
     "current_task",
     "find_server",

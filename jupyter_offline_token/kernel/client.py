@@ -290,16 +290,39 @@ class OfflineTokenClient:
         )
         return dict(self._json(self.request("POST", API + "consents", json_body=body)))
 
-    def list_tokens(self, status: str | None = None) -> list[dict[str, Any]]:
-        """``GET tokens``: every entry of the current user, newest first.
+    def _pages(
+        self, path: str, key: str, status: str | None, page_size: int | None
+    ) -> list[dict[str, Any]]:
+        """Every item of a paged list: follows ``next_cursor`` until the last page."""
+        params: dict[str, Any] = {}
+        if status:
+            params["status"] = status
+        if page_size is not None:
+            params["limit"] = page_size
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        while True:
+            body = self._json(self.request("GET", path, params=params or None))
+            if not isinstance(body, dict):
+                return items
+            items.extend(body.get(key, []))
+            cursor = body.get("next_cursor")
+            if not isinstance(cursor, str) or not cursor or cursor in seen:
+                return items
+            seen.add(cursor)
+            params["cursor"] = cursor
+
+    def list_tokens(
+        self, status: str | None = None, *, page_size: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET tokens``: every entry of the current user, newest first (all pages, following
+        ``next_cursor``; ``page_size`` entries per request, default the server's).
 
         Example::
 
             [t["label"] for t in client.list_tokens(status="active")]
         """
-        params = {"status": status} if status else None
-        body = self._json(self.request("GET", API + "tokens", params=params))
-        return list(body.get("tokens", [])) if isinstance(body, dict) else []
+        return self._pages(API + "tokens", "tokens", status, page_size)
 
     def get_token(self, token_id: str) -> dict[str, Any]:
         """``GET tokens/{id}``: metadata, status and health of one entry.
@@ -381,7 +404,8 @@ class OfflineTokenClient:
         return list(body.get("events", [])) if isinstance(body, dict) else []
 
     def health(self) -> dict[str, Any]:
-        """``GET health``: overall level and counts.
+        """``GET health``: overall level, counts per level, and the first page of the entries
+        that need attention (failed, retrying).
 
         Example::
 
@@ -420,16 +444,17 @@ class OfflineTokenClient:
         )
         return dict(self._json(self.request("POST", API + "tasks", json_body=body)))
 
-    def list_tasks(self, status: str | None = None) -> list[dict[str, Any]]:
-        """``GET tasks``: the user's tasks, newest first.
+    def list_tasks(
+        self, status: str | None = None, *, page_size: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET tasks``: the user's tasks, newest first (all pages, following
+        ``next_cursor``; ``page_size`` tasks per request, default the server's).
 
         Example::
 
             client.list_tasks(status="running")
         """
-        params = {"status": status} if status else None
-        body = self._json(self.request("GET", API + "tasks", params=params))
-        return list(body.get("tasks", [])) if isinstance(body, dict) else []
+        return self._pages(API + "tasks", "tasks", status, page_size)
 
     def _task_path(self, task_id: str, suffix: str = "") -> str:
         return f"{API}tasks/{_segment(task_id, 'task id')}{suffix}"

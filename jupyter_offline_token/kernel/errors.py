@@ -234,6 +234,19 @@ class TokenInUse(OfflineTokenClientError):
     code = "token_in_use"
 
 
+class TooManyPendingConsents(OfflineTokenClientError):
+    """Too many consents of this user wait to be granted (429); grant or delete some first, or
+    retry after ``retry_after`` seconds, when the oldest expires.
+
+    Example::
+
+        except TooManyPendingConsents as exc:
+            print(exc.retry_after)
+    """
+
+    code = "too_many_pending_consents"
+
+
 class TaskError(OfflineTokenClientError):
     """A task operation was refused by the server (wrong state, ...).
 
@@ -280,6 +293,8 @@ _ADVICE = {
     "forbidden": "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
     "redirect_uri_unknown": "Open this server's offline-token dashboard in your browser once "
     "and try again, or ask the administrator to set c.OfflineTokenApp.redirect_uri.",
+    "too_many_pending_consents": "Grant or delete the consents already waiting "
+    "(list_tokens(status='pending')), or wait until they expire.",
 }
 
 _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
@@ -297,6 +312,7 @@ _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
     "bad_request": InvalidRequest,
     "token_in_use": TokenInUse,
     "already_running": TaskAlreadyRunning,
+    "too_many_pending_consents": TooManyPendingConsents,
 }
 
 _BY_STATUS: dict[int, type[OfflineTokenClientError]] = {

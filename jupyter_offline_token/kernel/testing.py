@@ -96,8 +96,14 @@ class FakeOfflineTokenAPI:
         access_token_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         consent_url_base: str = "http://idp.test/authorize",
+        max_pending_consents: int = 50,
+        page_size: int = 100,
     ) -> None:
         self.base_url = base_url
+        self.max_pending_consents = max_pending_consents
+        self.page_size = page_size  # default ``limit`` of list pages, as on the server
+        self._order: dict[str, int] = {}  # token or task id -> creation sequence (cursor key)
+        self._sequence = itertools.count(1)
         self.server_token = server_token or secrets.token_urlsafe(16)
         self.access_token_ttl = access_token_ttl
         self.clock = clock
@@ -307,8 +313,18 @@ class FakeOfflineTokenAPI:
             request,
             {"label": str, "task_id": str, "scopes": list, "return_to": str, "keep_warm": bool},
         )
+        pending = sum(1 for e in self.tokens.values() if e["status"] == "pending")
+        if pending >= self.max_pending_consents:
+            return _error(
+                429,
+                "too_many_pending_consents",
+                f"{pending} consents of this user are still waiting to be granted (at most "
+                f"{self.max_pending_consents}, OfflineTokenApp.max_pending_consents)",
+                headers={"Retry-After": "600"},
+            )
         token_id = str(uuid.uuid4())
         now = _now_iso()
+        self._order[token_id] = next(self._sequence)
         self.tokens[token_id] = {
             "persistent_token_id": token_id,
             "label": body.get("label") or "",
@@ -338,12 +354,44 @@ class FakeOfflineTokenAPI:
             },
         )
 
+    def _page(
+        self, request: httpx.Request, items: list[dict[str, Any]], key: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Keyset paging as on the server: newest first, ``limit`` (default ``page_size``, at
+        most 1000) after ``cursor``; ``offset`` other than 0 is a 400."""
+        params = request.url.params
+        if params.get("offset", "0") != "0":
+            raise _Reject(_error(400, "invalid_query", "query parameter 'offset' is not supported"))
+        raw_limit = params.get("limit")
+        limit = self.page_size
+        if raw_limit is not None:
+            limit = int(raw_limit) if raw_limit.isdigit() else 0
+            if not 1 <= limit <= 1000:
+                raise _Reject(
+                    _error(
+                        400,
+                        "invalid_query",
+                        "query parameter 'limit' must be an integer from 1 to 1000",
+                    )
+                )
+        ordered = sorted(items, key=lambda item: self._order.get(item[key], 0), reverse=True)
+        cursor = params.get("cursor")
+        if cursor is not None:
+            if not cursor.startswith("f") or not cursor[1:].isdigit():
+                raise _Reject(_error(400, "invalid_cursor", "not a cursor from next_cursor"))
+            below = int(cursor[1:])
+            ordered = [i for i in ordered if self._order.get(i[key], 0) < below]
+        page = ordered[:limit]
+        more = len(ordered) > limit
+        return page, f"f{self._order.get(page[-1][key], 0)}" if more else None
+
     def _list_tokens(self, request: httpx.Request) -> httpx.Response:
         status = request.url.params.get("status")
         entries = [self._public(e) for e in reversed(self.tokens.values())]
         if status:
             entries = [e for e in entries if e["status"] == status]
-        return httpx.Response(200, json={"tokens": entries})
+        page, after = self._page(request, entries, "persistent_token_id")
+        return httpx.Response(200, json={"tokens": page, "next_cursor": after})
 
     def _get_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
         return httpx.Response(200, json=self._public(self._entry(token_id)))
@@ -422,7 +470,14 @@ class FakeOfflineTokenAPI:
         order = ["healthy", "pending", "degraded", "unhealthy"]
         level = max(counts, key=order.index) if counts else "healthy"
         return httpx.Response(
-            200, json={"level": level, "counts": counts, "configured": True, "tokens": []}
+            200,
+            json={
+                "level": level,
+                "counts": counts,
+                "configured": True,
+                "tokens": [],
+                "next_cursor": None,
+            },
         )
 
     # --- tasks ---------------------------------------------------------------------------------
@@ -480,6 +535,7 @@ class FakeOfflineTokenAPI:
             "notebook": body.get("notebook"),
             "parameters": body.get("parameters") or {},
         }
+        self._order[task["id"]] = next(self._sequence)
         self.tasks[task["id"]] = task
         self._task_changed(task)
         return httpx.Response(201, json=task)
@@ -489,7 +545,8 @@ class FakeOfflineTokenAPI:
         tasks = [dict(t) for t in reversed(self.tasks.values())]
         if status:
             tasks = [t for t in tasks if t["status"] == status]
-        return httpx.Response(200, json={"tasks": tasks})
+        page, after = self._page(request, tasks, "id")
+        return httpx.Response(200, json={"tasks": page, "next_cursor": after})
 
     def _get_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         return httpx.Response(200, json=self._task(task_id))

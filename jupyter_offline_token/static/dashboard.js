@@ -10,6 +10,8 @@
   "use strict";
 
   const POLL_MS = 2000;
+  // Lists come in pages (newest first); the page shows this many more per "Show more".
+  const PAGE_SIZE = 100;
   const body = document.body;
   const baseUrl = withTrailingSlash(body.dataset.baseUrl || "/");
   const apiRoot = baseUrl + "api/offline-token/";
@@ -37,6 +39,8 @@
     tasksEmpty: $("tasks-empty"),
     taskCount: $("task-count"),
     tasksHeading: $("tasks-heading"),
+    tokensMore: $("tokens-more"),
+    tasksMore: $("tasks-more"),
   };
 
   const state = {
@@ -44,6 +48,11 @@
     tokensById: new Map(),
     tasks: [],
     tasksById: new Map(),
+    // How many of each list to show, and whether the server has more beyond that.
+    tokensWanted: PAGE_SIZE,
+    tasksWanted: PAGE_SIZE,
+    tokensMore: false,
+    tasksMore: false,
     health: null,
     configured: true,
     notConfiguredMessage: "",
@@ -211,6 +220,24 @@
     return data;
   }
 
+  /**
+   * The newest `wanted` items of a paged list: follows next_cursor page by page. Resolves to
+   * { [key]: items, more } where `more` says the server has older ones beyond them.
+   */
+  async function loadPages(route, key, wanted) {
+    let items = [];
+    let cursor = null;
+    do {
+      let query = route + "?limit=" + Math.min(1000, wanted - items.length);
+      if (cursor) query += "&cursor=" + encodeURIComponent(cursor);
+      const data = await api("GET", query);
+      if (!data || !Array.isArray(data[key])) break;
+      items = items.concat(data[key]);
+      cursor = typeof data.next_cursor === "string" && data.next_cursor ? data.next_cursor : null;
+    } while (cursor && items.length < wanted);
+    return { [key]: items, more: Boolean(cursor) };
+  }
+
   const path = {
     token: (id) => "tokens/" + encodeURIComponent(id),
     task: (id) => "tasks/" + encodeURIComponent(id),
@@ -254,9 +281,10 @@
 
   async function loadAll() {
     const [tokens, tasks, health] = await Promise.allSettled([
-      api("GET", "tokens"),
-      api("GET", "tasks"),
-      api("GET", "health"),
+      loadPages("tokens", "tokens", state.tokensWanted),
+      loadPages("tasks", "tasks", state.tasksWanted),
+      // Counts only: the banner never shows the health list itself.
+      api("GET", "health?limit=1"),
     ]);
     let connectionError = null;
     let configured = state.configured;
@@ -272,10 +300,12 @@
     }
     if (tokens.status === "fulfilled" && tokens.value && Array.isArray(tokens.value.tokens)) {
       state.tokens = tokens.value.tokens;
+      state.tokensMore = tokens.value.more;
       state.tokensById = new Map(state.tokens.map((t) => [t.persistent_token_id, t]));
     }
     if (tasks.status === "fulfilled" && tasks.value && Array.isArray(tasks.value.tasks)) {
       state.tasks = tasks.value.tasks;
+      state.tasksMore = tasks.value.more;
       state.tasksById = new Map(state.tasks.map((t) => [t.id, t]));
     }
     if (health.status === "fulfilled" && health.value) {
@@ -408,8 +438,10 @@
   function renderTokens() {
     const ids = state.tokens.map((t) => t.persistent_token_id);
     reconcile(ui.tokenList, ids, tokenViews, createTokenView, updateTokenView, ui.tokensHeading);
-    setText(ui.tokenCount, state.tokens.length ? "(" + state.tokens.length + ")" : "");
+    const more = state.tokensMore ? "+" : "";
+    setText(ui.tokenCount, state.tokens.length ? "(" + state.tokens.length + more + ")" : "");
     show(ui.tokensEmpty, state.loaded && state.tokens.length === 0);
+    show(ui.tokensMore, state.tokensMore);
   }
 
   function createTokenView(id) {
@@ -581,8 +613,10 @@
   function renderTasks() {
     const ids = state.tasks.map((t) => t.id);
     reconcile(ui.taskList, ids, taskViews, createTaskView, updateTaskView, ui.tasksHeading);
-    setText(ui.taskCount, state.tasks.length ? "(" + state.tasks.length + ")" : "");
+    const more = state.tasksMore ? "+" : "";
+    setText(ui.taskCount, state.tasks.length ? "(" + state.tasks.length + more + ")" : "");
     show(ui.tasksEmpty, state.loaded && state.tasks.length === 0);
+    show(ui.tasksMore, state.tasksMore);
     for (const id of Array.from(state.taskErrors.keys())) {
       if (!state.tasksById.has(id)) state.taskErrors.delete(id);
     }
@@ -1159,6 +1193,16 @@
     event.preventDefault();
     const button = ui.taskForm.querySelector('[data-testid="create-task"]');
     createTask(button);
+  });
+
+  ui.tokensMore.addEventListener("click", () => {
+    state.tokensWanted += PAGE_SIZE;
+    busy(ui.tokensMore, refresh);
+  });
+
+  ui.tasksMore.addEventListener("click", () => {
+    state.tasksWanted += PAGE_SIZE;
+    busy(ui.tasksMore, refresh);
   });
 
   function syncKindField() {

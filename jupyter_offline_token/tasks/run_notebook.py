@@ -93,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, output)
+        output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Owner-only, like the task's log: outputs may show what the work fetched.
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
         print(f"[run_notebook] executed copy saved to {output}")
     return status
 

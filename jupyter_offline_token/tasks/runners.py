@@ -143,6 +143,7 @@ class ProcessRun(TaskRun):
         try:
             self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a log left by an earlier run keeps its mode otherwise
             return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
         except OSError as exc:
             log.warning("task log %s unavailable: %s", self.log_path, exc.strerror)

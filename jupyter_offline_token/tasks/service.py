@@ -28,6 +28,7 @@ from typing import Any
 from ..broker import TokenBroker
 from ..errors import Conflict, InvalidRequest, NotFound, OfflineTokenError
 from ..models import ACTIVE, PENDING, TokenRecord
+from ..paging import Cursor, Page
 from ..vault import Vault
 from .credentials import TaskPrincipal, hash_secret, new_task_secret, task_environment
 from .models import (
@@ -62,6 +63,9 @@ MAX_PARAMETERS_DEPTH = 32
 LOG_FILE = "output.log"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 EVENT_QUEUE_SIZE = 1024
+# Retention purge: rows per transaction, transactions per sweep.
+PURGE_BATCH = 200
+PURGE_MAX_BATCHES = 10
 
 WarmHook = Callable[[str, bool], Awaitable[None]]
 
@@ -246,6 +250,41 @@ class TaskService:
                 f"status must be one of {', '.join(STATUSES)}", code="invalid_query"
             )
         return await self.store.list(owner=owner, status=status)
+
+    async def list_page(
+        self,
+        owner: str | None,
+        *,
+        status: str | None = None,
+        limit: int,
+        cursor: Cursor | None = None,
+    ) -> Page[TaskRecord]:
+        """One page of tasks, newest first, after ``cursor``."""
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(
+                f"status must be one of {', '.join(STATUSES)}", code="invalid_query"
+            )
+        return await self.store.list_page(owner=owner, status=status, limit=limit, cursor=cursor)
+
+    async def purge_finished(
+        self, before: float, *, batch: int = PURGE_BATCH, max_batches: int = PURGE_MAX_BATCHES
+    ) -> int:
+        """Delete finished tasks unchanged since ``before`` and their files: at most
+        ``max_batches`` short transactions of ``batch`` rows, so one sweep stays bounded (the
+        rest goes next sweep). Returns how many were purged."""
+        purged = 0
+        for _ in range(max_batches):
+            ids = await self.store.purge(before, limit=batch)
+            for task_id in filter(_is_task_id, ids):  # a directory name never from raw text
+                await asyncio.get_running_loop().run_in_executor(
+                    self._io, shutil.rmtree, self.task_dir(task_id), True
+                )
+            purged += len(ids)
+            if len(ids) < batch:
+                break
+        if purged:
+            log.info("purged %d finished task(s) older than the retention", purged)
+        return purged
 
     async def log_lines(self, owner: str | None, task_id: str, *, limit: int = 200) -> list[str]:
         """The last lines of a process task's output (live while it runs, else its log file)."""
@@ -500,6 +539,11 @@ class TaskService:
             return DemoRun(fetch, report, interval=_demo_interval(task.parameters))
         assert secret is not None
         directory = self.task_dir(task.id)
+        # Logs and executed notebooks may hold what the work printed: owner-only (0700 dirs,
+        # 0600 files), also when the directories already existed with looser modes.
+        await asyncio.get_running_loop().run_in_executor(
+            self._io, _private_dirs, self.state_dir, directory
+        )
         if task.kind == COMMAND:
             assert task.command is not None
             argv = list(task.command)
@@ -1076,6 +1120,14 @@ def _resolve_notebook(root_dir: Path, notebook: str) -> Path:
 
 def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _private_dirs(*paths: Path) -> None:
+    """Blocking: create each directory (parents first) and make it 0700."""
+    for path in paths:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)
 
 
 def _tail(path: Path, limit: int) -> list[str]:

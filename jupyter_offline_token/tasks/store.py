@@ -8,9 +8,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from ..paging import Cursor, Page, check_limit
 from ..vault import Vault
 from ..vault.store import _transaction
-from .models import RUNNING, TASK_PENDING, TaskRecord
+from .models import RUNNING, TASK_PENDING, TERMINAL, TaskRecord
 
 _COLUMNS = ", ".join(
     f"t.{name}"
@@ -141,6 +142,65 @@ class TaskStore:
 
         return await self.vault.run(work)
 
+    async def list_page(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        limit: int,
+        cursor: Cursor | None = None,
+    ) -> Page[TaskRecord]:
+        """One page, newest first, after ``cursor`` (keyset: deep pages cost what the first
+        one does)."""
+        check_limit(limit)
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if owner is not None:
+            where.append("t.owner = ?")
+            params.append(owner)
+        if status is not None:
+            where.append("t.status = ?")
+            params.append(status)
+        if cursor is not None:
+            where.append("(t.created_at, t.rowid) < (?, ?)")
+            params += [cursor.created_at, cursor.rowid]
+        sql = _SELECT.replace(" FROM tasks t", ", t.rowid AS _r FROM tasks t", 1)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def work(conn: sqlite3.Connection) -> Page[TaskRecord]:
+            rows = conn.execute(sql, params).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            after = Cursor(rows[-1]["created_at"], rows[-1]["_r"]).encode() if more else None
+            return Page([_record(row) for row in rows], after)
+
+        return await self.vault.run(work)
+
+    async def purge(self, before: float, *, limit: int) -> builtins.list[str]:
+        """Delete up to ``limit`` finished tasks (completed, failed, cancelled, interrupted)
+        unchanged since ``before``, in one short transaction; return their ids."""
+        check_limit(limit)
+        finished = tuple(sorted(TERMINAL))
+        marks = ", ".join("?" for _ in finished)
+
+        def work(conn: sqlite3.Connection) -> builtins.list[str]:
+            with _transaction(conn):
+                ids = [
+                    row["id"]
+                    for row in conn.execute(
+                        f"SELECT id FROM tasks WHERE status IN ({marks}) "  # noqa: S608
+                        "AND updated_at < ? LIMIT ?",
+                        (*finished, before, limit),
+                    )
+                ]
+                conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
+            return ids
+
+        return await self.vault.run(work)
+
     async def update(
         self, task_id: str, *, expect: tuple[str, ...] | None = None, **changes: Any
     ) -> TaskRecord | None:
@@ -196,7 +256,9 @@ class TaskStore:
         sql = f"{_SELECT} WHERE t.persistent_token_id IN ({marks})"
         params: builtins.list[Any] = list(token_ids)
         if owner is not None:
-            sql += " AND t.owner = ?"
+            # Unary + keeps the planner off the owner index: with it, SQLite walked every task
+            # of the owner (100k: ~250 ms per token page) instead of the few linked ones.
+            sql += " AND +t.owner = ?"
             params.append(owner)
         sql += " ORDER BY t.created_at, t.rowid"
 
