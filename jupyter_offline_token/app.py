@@ -22,6 +22,7 @@ from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
 from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
+from .serverlog import attach_to_server_log
 from .services import Services
 from .tasks import install as install_tasks
 from .vault import Vault
@@ -407,6 +408,7 @@ class OfflineTokenApp(ExtensionApp):
         return services
 
     def initialize_settings(self) -> None:
+        attach_to_server_log(self.serverapp.log if self.serverapp is not None else self.log)
         self.services = self.build_services()
         self.settings.update(
             {"offline_token_services": self.services, "offline_token_owner": self.owner_of}
