@@ -568,7 +568,7 @@ class TokenBroker:
             raise ProviderUnavailable(
                 "the OpenID provider failed moments ago; the offline token is kept, next "
                 f"attempt in {math.ceil(wait)} s",
-                retry_after=wait,
+                retry_after=math.ceil(wait),
             )
 
     async def _retry_later(self, token_id: str, fault: _ProviderFault) -> ProviderUnavailable:
@@ -585,7 +585,7 @@ class TokenBroker:
         return ProviderUnavailable(
             f"the OpenID provider is unavailable ({fault.fault}); the offline token is kept, "
             f"next attempt in {math.ceil(wait)} s",
-            retry_after=wait,
+            retry_after=math.ceil(wait),
         )
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
