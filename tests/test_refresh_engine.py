@@ -213,6 +213,7 @@ async def test_an_access_token_request_notices_a_wake_at_once(tmp_path, caplog):
     try:
         await clock.advance(0.5)
         clock.jump_wall(7200)  # the laptop slept; the loop's sleep has not ended
+        cache_token(engine, clock, 300)  # a cache hit: the check runs before it
         caplog.set_level(logging.INFO, logger="jupyter_offline_token.refresh")
         token = await engine.broker.get_access_token("alice", TOKEN, min_ttl=0)
         assert token.access_token == "at"
