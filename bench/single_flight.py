@@ -35,9 +35,11 @@ from .harness import (
     check,
     grant_via_server,
     own_refresh_token,
+    percentile,
     process_cpu_seconds,
     show_latency,
 )
+from .refresh_path import OWNER, build_broker, consent_through_broker
 
 CALLERS = 1000
 PROCESSES = 4
@@ -185,6 +187,50 @@ async def burst(
     )
 
 
+async def in_process_bursts(provider: DevProvider, rounds: int) -> None:
+    """The broker alone, no HTTP: CALLERS coroutines call get_access_token at once on a token
+    whose access token is not cached. Arrival is instant here (no load generator), so this
+    shows what the callers make the one refresh wait for. Baseline (same run): one lone call
+    of the same refresh path. Context figures, no target."""
+    lone: list[float] = []
+    first: list[float] = []
+    last: list[float] = []
+    grants: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="bench-flight-inproc-") as tmp:
+        broker = build_broker(provider, Path(tmp) / "vault" / "vault.db")
+        await broker.vault.open()
+        try:
+            token_id = await consent_through_broker(broker, provider)
+            for _ in range(rounds):
+                broker._cache.clear()
+                started = time.perf_counter()
+                await broker.get_access_token(OWNER, token_id)
+                lone.append(time.perf_counter() - started)
+                broker._cache.clear()
+                await asyncio.to_thread(provider.reset_stats)
+                done: list[float] = []
+
+                async def call(token_id: str, done: list[float]) -> None:
+                    await broker.get_access_token(OWNER, token_id)
+                    done.append(time.perf_counter())
+
+                started = time.perf_counter()
+                await asyncio.gather(*(call(token_id, done) for _ in range(CALLERS)))
+                first.append(min(done) - started)
+                last.append(max(done) - started)
+                grants.append((await asyncio.to_thread(provider.stats))["refresh_token_grants"])
+        finally:
+            await broker.aclose()
+            await broker.vault.close()
+    lone_figures = show_latency("in-process: one lone refresh (baseline)", lone)
+    show_latency(f"in-process: {CALLERS} callers, first answer", first)
+    show_latency(f"in-process: {CALLERS} callers, last answer", last)
+    print(
+        f"  (context) in-process first answer / lone refresh p50: "
+        f"{percentile(first, 50) * 1000 / lone_figures['p50_ms']:.2f}x; grants per burst: {grants}"
+    )
+
+
 async def run(settings: Settings) -> None:
     rounds = settings.pick(1, 3)
     raw_count = settings.pick(24, 48)
@@ -240,6 +286,7 @@ async def run(settings: Settings) -> None:
                     f"clients {result.client_cpu:.2f} s, server {result.server_cpu:.2f} s"
                     + ("  (WARNING: a burst overran into the next one)" if result.overran else "")
                 )
+        await in_process_bursts(provider, settings.pick(5, 20))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(provider.stop)
