@@ -24,6 +24,7 @@ from .oidc import ProviderClient
 from .public_url import CallbackURL
 from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
+from .serverlog import attach_to_server_log
 from .services import Services
 from .tasks import install as install_tasks
 from .vault import Vault
@@ -455,6 +456,7 @@ class OfflineTokenApp(ExtensionApp):
         return services
 
     def initialize_settings(self) -> None:
+        attach_to_server_log(self.serverapp.log if self.serverapp is not None else self.log)
         self.services = self.build_services()
         assert self.serverapp is not None
         self.callback_url = CallbackURL(self.serverapp.base_url, configured=self.redirect_uri)

@@ -11,14 +11,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from . import health, metrics
 from .errors import (
     Conflict,
     DecryptionError,
@@ -40,7 +41,6 @@ from .models import (
     IDLE,
     PENDING,
     REFRESH_FAILED,
-    RETRYING,
     REVOKED,
     AuditEvent,
     ConsentSecrets,
@@ -48,7 +48,7 @@ from .models import (
 )
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
-from .refresh import RefreshOutcome
+from .refresh import RefreshGate, RefreshOutcome
 from .vault import Vault
 
 log = logging.getLogger("jupyter_offline_token.broker")
@@ -57,7 +57,8 @@ log = logging.getLogger("jupyter_offline_token.broker")
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")
 REQUIRED_SCOPES = ("openid", "offline_access")
 DEFAULT_ACCESS_TTL = 60.0  # when the provider does not say (no expires_in)
-DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
+DEFAULT_MIN_TTL = 30.0  # seconds an access token must still live, unless the caller says
+DECRYPT_FAILED = health.DECRYPT_FAILED
 
 
 def hash_state(state: str) -> str:
@@ -88,6 +89,17 @@ class AccessToken:
             "expires_at": iso(self.expires_at),
             "scope": self.scope,
         }
+
+
+class _ProviderFault(ProviderUnavailable):
+    """A refresh attempt reached the provider and failed transiently. ``fault`` is the safe
+    text of the fault itself (health's ``last_error``); ``provider_retry_after`` the provider's
+    own Retry-After, if it sent one (never a made-up default)."""
+
+    def __init__(self, message: str, *, fault: str, provider_retry_after: float | None) -> None:
+        super().__init__(message, retry_after=provider_retry_after)
+        self.fault = fault
+        self.provider_retry_after = provider_retry_after
 
 
 class ConsentFailed(OfflineTokenError):
@@ -145,20 +157,45 @@ class TokenBroker:
         self._not_configured_message = not_configured_message
         self._cache: dict[str, AccessToken] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._backoff_until: dict[str, float] = {}  # token -> monotonic time of next attempt
+        self._lock_users: dict[str, int] = {}  # holders and waiters; the lock goes with the last
+        # When a token may next be tried, and its retry state: one owner (the refresh scheduler).
+        self._gate: RefreshGate | None = None
         self._inflight: dict[str, asyncio.Future[AccessToken]] = {}  # grants under way
         self._closing = False
         # Hooks for the task service and the refresh scheduler (set by the app).
         self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
         self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
         self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_transient: list[Callable[[TokenRecord, str, float | None], Awaitable[None]]] = []
         self.on_cache_hit: Callable[[str], None] | None = None
         self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
         # Called with the token id before a forced delete revokes it (cancel its tasks first).
         self.before_force_delete: list[Callable[[str], Awaitable[Any]]] = []
 
     # --- helpers -------------------------------------------------------------------------------
+    def use_gate(self, gate: RefreshGate) -> None:
+        """Let ``gate`` (the refresh scheduler) decide when a token may next be tried."""
+        self._gate = gate
+
+    @contextlib.asynccontextmanager
+    async def _token_lock(self, token_id: str) -> AsyncIterator[None]:
+        """This token's in-process lock; dropped when nobody holds or waits for it, so ids
+        that callers merely ask about (unknown, another user's) leave nothing behind."""
+        lock = self._locks.get(token_id)
+        if lock is None:
+            lock = self._locks[token_id] = asyncio.Lock()
+        self._lock_users[token_id] = self._lock_users.get(token_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._lock_users[token_id] - 1
+            if users:
+                self._lock_users[token_id] = users
+            else:
+                del self._lock_users[token_id]
+                if self._locks.get(token_id) is lock:
+                    del self._locks[token_id]
+
     @property
     def configured(self) -> bool:
         return self.provider is not None and self.settings is not None
@@ -520,13 +557,17 @@ class TokenBroker:
 
     # --- access tokens -------------------------------------------------------------------------
     async def get_access_token(
-        self, owner: str | None, token_id: str, *, min_ttl: float = 30.0
+        self, owner: str | None, token_id: str, *, min_ttl: float = DEFAULT_MIN_TTL
     ) -> AccessToken:
         """A cached access token with at least ``min_ttl`` seconds left, else one refresh.
 
         The cache is checked first: entries leave it when their token fails, is revoked or is
-        deleted, so a hit needs no vault read (the hot path of every warm token).
+        deleted, so a hit needs no vault read (the hot path of every warm token). On a miss,
+        callers queue on the token's lock before any vault read: the first one refreshes, the
+        others take its result (the cache entry knows its owner), so a burst costs one read.
         """
+        if self._gate is not None:
+            self._gate.check_clock()  # a laptop's wake: due refreshes run now, not in 30 s
         cached = self._cache.get(token_id)
         if (
             cached is not None
@@ -534,34 +575,59 @@ class TokenBroker:
             and cached.expires_at - self.clock() >= min_ttl
         ):
             return self._served_from_cache(token_id, cached)
-        record = await self._owned(owner, token_id)
-        _raise_unusable(record)
-        self._require_provider()
+        if not _is_uuid(token_id):
+            raise NotFound(f"no offline token {token_id!r}")
         asked_at = time.monotonic()
-        self._check_backoff(token_id)
-        lock = self._locks.setdefault(token_id, asyncio.Lock())
-        async with lock:
+        async with self._token_lock(token_id):
             cached = self._cache.get(token_id)
             # Single flight: whoever waited behind a refresh takes its result.
             if cached is not None and (
                 cached.obtained_at >= asked_at or cached.expires_at - self.clock() >= min_ttl
             ):
+                if owner is not None and cached.owner != owner:
+                    raise NotFound(f"no offline token {token_id!r}")
                 return self._served_from_cache(token_id, cached)
+            record = await self._owned(owner, token_id)
+            _raise_unusable(record)
+            self._require_provider()
             # Callers who queued behind a failed attempt must not each try again.
-            self._check_backoff(token_id)
-            token = await self._refresh_locked(token_id)
+            self._check_retry_wait(token_id)
+            if self._gate is not None:
+                self._gate.attempt_started(token_id)
+            try:
+                token = await self._refresh_locked(token_id)
+            except _ProviderFault as fault:
+                raise await self._retry_later(token_id, fault) from None
         metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
 
-    def _check_backoff(self, token_id: str) -> None:
-        """At most one attempt per min_refresh_interval while the provider is failing."""
-        wait = self._backoff_until.get(token_id, 0.0) - time.monotonic()
+    def _check_retry_wait(self, token_id: str) -> None:
+        """While the provider is failing, only the scheduler's retry tries again: refuse with the
+        true time of that attempt."""
+        wait = self._gate.retry_wait(token_id) if self._gate is not None else 0.0
         if wait > 0:
             raise ProviderUnavailable(
-                f"the OpenID provider failed moments ago; the offline token is kept, next "
-                f"attempt in {wait:.0f} s",
-                retry_after=wait,
+                "the OpenID provider failed moments ago; the offline token is kept, next "
+                f"attempt in {math.ceil(wait)} s",
+                retry_after=math.ceil(wait),
             )
+
+    async def _retry_later(self, token_id: str, fault: _ProviderFault) -> ProviderUnavailable:
+        """Report an on-demand attempt's transient failure to the gate and build the 503 that
+        says when the next attempt (the scheduler's retry) will be made."""
+        if self._gate is None:
+            return fault
+        await self._gate.report_transient(
+            token_id, fault.fault, retry_after=fault.provider_retry_after
+        )
+        wait = self._gate.retry_wait(token_id)
+        if wait <= 0:
+            return fault
+        return ProviderUnavailable(
+            f"the OpenID provider is unavailable ({fault.fault}); the offline token is kept, "
+            f"next attempt in {math.ceil(wait)} s",
+            retry_after=math.ceil(wait),
+        )
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
         metrics.access_token_requests_total.labels(source="cache").inc()
@@ -571,9 +637,11 @@ class TokenBroker:
 
     async def refresh(self, token_id: str, reason: str = "proactive") -> RefreshOutcome:
         """Refresh now for the scheduler; maps failures to a RefreshOutcome."""
-        lock = self._locks.setdefault(token_id, asyncio.Lock())
         try:
-            async with lock:
+            async with self._token_lock(token_id):
+                if self._gate is not None and self._gate.retry_wait(token_id) > 0:
+                    # An on-demand attempt failed while this one waited for the lock.
+                    return RefreshOutcome(kind="deferred")
                 record = await self.vault.get(token_id)
                 if record is None:
                     return RefreshOutcome(kind="gone")
@@ -582,6 +650,10 @@ class TokenBroker:
                 token = await self._refresh_locked(token_id, reason=reason)
         except NotFound:
             return RefreshOutcome(kind="gone")
+        except _ProviderFault as fault:
+            return RefreshOutcome(
+                kind="transient", retry_after=fault.provider_retry_after, error=fault.fault
+            )
         except ProviderUnavailable as exc:
             return RefreshOutcome(kind="transient", retry_after=exc.retry_after, error=exc.message)
         except OfflineTokenError as exc:
@@ -650,43 +722,25 @@ class TokenBroker:
             except PermanentProviderError as exc:
                 metrics.refresh_total.labels(result="permanent_error").inc()
                 holder_released = True
-                if exc.is_configuration_error:
-                    reason_text = (
-                        f"the provider rejected the client ({exc.error}): "
-                        "fix the client configuration"
-                    )
-                else:
-                    reason_text = (
-                        f"refresh token rejected by the provider ({exc.error}): "
-                        "request consent again"
-                    )
-                await self._fail(record, reason_text)
+                # last_error keeps the provider's code alone: health composes the sentence
+                # around it (and tells a client problem from a dead grant by that code).
+                await self._fail(record, exc.error)
                 self._cache.pop(token_id, None)
                 raise Conflict(
-                    f"offline token {token_id} no longer works: {reason_text}", code="token_failed"
+                    f"offline token {token_id} no longer works: "
+                    + health.failure_detail(exc.error, health.error_kind(exc.error)),
+                    code="token_failed",
                 ) from None
             except TransientProviderError as exc:
+                # The retry state (count, backoff, refresh_state in the vault) belongs to the
+                # gate; the caller reports this fault to it.
                 metrics.refresh_total.labels(result="transient_error").inc()
-                with contextlib.suppress(KeyError):  # deleted meanwhile: nothing to mark
-                    await self.vault.update_refresh_state(
-                        token_id,
-                        refresh_state=RETRYING,
-                        next_attempt_at=None,
-                        retry_count=record.retry_count + 1,
-                        last_error=f"provider unavailable: {exc}",
-                        now=self.clock(),
-                    )
                 await self.audit(record, "refresh", "transient_error", str(exc))
-                self._backoff_until[token_id] = time.monotonic() + max(
-                    self.min_refresh_interval, exc.retry_after or 0.0
-                )
-                await self._notify(
-                    self.on_transient, record, f"provider unavailable: {exc}", exc.retry_after
-                )
-                raise ProviderUnavailable(
+                raise _ProviderFault(
                     f"the OpenID provider is unavailable ({exc}); the offline token is kept, "
                     "try again shortly",
-                    retry_after=exc.retry_after or 10.0,
+                    fault=str(exc),
+                    provider_retry_after=exc.retry_after,
                 ) from None
             now = self.clock()
             rotated = response.refresh_token if response.refresh_token != refresh_token else None
@@ -699,7 +753,6 @@ class TokenBroker:
             holder_released = True
             token = _cached(response, now, owner=record.owner)
             self._cache[token_id] = token
-            self._backoff_until.pop(token_id, None)
             metrics.refresh_total.labels(result="success").inc()
             metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
             await self._notify(self.on_refreshed, updated, token)
@@ -781,8 +834,7 @@ class TokenBroker:
         is the newest refresh token, never one a concurrent rotation just replaced.
         """
         await self._owned(owner, token_id)
-        lock = self._locks.setdefault(token_id, asyncio.Lock())
-        async with lock:
+        async with self._token_lock(token_id):
             pending = self._inflight.get(token_id)
             if pending is not None:
                 with contextlib.suppress(Exception):
@@ -853,7 +905,6 @@ class TokenBroker:
                     )
         await self.vault.delete(token_id)
         self._cache.pop(token_id, None)
-        self._locks.pop(token_id, None)
         await self.audit(record, "revoke", "revoked" if revoked else "deleted", warning)
         await self._notify(self.on_status_change, record.replace(status=REVOKED))
         return {"deleted": True, "revoked": revoked, "warning": warning, "shared_with": shared_with}

@@ -113,6 +113,12 @@ class TransientProviderError(ProviderError):
         self.retry_after = retry_after
 
 
+# OAuth error codes that mean the client is misconfigured, not that the user's grant is dead.
+CONFIGURATION_ERRORS = frozenset(
+    {"invalid_client", "unauthorized_client", "unsupported_grant_type"}
+)
+
+
 class PermanentProviderError(ProviderError):
     """The provider refused for good (``invalid_grant``, ``invalid_client``, ...).
 
@@ -128,7 +134,7 @@ class PermanentProviderError(ProviderError):
 
     @property
     def is_configuration_error(self) -> bool:
-        return self.error in {"invalid_client", "unauthorized_client", "unsupported_grant_type"}
+        return self.error in CONFIGURATION_ERRORS
 
 
 class IdTokenInvalid(PermanentProviderError):

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import CONFIGURATION_ERRORS
 from .models import ACTIVE, EXPIRED, FAILED, PENDING, REFRESH_FAILED, RETRYING, REVOKED, iso
 
 HEALTHY = "healthy"
@@ -29,7 +30,36 @@ ACTION_FIX_CONFIGURATION = "fix_configuration"
 KIND_CONFIGURATION = "configuration"  # invalid_client / unauthorized_client: the admin must act
 KIND_DECRYPT = "decrypt"  # the vault cannot decrypt the entry: wrong key or tampered
 
+# last_error of an entry whose stored token cannot be decrypted
+DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
+
 _MAX_ERROR_CHARS = 200
+
+
+def error_kind(last_error: str | None) -> str | None:
+    """The kind of a stored ``last_error``, from the code the broker stores (not from text)."""
+    if last_error == DECRYPT_FAILED:
+        return KIND_DECRYPT
+    if last_error in CONFIGURATION_ERRORS:
+        return KIND_CONFIGURATION
+    return None
+
+
+def failure_detail(error: str | None, kind: str | None) -> str:
+    """The sentence for a failed token: what happened around ``error`` (the provider's code or
+    a short fact, stored as ``last_error``), then the action."""
+    if kind == KIND_CONFIGURATION:
+        return (
+            f"the provider rejected the client ({error or 'invalid_client'}): "
+            "fix the client configuration"
+        )
+    if kind == KIND_DECRYPT:
+        return (
+            "the stored token cannot be decrypted (wrong key or tampered): check "
+            "encryption_keys, or request consent again"
+        )
+    reason = f" ({error})" if error else ""
+    return f"refresh token rejected by the provider{reason}: request consent again"
 
 
 def token_health(
@@ -50,6 +80,8 @@ def token_health(
     listing must still render when one row is strange.
     """
     error = _short(last_error)
+    if last_error_kind is None:
+        last_error_kind = error_kind(last_error)
     if status == PENDING:
         return _health(LEVEL_PENDING, "waiting for the user to grant consent", ACTION_NONE)
     if status == EXPIRED:
@@ -99,29 +131,12 @@ def level_counts(levels: Iterable[str]) -> dict[str, int]:
 
 
 def _failed_health(error: str | None, kind: str | None, retry_count: int) -> dict[str, Any]:
-    if kind == KIND_CONFIGURATION:
-        return _health(
-            UNHEALTHY,
-            f"the provider rejected the client ({error or 'invalid_client'}): "
-            "fix the client configuration",
-            ACTION_FIX_CONFIGURATION,
-            retry_count=retry_count,
-        )
-    if kind == KIND_DECRYPT:
-        return _health(
-            UNHEALTHY,
-            "the stored token cannot be decrypted (wrong key or tampered): check "
-            "encryption_keys, or request consent again",
-            ACTION_FIX_CONFIGURATION,
-            retry_count=retry_count,
-        )
-    reason = f" ({error})" if error else ""
-    return _health(
-        UNHEALTHY,
-        f"refresh token rejected by the provider{reason}: request consent again",
-        ACTION_REQUEST_CONSENT,
-        retry_count=retry_count,
+    action = (
+        ACTION_FIX_CONFIGURATION
+        if kind in (KIND_CONFIGURATION, KIND_DECRYPT)
+        else ACTION_REQUEST_CONSENT
     )
+    return _health(UNHEALTHY, failure_detail(error, kind), action, retry_count=retry_count)
 
 
 def _retrying_detail(

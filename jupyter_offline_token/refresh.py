@@ -24,8 +24,8 @@ from typing import Literal, Protocol
 
 from .models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
 
-OutcomeKind = Literal["success", "transient", "permanent", "gone"]
-_OUTCOME_KINDS = ("success", "transient", "permanent", "gone")
+OutcomeKind = Literal["success", "transient", "permanent", "gone", "deferred"]
+_OUTCOME_KINDS = ("success", "transient", "permanent", "gone", "deferred")
 
 LOOP_TASK_NAME = "offline-token-refresh-scheduler"
 ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
@@ -68,7 +68,8 @@ class RefreshOutcome:
 
     ``next_refresh_at`` (success): wall time of the next proactive refresh, ``None`` = do not
     reschedule. ``retry_after`` (transient): the provider's hint in seconds (429 Retry-After).
-    ``error``: safe text (never a secret) for health and ``last_error``.
+    ``error``: safe text (never a secret) for health and ``last_error``. ``deferred``: no attempt
+    was made (a failure reported meanwhile moved the retry later); nothing is counted.
     """
 
     kind: OutcomeKind
@@ -81,6 +82,31 @@ class RefreshOutcome:
             raise ValueError(
                 f"RefreshOutcome.kind must be one of {_OUTCOME_KINDS}, not {self.kind!r}"
             )
+
+
+class RefreshGate(Protocol):
+    """The one owner of a token's retry state, asked by the broker before an on-demand attempt.
+
+    Background attempts are the scheduler's own; an on-demand attempt (an access-token request
+    that finds no usable cached token) asks ``retry_wait`` first, tells ``attempt_started`` when
+    it goes to the provider, and reports a transient failure with ``report_transient``. So at most
+    one attempt per ``min_refresh_interval`` holds for both kinds together while the provider
+    fails, and the answer to a refused caller is the true time of the next attempt.
+    """
+
+    def retry_wait(self, token_id: str) -> float:
+        """Seconds until the token may be tried again (0: now)."""
+        ...
+
+    def attempt_started(self, token_id: str) -> None: ...
+
+    async def report_transient(
+        self, token_id: str, error: str | None = None, *, retry_after: float | None = None
+    ) -> ScheduleEntryState | None: ...
+
+    def check_clock(self) -> None:
+        """Cheap: notice a wall-clock jump (a laptop's wake) and re-evaluate schedules at once."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -151,11 +177,15 @@ class RefreshScheduler:
     """Runs ``refresh(token_id, reason)`` for every token when it is due, from one heap.
 
     Due times are wall-clock epoch seconds. One background task sleeps until the earliest due
-    time (never longer than ``max_sleep``), then re-reads the wall clock: asyncio sleeps follow the
-    monotonic clock, which stops during a laptop's suspend, so a jump of wall against monotonic
-    time reveals a wake and every past-due entry runs at once. At most ``max_concurrency`` refresh
-    callbacks run at a time (due-time order); one token is never attempted twice within
-    ``min_refresh_interval`` seconds. Not thread-safe: call it from the event loop's thread.
+    time (never longer than ``max_sleep``). asyncio sleeps follow the monotonic clock, which stops
+    during a laptop's suspend, so the sleep is cut in steps of ``clock_check_interval`` seconds
+    that only compare the two clocks (cheap): a jump of wall against monotonic time reveals a
+    wake and every past-due entry runs at once; ``check_clock()`` does the same check on demand
+    (every access-token request and engine entry point calls it). At most ``max_concurrency``
+    refresh callbacks run at a time (due-time order); one token is never attempted twice within
+    ``min_refresh_interval`` seconds. It is also the :class:`RefreshGate` of on-demand attempts:
+    the one owner of every token's retry state. Not thread-safe: call it from the event loop's
+    thread.
     """
 
     def __init__(
@@ -167,6 +197,7 @@ class RefreshScheduler:
         min_refresh_interval: float = 10.0,
         max_concurrency: int = 4,
         max_sleep: float = 30.0,
+        clock_check_interval: float = 1.0,
         wake_threshold: float = 60.0,
         max_retry_after: float = 3600.0,
         on_change: OnChange | None = None,
@@ -175,6 +206,7 @@ class RefreshScheduler:
     ) -> None:
         _require_positive("min_refresh_interval", min_refresh_interval)
         _require_positive("max_sleep", max_sleep)
+        _require_positive("clock_check_interval", clock_check_interval)
         _require_positive("wake_threshold", wake_threshold)
         _require_positive("max_retry_after", max_retry_after)
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
@@ -187,6 +219,7 @@ class RefreshScheduler:
         self.min_refresh_interval = float(min_refresh_interval)
         self.max_concurrency = max_concurrency
         self.max_sleep = float(max_sleep)
+        self.clock_check_interval = float(clock_check_interval)
         self.wake_threshold = float(wake_threshold)
         self.max_retry_after = float(max_retry_after)
         self._on_change = on_change
@@ -275,12 +308,15 @@ class RefreshScheduler:
         """Count a transient failure seen outside the scheduler (an on-demand refresh) as one
         failed attempt: retry_count, failing_since and backoff as if the scheduler had tried.
 
-        Ignored (returns None) while the scheduler's own attempt for the token is running, or
-        for a ``failed`` token. ``on_change`` is called as for the scheduler's own attempts.
+        If the scheduler's own attempt is waiting meanwhile (behind the broker's lock), the
+        retry moves to the backoff's time and that attempt comes back ``deferred`` (the broker
+        asks :meth:`retry_wait`), so one failure is counted once and never retried at once.
+        Ignored (returns None) for a ``failed`` token. ``on_change`` is called as for the
+        scheduler's own attempts.
         """
         if not isinstance(token_id, str) or not token_id:
             raise ValueError("token_id must be a non-empty string")
-        if token_id in self._inflight or token_id in self._failed:
+        if token_id in self._failed:
             return None
         entry = self._entries.get(token_id)
         if entry is None:
@@ -293,6 +329,26 @@ class RefreshScheduler:
         state = dataclasses.replace(entry.state)
         await self._notify(dataclasses.replace(state))
         return state
+
+    def retry_wait(self, token_id: str) -> float:
+        """Seconds until ``token_id`` may be tried again: while it is retrying, the time of the
+        scheduler's next attempt (backoff, rate limit, a real Retry-After); otherwise 0."""
+        if token_id not in self._retrying:
+            return 0.0
+        entry = self._entries.get(token_id)
+        if entry is None or entry.due is None:
+            return 0.0  # the retry itself is running
+        return max(0.0, entry.due - self.clock.time())
+
+    def attempt_started(self, token_id: str) -> None:
+        """An on-demand attempt goes to the provider now: the rate limit counts from it."""
+        self._last_attempt[token_id] = self.clock.monotonic()
+
+    def check_clock(self) -> None:
+        """Notice a wall-clock jump (a wake) or a passed due time and run due entries at once."""
+        jumped = self._check_clock_jump()
+        if jumped or (self._sleep_until is not None and self.clock.time() >= self._sleep_until):
+            self._wakeup()
 
     @property
     def in_flight(self) -> int:
@@ -509,6 +565,10 @@ class RefreshScheduler:
         token_id = entry.state.token_id
         st = entry.state
         requested = entry.due  # a schedule() that arrived while the attempt ran
+        if outcome.kind == "deferred":
+            # No attempt was made; retry when a reported failure's backoff says (or now).
+            self._push(entry, self.clock.time() if requested is None else requested)
+            return
         if outcome.kind == "gone":
             del self._entries[token_id]
             self._retrying.discard(token_id)
@@ -616,17 +676,27 @@ class RefreshScheduler:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _check_clock_jump(self) -> None:
+    def _check_clock_jump(self) -> bool:
         offset = self.clock.time() - self.clock.monotonic()
+        jumped = False
         if self._clock_offset is not None:
             jump = offset - self._clock_offset
             if abs(jump) > self.wake_threshold:
+                jumped = True
                 self.log.info(
                     "clock jumped by %+.0f s (suspend/resume?): re-evaluating %d schedules",
                     jump,
                     len(self._entries),
                 )
         self._clock_offset = offset
+        return jumped
+
+    def _clock_moved(self) -> bool:
+        """Whether the wall clock jumped against the monotonic one (no log, no update)."""
+        if self._clock_offset is None:
+            return False
+        offset = self.clock.time() - self.clock.monotonic()
+        return abs(offset - self._clock_offset) > self.wake_threshold
 
     def _sleep_seconds(self) -> float:
         if len(self._inflight) >= self.max_concurrency:
@@ -637,20 +707,31 @@ class RefreshScheduler:
         return min(self.max_sleep, max(0.0, due - self.clock.time()))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
+        """Sleep ``seconds`` in steps of ``clock_check_interval``, each ending with a cheap
+        comparison of the clocks, so a wake from suspend is seen within one step."""
         loop = asyncio.get_running_loop()
         wake: asyncio.Future[None] = loop.create_future()
         self._wake = wake
-        self._sleep_until = self.clock.time() + seconds
-        sleeper = loop.create_task(self.clock.sleep(seconds), name=f"{LOOP_TASK_NAME}-sleep")
+        until = self.clock.time() + seconds
+        self._sleep_until = until
+        remaining = seconds
         try:
-            await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                step = min(remaining, self.clock_check_interval)
+                sleeper = loop.create_task(self.clock.sleep(step), name=f"{LOOP_TASK_NAME}-sleep")
+                try:
+                    await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not sleeper.done():
+                        sleeper.cancel()
+                    await asyncio.wait((sleeper,))
+                remaining = until - self.clock.time()
+                if wake.done() or remaining <= 0 or self._clock_moved():
+                    return
         finally:
             self._wake = None
             self._sleep_until = None
             wake.cancel()
-            if not sleeper.done():
-                sleeper.cancel()
-            await asyncio.wait((sleeper,))
 
     async def _run(self) -> None:
         while True:

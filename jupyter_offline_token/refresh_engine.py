@@ -1,10 +1,11 @@
 """RefreshEngine: keeps warm tokens warm, keeps idle offline sessions alive, retries faults.
 
-It connects the pure RefreshScheduler (one heap, backoff, wake detection) to the broker (which
-does the actual refresh), the vault (which persists the refresh state health shows) and the
-metrics. A token is *warm* while a running task uses it or while its entry asks for it
-(``keep_warm``); only warm tokens are refreshed proactively, so the scheduler's memory grows with
-warm tokens, not with the vault.
+It connects the pure RefreshScheduler (one heap, backoff, wake detection; the one owner of every
+token's retry state, which the broker asks before an on-demand attempt) to the broker (which
+does the actual refresh), the vault (``_persist`` is the one writer of the refresh state health
+shows) and the metrics. A token is *warm* while a running task uses it or while its entry asks
+for it (``keep_warm``); only warm tokens are refreshed proactively, so the scheduler's memory
+grows with warm tokens, not with the vault.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import metrics
-from .broker import TokenBroker
+from .broker import DEFAULT_MIN_TTL, TokenBroker
 from .models import ACTIVE, RETRYING, TokenRecord
 from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
 
@@ -70,9 +71,9 @@ class RefreshEngine:
         self._last_keepalive_scan = 0.0
         broker.on_activated.append(self._after_activation)
         broker.on_refreshed.append(self._after_refresh)
-        broker.on_transient.append(self._after_transient)
         broker.on_status_change.append(self._after_status_change)
         broker.on_cache_hit = self._count_cache_hit
+        broker.use_gate(self.scheduler)
 
     # --- warmth ----------------------------------------------------------------------------
     def is_warm(self, token_id: str) -> bool:
@@ -80,6 +81,7 @@ class RefreshEngine:
 
     async def set_keep_warm(self, token_id: str, keep_warm: bool) -> None:
         """Persist the entry's keep_warm flag and start or stop proactive refresh."""
+        self.scheduler.check_clock()
         await self.vault.set_keep_warm(token_id, keep_warm, now=self.clock.time())
         if keep_warm:
             self._keep_warm.add(token_id)
@@ -96,10 +98,12 @@ class RefreshEngine:
             self.task_ended(token_id)
 
     def task_started(self, token_id: str) -> None:
+        self.scheduler.check_clock()
         self._task_users[token_id] += 1
         self._warm_up(token_id)
 
     def task_ended(self, token_id: str) -> None:
+        self.scheduler.check_clock()
         if self._task_users[token_id] > 0:
             self._task_users[token_id] -= 1
         if self._task_users[token_id] == 0:
@@ -121,7 +125,15 @@ class RefreshEngine:
             self.scheduler.cancel(token_id)
 
     def _next_proactive(self, expires_at: float, now: float) -> float:
-        return now + max(0.0, expires_at - now) * self.refresh_margin
+        """When to refresh a warm token: at ``refresh_margin`` of its lifetime, but early enough
+        that the cached token keeps the access-token endpoint's default ``min_ttl`` (so callers
+        with defaults are served from the cache), unless the lifetime is too short for that
+        without refreshing more often than ``min_refresh_interval``."""
+        lifetime = max(0.0, expires_at - now)
+        leave = lifetime * (1.0 - self.refresh_margin)
+        if leave < DEFAULT_MIN_TTL <= lifetime - self.scheduler.min_refresh_interval:
+            leave = DEFAULT_MIN_TTL
+        return now + lifetime - leave
 
     def failing_since(self, token_id: str) -> float | None:
         state = self.scheduler.state(token_id)
@@ -173,14 +185,6 @@ class RefreshEngine:
             )
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    async def _after_transient(
-        self, record: TokenRecord, error: str, retry_after: float | None
-    ) -> None:
-        """An on-demand refresh hit a transient fault: keep retrying in the background."""
-        if self.scheduler.state(record.id) is None:
-            self.scheduler.schedule(record.id, self.clock.time(), reason="retry")
-        await self.scheduler.report_transient(record.id, error, retry_after=retry_after)
-
     async def _after_status_change(self, record: TokenRecord) -> None:
         if record.status != ACTIVE:
             self.scheduler.cancel(record.id)
@@ -224,6 +228,7 @@ class RefreshEngine:
     async def sweep(self) -> None:
         """Expire stale consents, purge old history, keep idle offline sessions alive, refresh
         gauges and audit."""
+        self.scheduler.check_clock()
         await self.broker.expire_pending()
         now = self.clock.time()
         await self.purge(now)

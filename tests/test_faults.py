@@ -4,6 +4,9 @@ and retrying, shows in health and metrics, and the stored refresh token works on
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import time
 
 import pytest
 from conftest import grant, metric
@@ -15,8 +18,36 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def offline_token_config(offline_token_config):
-    return {**offline_token_config, "http_timeout": 1.0, "min_refresh_interval": 10.0}
+def offline_token_config(offline_token_config, request):
+    overrides = getattr(request, "param", {})  # indirect parametrization, per test
+    return {
+        **offline_token_config,
+        "http_timeout": 1.0,
+        "min_refresh_interval": 10.0,
+        **overrides,
+    }
+
+
+# Backoff below the old fixed 10 s hint: 2 s, then 4 s, no jitter.
+SHORT_BACKOFF = pytest.mark.parametrize(
+    "offline_token_config",
+    [
+        {
+            "backoff_base": 2.0,
+            "backoff_max": 4.0,
+            "backoff_jitter": 0.0,
+            "min_refresh_interval": 1.0,
+        }
+    ],
+    indirect=True,
+)
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -41,17 +72,32 @@ async def test_transient_fault_keeps_token_and_recovers(api, idp, offline_app, i
     transient_before = await metric(api, "offline_token_refresh_total", result="transient_error")
 
     injector.arm(mode)
+    sent = time.time()
     status, err = await api.post("tokens", token_id, "access-token")
+    asked = time.time()
     assert status == 503 and err["error"] == "provider_unavailable", err
-    retry_after = int(api.last_headers["Retry-After"])
-    assert retry_after >= (7 if mode == "429" else 10)
     assert injector.faults_served == 1
+    # Retry-After is the scheduler's next attempt: backoff (10 s +-10 %) or the provider's
+    # Retry-After (7 s for 429), never below min_refresh_interval (10 s).
+    state = offline_app.services.engine.scheduler.state(token_id)
+    assert state is not None and state.retry_count == 1
+    wait = state.next_attempt_at - asked
+    assert 10 - 1 <= wait <= 11
+    told = int(api.last_headers["Retry-After"])
+    assert math.ceil(wait) <= told <= math.ceil(state.next_attempt_at - sent)
+    assert err["message"].endswith(f"next attempt in {told} s"), err
 
     _, token = await api.get("tokens", token_id)
     assert token["status"] == "active"
     assert token["refresh_state"] == "retrying"
     assert token["health"]["level"] == "degraded"
     assert token["health"]["action"] == "wait"
+    detail = token["health"]["detail"]
+    assert detail.startswith("provider unreachable since "), detail
+    fault = detail[detail.index("(") + 1 : detail.rindex("), next try")]
+    assert "provider unavailable" not in detail and detail.count(fault) == 1, detail
+    assert token["last_error"] == fault  # the fault itself; health writes the sentence
+    assert re.search(r", next try in (9|10|11) s \(after 1 failed attempt\)$", detail), detail
     _, health = await api.get("health")
     assert health["level"] == "degraded" and health["counts"]["degraded"] == 1
     assert await metric(api, "offline_token_refresh_total", result="transient_error") == (
@@ -63,7 +109,7 @@ async def test_transient_fault_keeps_token_and_recovers(api, idp, offline_app, i
     assert status == 503 and injector.faults_served == 1
 
     injector.disarm()
-    broker._backoff_until.clear()  # as if min_refresh_interval had passed
+    offline_app.services.engine.scheduler.cancel(token_id)  # as if the retry were due
     status, access = await api.post("tokens", token_id, "access-token")
     assert status == 200, access
     info = await asyncio.to_thread(idp.userinfo, access["access_token"])
@@ -79,13 +125,19 @@ async def test_invalid_grant_after_revocation_at_provider(api, idp, offline_app,
     idp.revoke_account_grants("alice")
     status, err = await api.post("tokens", token_id, "access-token")
     assert status == 409 and err["error"] == "token_failed"
+    assert err["message"] == (
+        f"offline token {token_id} no longer works: "
+        "refresh token rejected by the provider (invalid_grant): request consent again"
+    )
     _, token = await api.get("tokens", token_id)
     assert token["status"] == "failed" and token["refresh_state"] == "failed"
     assert token["health"] == {
         **token["health"],
         "level": "unhealthy",
         "action": "request_consent",
+        "detail": "refresh token rejected by the provider (invalid_grant): request consent again",
     }
+    assert token["last_error"] == "invalid_grant"
     assert await metric(api, "offline_token_refresh_total", result="permanent_error") == (
         permanent_before + 1
     )
@@ -165,11 +217,16 @@ async def test_rejected_client_is_a_configuration_error(api, idp, offline_app):
         await broker.provider.aclose()
         broker.provider = good
     assert status == 409 and err["error"] == "token_failed"
-    assert "fix the client configuration" in err["message"]
+    assert err["message"] == (
+        f"offline token {token_id} no longer works: "
+        "the provider rejected the client (invalid_client): fix the client configuration"
+    )
     _, token = await api.get("tokens", token_id)
     assert token["status"] == "failed"
     assert token["health"]["action"] == "fix_configuration"
-    assert "invalid_client" in token["health"]["detail"]
+    assert token["health"]["detail"] == (
+        "the provider rejected the client (invalid_client): fix the client configuration"
+    )
 
 
 def _restart(offline_app):
@@ -246,3 +303,93 @@ async def test_concurrent_callers_on_a_failing_provider_make_one_attempt(
     assert injector.faults_served == 1
     _, token = await api.get("tokens", token_id)
     assert token["health"]["retry_count"] == 1
+
+
+@SHORT_BACKOFF
+async def test_backoff_below_ten_seconds_is_used_and_the_503_says_when(
+    api, idp, offline_app, injector
+):
+    """backoff_base 2 s: on-demand and background failures retry after 2 s then 4 s (no fixed
+    10 s hint), and every refused caller is told the time of the scheduler's next attempt."""
+    token_id = await grant(api, idp)
+    services = offline_app.services
+    scheduler = services.engine.scheduler
+    services.broker._cache.clear()
+    injector.arm("500")
+    status, err = await api.post("tokens", token_id, "access-token")
+    asked = time.time()
+    assert status == 503 and injector.faults_served == 1, err
+    state = scheduler.state(token_id)
+    assert state.retry_count == 1 and asked - 0.5 <= state.next_attempt_at - 2 <= asked
+    assert api.last_headers["Retry-After"] == "2"
+    assert err["message"].endswith("next attempt in 2 s"), err
+    _, token = await api.get("tokens", token_id)
+    assert token["refresh_state"] == "retrying" and token["health"]["retry_count"] == 1
+
+    # The background retry (the engine's loop) is the next attempt; it fails too: 4 s more.
+    await services.start_background()
+    await wait_for(lambda: injector.faults_served == 2)
+    failed_at = time.time()
+    await wait_for(lambda: scheduler.state(token_id).retry_count == 2)
+    state = scheduler.state(token_id)
+    assert failed_at - 0.5 <= state.next_attempt_at - 4 <= failed_at + 0.5
+    # A caller now is held back by that failure: no attempt, the true wait.
+    sent = time.time()
+    status, err = await api.post("tokens", token_id, "access-token")
+    assert status == 503 and injector.faults_served == 2, err
+    told = int(api.last_headers["Retry-After"])
+    assert math.ceil(state.next_attempt_at - time.time()) <= told
+    assert told <= math.ceil(state.next_attempt_at - sent)
+    _, token = await api.get("tokens", token_id)
+    assert token["health"]["retry_count"] == 2
+
+    # The provider recovers: the scheduler's retry refreshes, callers are served from cache.
+    injector.disarm()
+    await wait_for(lambda: services.broker.cached(token_id) is not None)
+    grants = idp.stats()["refresh_token_grants"]
+    status, access = await api.post("tokens", token_id, "access-token", body={"min_ttl": 0})
+    assert status == 200, access
+    assert idp.stats()["refresh_token_grants"] == grants
+    await wait_for(lambda: scheduler.state(token_id) is None)
+    _, token = await api.get("tokens", token_id)
+    assert token["refresh_state"] == "idle" and token["health"]["level"] == "healthy"
+
+
+async def test_burst_on_an_expired_token_reads_the_vault_once(api, idp, offline_app):
+    """Callers queue on the token's lock before any vault read: one read, one grant."""
+    token_id = await grant(api, idp)
+    broker = offline_app.services.broker
+    broker._cache.clear()  # as after a restart: the refresh token only in the vault
+    vault = broker.vault
+    reads: list[str] = []
+    get = vault.get
+
+    async def counting_get(token_id):  # passes through; counts
+        reads.append(token_id)
+        return await get(token_id)
+
+    vault.get = counting_get
+    grants = idp.stats()["refresh_token_grants"]
+    try:
+        results = await asyncio.gather(
+            *(api.post("tokens", token_id, "access-token") for _ in range(30))
+        )
+    finally:
+        vault.get = get
+    assert {status for status, _ in results} == {200}
+    assert len({body["access_token"] for _, body in results}) == 1
+    assert idp.stats()["refresh_token_grants"] == grants + 1
+    assert reads == [token_id]
+
+
+@pytest.mark.parametrize("multi_user", [True])
+async def test_a_burst_never_hands_the_token_to_another_user(api, idp, offline_app):
+    """Followers take the leader's result only if the cache entry's owner is theirs."""
+    alice, bob = api.as_user("alice"), api.as_user("bob")
+    token_id = await grant(alice, idp)
+    offline_app.services.broker._cache.clear()
+    calls = [alice.post("tokens", token_id, "access-token") for _ in range(5)]
+    calls += [bob.post("tokens", token_id, "access-token") for _ in range(5)]
+    results = await asyncio.gather(*calls)
+    assert [status for status, _ in results] == [200] * 5 + [404] * 5
+    assert all("access_token" not in str(body) for _, body in results[5:])

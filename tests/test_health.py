@@ -183,3 +183,21 @@ def test_level_counts_lists_every_level():
     }
     with pytest.raises(ValueError):
         level_counts(["nope"])
+
+
+def test_failed_detail_is_composed_once_around_the_stored_code():
+    """The broker stores the provider's code; health writes the sentence, and tells a client
+    problem from a dead grant by that code (not by searching a message)."""
+    grant = health(status="failed", refresh_state="failed", last_error="invalid_grant")
+    assert grant["detail"] == (
+        "refresh token rejected by the provider (invalid_grant): request consent again"
+    )
+    client = health(status="failed", refresh_state="failed", last_error="unauthorized_client")
+    assert (client["action"], client["detail"]) == (
+        "fix_configuration",
+        "the provider rejected the client (unauthorized_client): fix the client configuration",
+    )
+    decrypt = health(
+        status="failed", refresh_state="failed", last_error="cannot decrypt: wrong key or tampered"
+    )
+    assert decrypt["action"] == "fix_configuration" and "encryption_keys" in decrypt["detail"]

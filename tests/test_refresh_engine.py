@@ -8,10 +8,17 @@ expiry so callers are served from the cache, and warm entries resume after a res
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
-from conftest import grant, metric
+from conftest import TEST_KEY, grant, metric
+from fake_clock import FakeClock, run_async
+
+from jupyter_offline_token.broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
+from jupyter_offline_token.refresh import BackoffPolicy
+from jupyter_offline_token.refresh_engine import RefreshEngine
+from jupyter_offline_token.vault import Vault
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -147,3 +154,90 @@ async def test_consent_with_keep_warm_is_warm_from_activation(api, idp_short_ttl
     assert state is not None and state.refresh_state == "scheduled"
     # Proactive: scheduled before the access token from the consent expires.
     assert state.next_attempt_at < offline_app.services.broker.cached(token_id).expires_at
+
+
+# --- the proactive schedule, on a fake clock (no provider, no server) --------------------------
+
+TOKEN = "5b0c1f9e-4c1a-4e8e-9d0f-1a2b3c4d5e6f"
+
+
+def engine_on(clock: FakeClock, tmp_path, **kwargs) -> RefreshEngine:
+    vault = Vault(tmp_path / "vault.db", encryption_keys=[TEST_KEY])
+    broker = TokenBroker(vault, None, None, clock=clock.time)
+    return RefreshEngine(broker, clock=clock, backoff=BackoffPolicy(jitter=0), **kwargs)
+
+
+def cache_token(engine: RefreshEngine, clock: FakeClock, lifetime: float) -> None:
+    engine.broker._cache[TOKEN] = AccessToken(
+        access_token="at",
+        token_type="Bearer",
+        expires_at=clock.time() + lifetime,
+        scope=None,
+        obtained_at=clock.monotonic(),
+        owner="alice",
+    )
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "refresh_after"),
+    [
+        (60, 30),  # 0.8 would leave 12 s: refreshed when 30 s (the default min_ttl) are left
+        (300, 240),  # 0.8 already leaves 60 s
+        (35, 28),  # 30 s left would mean a refresh every 5 s (< min_refresh_interval): 0.8
+        (3, 2.4),  # far too short for 30 s: the margin alone
+    ],
+)
+@run_async
+async def test_proactive_refresh_leaves_the_default_min_ttl_when_it_can(
+    tmp_path, lifetime, refresh_after
+):
+    clock = FakeClock()
+    engine = engine_on(clock, tmp_path, refresh_margin=0.8, min_refresh_interval=10)
+    cache_token(engine, clock, lifetime)
+    engine.task_started(TOKEN)
+    due = engine.scheduler.state(TOKEN).next_attempt_at
+    assert due == pytest.approx(clock.time() + refresh_after)
+    if lifetime >= DEFAULT_MIN_TTL + 10:
+        assert engine.broker.cached(TOKEN).expires_at - due >= DEFAULT_MIN_TTL
+    else:
+        assert engine.broker.cached(TOKEN).expires_at - due < DEFAULT_MIN_TTL
+
+
+@run_async
+async def test_an_access_token_request_notices_a_wake_at_once(tmp_path, caplog):
+    clock = FakeClock()
+    engine = engine_on(clock, tmp_path)
+    cache_token(engine, clock, 300)
+    engine.task_started(TOKEN)
+    await engine.scheduler.start()
+    try:
+        await clock.advance(0.5)
+        clock.jump_wall(7200)  # the laptop slept; the loop's sleep has not ended
+        cache_token(engine, clock, 300)  # a cache hit: the check runs before it
+        caplog.set_level(logging.INFO, logger="jupyter_offline_token.refresh")
+        token = await engine.broker.get_access_token("alice", TOKEN, min_ttl=0)
+        assert token.access_token == "at"
+        jumps = [r.getMessage() for r in caplog.records if "clock jumped" in r.getMessage()]
+        assert jumps == ["clock jumped by +7200 s (suspend/resume?): re-evaluating 1 schedules"]
+    finally:
+        await engine.scheduler.stop(timeout=0)
+
+
+async def test_engine_log_lines_reach_the_server_log(jp_serverapp, offline_app):
+    """The package's loggers have no handler of their own: their lines must reach the server's
+    log handlers (INFO included), not only the root logger."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    jp_serverapp.log.addHandler(keep)
+    try:
+        await offline_app._start_jupyter_server_extension(jp_serverapp)
+    finally:
+        jp_serverapp.log.removeHandler(keep)
+    started = [r for r in seen if r.getMessage().startswith("refresh engine started")]
+    assert len(started) == 1
+    assert (started[0].name, started[0].levelname) == ("jupyter_offline_token.refresh", "INFO")

@@ -356,7 +356,7 @@ async def test_schedule_replaces_the_earlier_entry(make_scheduler, clock):
 @scheduler_test
 async def test_earlier_schedule_wakes_the_sleeping_loop(make_scheduler, clock):
     provider = Provider(clock, lambda t, n: ok())
-    sched = make_scheduler(provider, max_sleep=30)
+    sched = make_scheduler(provider, max_sleep=30, clock_check_interval=30)
     sched.schedule("far", T0 + 3600)
     await sched.start()
     await clock.settle()
@@ -495,17 +495,50 @@ async def test_wall_clock_jump_runs_overdue_entries_on_the_next_check(
     make_scheduler, clock, caplog
 ):
     provider = Provider(clock, lambda t, n: ok())
-    sched = make_scheduler(provider, max_sleep=30, wake_threshold=60)
+    sched = make_scheduler(provider, max_sleep=30, wake_threshold=60, clock_check_interval=30)
     sched.schedule("t1", T0 + 3600)
     await sched.start()
     await clock.advance(10)
     caplog.set_level(logging.INFO, logger="jupyter_offline_token.refresh")
     clock.jump_wall(7200)  # laptop slept 2 h: monotonic time did not move
-    await clock.advance(20)  # the loop's next check (max_sleep), not an hour
+    await clock.advance(20)  # the loop's next check (clock_check_interval), not an hour
     assert [wall for _, _, wall, _ in provider.calls] == [T0 + 7230]
     assert clock.monotonic() == 1_030.0
     jumps = [r.getMessage() for r in caplog.records if "clock jumped" in r.getMessage()]
     assert jumps == ["clock jumped by +7200 s (suspend/resume?): re-evaluating 1 schedules"]
+
+
+@scheduler_test
+async def test_wall_clock_jump_is_seen_within_a_second_by_default(make_scheduler, clock, caplog):
+    """asyncio sleeps stop in suspend: the 30 s sleep is cut in cheap 1 s clock checks."""
+    provider = Provider(clock, lambda t, n: ok())
+    sched = make_scheduler(provider)  # max_sleep 30, clock_check_interval 1
+    sched.schedule("t1", T0 + 3600)
+    await sched.start()
+    await clock.advance(10.5)
+    caplog.set_level(logging.INFO, logger="jupyter_offline_token.refresh")
+    clock.jump_wall(7200)
+    await clock.advance(0.5)  # the next clock check, not the end of the 30 s sleep
+    assert [wall for _, _, wall, _ in provider.calls] == [T0 + 7211]
+    assert any("clock jumped by +7200 s" in r.getMessage() for r in caplog.records)
+    assert clock.pending_sleeps == 1  # still one sleep at a time
+
+
+@scheduler_test
+async def test_check_clock_runs_overdue_entries_at_once(make_scheduler, clock, caplog):
+    """Entry points (an access-token request, the engine's hooks) call check_clock()."""
+    provider = Provider(clock, lambda t, n: ok())
+    sched = make_scheduler(provider, clock_check_interval=30)
+    sched.schedule("t1", T0 + 3600)
+    await sched.start()
+    await clock.advance(10)
+    clock.jump_wall(7200)
+    caplog.set_level(logging.INFO, logger="jupyter_offline_token.refresh")
+    sched.check_clock()
+    await clock.settle()  # no time passes
+    assert [wall for _, _, wall, _ in provider.calls] == [T0 + 7210]
+    jumps = [r.getMessage() for r in caplog.records if "clock jumped" in r.getMessage()]
+    assert len(jumps) == 1  # the loop does not log the same jump again
 
 
 @scheduler_test
@@ -803,20 +836,65 @@ async def test_report_transient_counts_an_on_demand_failure(make_scheduler, cloc
 
 
 @scheduler_test
-async def test_report_transient_is_ignored_while_an_attempt_runs(make_scheduler, clock):
+async def test_report_transient_while_an_attempt_waits_defers_it(make_scheduler, clock):
+    """An on-demand failure while the scheduler's attempt waits (behind the broker's lock): the
+    failure is counted once, and the waiting attempt comes back deferred to the backoff's time
+    (the broker asks retry_wait), instead of trying the failing provider again at once."""
     release = asyncio.Event()
+    calls: list[float] = []
 
     async def refresh(token_id: str, reason: str) -> RefreshOutcome:
-        await release.wait()
+        calls.append(clock.monotonic())
+        if len(calls) == 1:
+            await release.wait()
+            if sched.retry_wait(token_id) > 0:  # what the broker does under its lock
+                return RefreshOutcome("deferred")
         return ok(None)
 
     sched = make_scheduler(refresh)
     sched.schedule("t1", T0)
     await sched.start()
     await clock.settle()
-    assert await sched.report_transient("t1", "HTTP 503") is None
-    assert sched.state("t1").retry_count == 0
+    st = await sched.report_transient("t1", "HTTP 503")
+    assert st is not None and st.retry_count == 1 and st.next_attempt_at == T0 + 10
+    assert sched.retry_wait("t1") == 10
     release.set()
     await clock.settle()
+    st = sched.state("t1")
+    assert (st.refresh_state, st.retry_count, st.next_attempt_at) == ("retrying", 1, T0 + 10)
+    await clock.advance(10)
+    assert calls == [1_000.0, 1_010.0]
+    assert sched.state("t1") is None and sched.retry_wait("t1") == 0
     with pytest.raises(ValueError):
         await sched.report_transient("")
+
+
+@scheduler_test
+async def test_retry_wait_is_the_time_of_the_next_background_attempt(make_scheduler, clock):
+    provider = Provider(clock, lambda t, n: transient() if n == 1 else ok())
+    sched = make_scheduler(
+        provider, backoff=BackoffPolicy(base=2, cap=4, jitter=0), min_refresh_interval=1
+    )
+    assert sched.retry_wait("t1") == 0  # never failed: try now
+    sched.schedule("t1", T0)
+    await sched.run_due()
+    assert sched.state("t1").next_attempt_at == T0 + 2  # the policy's 2 s, not 10
+    assert sched.retry_wait("t1") == 2
+    await clock.advance(1.5)
+    assert sched.retry_wait("t1") == 0.5
+    await clock.advance(0.5)
+    assert await sched.run_due() == 1
+    assert sched.retry_wait("t1") == 0
+
+
+@scheduler_test
+async def test_an_on_demand_attempt_counts_for_the_rate_limit(make_scheduler, clock):
+    provider = Provider(clock, lambda t, n: ok())
+    sched = make_scheduler(provider, min_refresh_interval=10)
+    sched.attempt_started("t1")  # the broker went to the provider for a caller
+    sched.schedule("t1", T0 + 2)
+    assert sched.state("t1").next_attempt_at == T0 + 10
+    await clock.advance(2)
+    assert await sched.run_due() == 0
+    await clock.advance(8)
+    assert await sched.run_due() == 1
