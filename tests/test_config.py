@@ -6,6 +6,7 @@ import base64
 
 import pytest
 from traitlets import TraitError
+from traitlets.config import Config
 
 from jupyter_offline_token.app import OfflineTokenApp
 from jupyter_offline_token.broker import AccessToken, ProviderSettings
@@ -87,6 +88,37 @@ def test_reprs_hold_no_secret():
 
 
 def test_bad_environment_values_are_refused_too(monkeypatch):
+    # Recorded as a bad setting (the server then answers 503 naming it), not raised mid-start.
     monkeypatch.setenv("JUPYTER_OFFLINE_TOKEN_KEYS", "not-a-key")
-    with pytest.raises(TraitError, match="JUPYTER_OFFLINE_TOKEN_KEYS"):
-        _ = OfflineTokenApp().encryption_keys
+    monkeypatch.setenv("JUPYTER_OFFLINE_TOKEN_ISSUER", "ftp://idp")
+    app = OfflineTokenApp()
+    problems = app.check_settings()
+    assert len(problems) == 2
+    assert app.start_error is not None
+    assert "JUPYTER_OFFLINE_TOKEN_KEYS" in app.start_error
+    assert "OfflineTokenApp.issuer" in app.start_error
+    assert "JUPYTER_OFFLINE_TOKEN_ISSUER" in app.start_error
+    assert "not-a-key" not in app.start_error
+    assert app.encryption_keys == [] and app.issuer == ""
+
+
+def test_one_bad_setting_in_config_keeps_the_others():
+    config = Config(
+        {
+            "OfflineTokenApp": {
+                "issuer": "https://idp.example.org",
+                "client_id": "jupyter",
+                "encryption_keys": ["not-a-key"],
+                "http_timeout": "soon",
+                "client_secret": 12345,
+            }
+        }
+    )
+    app = OfflineTokenApp(config=config)
+    problems = app.check_settings()
+    assert app.issuer == "https://idp.example.org" and app.client_id == "jupyter"
+    assert app.encryption_keys == [] and app.http_timeout == 15.0
+    names = ["OfflineTokenApp.encryption_keys", "OfflineTokenApp.http_timeout", "client_secret"]
+    for name in names:
+        assert any(name in problem for problem in problems), (name, problems)
+    assert "12345" not in " ".join(problems)  # a secret's bad value is never echoed
