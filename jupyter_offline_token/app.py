@@ -87,7 +87,8 @@ class OfflineTokenApp(ExtensionApp):
         config=True,
         help="""Client secret of a confidential client. Empty (the default) means a public client
         that relies on PKCE alone. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET. Prefer
-        client_secret_file: a value set inline in a config file reaches the log at --debug.""",
+        client_secret_file or the environment: a value set inline sits in clear in the config
+        file, and in any log that prints the config.""",
     )
     client_secret_file = Unicode(
         "",
@@ -138,8 +139,9 @@ class OfflineTokenApp(ExtensionApp):
         decrypt: to rotate, put a new key first and keep the old ones until every entry has
         been refreshed. Empty (the default) uses a key file generated next to the vault
         (vault.key, mode 0600). Default: $JUPYTER_OFFLINE_TOKEN_KEYS (';'-separated).
-        Generate one with: jupyter-offline-token generate-key. Prefer encryption_keys_file: a
-        value set inline in a config file reaches the log at --debug.""",
+        Generate one with: jupyter-offline-token generate-key. Prefer encryption_keys_file or
+        the environment: a value set inline sits in clear in the config file, and in any log
+        that prints the config.""",
     )
     encryption_keys_file = Unicode(
         "",
@@ -459,9 +461,9 @@ class OfflineTokenApp(ExtensionApp):
         return keys
 
     def _warn_inline_secrets(self) -> None:
-        """A secret in the config (a file or the command line) is printed by traitlets at
-        --debug ("Config changed: ...") and readable by whoever reads the file: say so, and
-        what to use instead. The value never appears here."""
+        """A secret in the config (a file or the command line) is readable by whoever reads
+        the file or the process list, and traitlets logs a changed config at debug level
+        ("Config changed: ..."): say so, and what to use instead. Never the value."""
         section = self.config.get(type(self).__name__)
         if not isinstance(section, dict):
             return
@@ -469,9 +471,9 @@ class OfflineTokenApp(ExtensionApp):
             if section.get(name):
                 self.log.warning(
                     "OfflineTokenApp.%s is set inline in the Jupyter config (a config file or "
-                    "the command line): it can reach the log (--debug prints the config) and "
-                    "anyone who reads that file. Use OfflineTokenApp.%s or $%s (a file "
-                    "readable by this user only), or $%s.",
+                    "the command line): it sits in clear there and in any log that prints the "
+                    "config (traitlets does at debug level). Use OfflineTokenApp.%s or $%s (a "
+                    "file readable by this user only), or $%s.",
                     name,
                     file_setting,
                     ENVIRONMENT[file_setting],

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from jupyter_offline_token.app import OfflineTokenApp
+from jupyter_offline_token import cli
+from jupyter_offline_token.app import ENVIRONMENT, OfflineTokenApp
 from jupyter_offline_token.broker import AccessToken, ProviderSettings
 from jupyter_offline_token.models import ConsentSecrets
 from jupyter_offline_token.oidc import ProviderClient, TokenResponse
@@ -237,3 +242,34 @@ def test_inline_secret_in_config_warns_without_the_value():
     assert "OfflineTokenApp.client_secret is set inline" in records.lines[0]
     assert "client_secret_file" in records.lines[0]
     assert "inline-config-secret" not in records.lines[0]
+
+
+def test_settings_reference_lists_every_setting(capsys):
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    for name, trait in OfflineTokenApp.class_own_traits(config=True).items():
+        assert f"--OfflineTokenApp.{name}=" in out, name
+        assert " ".join(trait.help.split()[:4]) in " ".join(out.split()), name
+    for env in ENVIRONMENT.values():
+        assert f"Environment: ${env}" in out
+    assert cli.main(["--help-all"]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_jupyter_offline_token_help_all_through_the_jupyter_command():
+    """The command the README documents, through jupyter's subcommand dispatch."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "jupyter-offline-token").exists():
+        pytest.skip("the package's console script is not installed in this environment")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(
+        [str(bin_dir / "jupyter"), "offline-token", "--help-all"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--OfflineTokenApp.client_secret_file=<Unicode>" in done.stdout
+    assert "$JUPYTER_OFFLINE_TOKEN_KEYS_FILE" in done.stdout
