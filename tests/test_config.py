@@ -273,3 +273,19 @@ def test_jupyter_offline_token_help_all_through_the_jupyter_command():
     assert done.returncode == 0, done.stderr
     assert "--OfflineTokenApp.client_secret_file=<Unicode>" in done.stdout
     assert "$JUPYTER_OFFLINE_TOKEN_KEYS_FILE" in done.stdout
+
+
+def test_server_owner_is_looked_up_once(monkeypatch):
+    """getpass.getuser() reads the passwd database when $USER is unset: not per request."""
+    from jupyter_offline_token import app as app_module
+
+    calls: list[int] = []
+
+    def getuser() -> str:
+        calls.append(1)
+        return "researcher"
+
+    monkeypatch.setattr(app_module.getpass, "getuser", getuser)
+    app = OfflineTokenApp(owner_scope="server")
+    assert [app.owner_of(f"anonymous-{n}") for n in range(3)] == ["researcher"] * 3
+    assert len(calls) == 1
