@@ -334,7 +334,10 @@ class OfflineTokenApp(ExtensionApp):
         except Exception:  # noqa: S110 - retried setting by setting below, errors recorded there
             pass
         section = type(self).__name__
+        known = self.traits(config=True) if traits is None else traits
         for name, value in self._find_my_config(cfg).items():
+            if name not in known:
+                continue  # not a setting: the batch above already warned about it
             try:
                 super()._load_config(
                     Config({section: {name: value}}), section_names=section_names, traits=traits

@@ -523,7 +523,7 @@ class TokenBroker:
             )
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
-        metrics.access_token_requests_total.labels(source="cache").inc()
+        metrics.access_from_cache.inc()
         if self.on_cache_hit is not None:
             self.on_cache_hit(token_id)
         return cached
