@@ -45,6 +45,7 @@ def _routes() -> list[tuple[str, tuple[str, ...], dict]]:
         ("POST", ("tasks", "t1", "execute"), {}),
         ("POST", ("tasks", "t1", "cancel"), {}),
         ("GET", ("tasks", "t1", "log"), {}),
+        ("GET", ("tasks", "t1", "events"), {}),
     ]
 
 
@@ -59,6 +60,14 @@ async def assert_every_route_503(api, named: str, secret: str) -> None:
         "GET", "offline-token", "callback", params={"state": "s", "code": "c"}
     )
     assert status == 503 and named in page
+    # A task process's credential (resolved in prepare) gets the same answer.
+    status, err = await api.patch(
+        "tasks",
+        "t1",
+        headers={"Authorization": "OfflineTokenTask some-credential"},
+        body={"progress": 1},
+    )
+    assert status == 503 and named in err["message"], err
 
 
 class TestMalformedKeyInConfig:
