@@ -1,5 +1,6 @@
 """Benchmark 1: cached access-token requests per second through the REST endpoint, against a
-bare authenticated APIHandler answering constant JSON on the same server (target >= 0.8).
+bare authenticated APIHandler answering constant JSON on the same server (target >= 0.8; server
+CPU per request: capacity ratio >= 0.9).
 
 One real ``jupyter server`` subprocess hosts both routes (the baseline comes from
 ``bench.baseline_ext``). Load: 2 client processes, each an httpx AsyncClient with 8 closed-loop
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +36,8 @@ from .harness import (
 )
 
 TARGET_RATIO = 0.8
+# Issue 9: server CPU per cached request within 0.9x of the constant handler's (capacity ratio).
+CAPACITY_TARGET = 0.9
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Tally:
     server_cpu: float = 0.0
     latencies: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
+    round_cpu: list[float] = field(default_factory=list)  # server CPU per request, per round
 
     @property
     def server_cpu_per_request(self) -> float:
@@ -145,6 +150,7 @@ async def _measure(
     tally.elapsed += elapsed
     tally.client_cpu += sum(r[4] for r in results)
     tally.server_cpu += server_cpu
+    tally.round_cpu.append(server_cpu / count if count else float("nan"))
     for r in results:
         tally.latencies.extend(r[2])
     tally.rates.append(count / elapsed)
@@ -232,6 +238,12 @@ async def _run_rounds(
             f"server CPU per request {tally.server_cpu_per_request * 1e6:5.0f} us"
         )
     print(f"  refresh grants at the provider during the rounds: {grants} (expected 0: all cached)")
+    # Per adjacent pair of rounds: on a shared machine single rounds swing; the spread shows it.
+    pairs = [b / t for b, t in zip(baseline.round_cpu, target.round_cpu, strict=True)]
+    print(
+        f"  capacity ratio per round pair: {' '.join(f'{p:.2f}' for p in pairs)} "
+        f"(median {statistics.median(pairs):.2f})"
+    )
     ratio = target.rate / baseline.rate
     check("cached access-token req/s / baseline req/s", ratio, TARGET_RATIO, at_most=False)
     # When the load generator saturates before the server does, req/s understates the gap;
@@ -240,6 +252,6 @@ async def _run_rounds(
     check(
         "server capacity ratio (baseline / target server CPU per request)",
         capacity,
-        TARGET_RATIO,
+        CAPACITY_TARGET,
         at_most=False,
     )

@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import ipaddress
 import os
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Enum, Float, Int, List, Unicode, default, validate
+from traitlets.config import Config
 from traitlets.traitlets import TraitError
 
 from . import __version__
@@ -30,6 +32,19 @@ from .tasks import install as install_tasks
 from .vault import Vault
 
 HERE = Path(__file__).parent
+
+# Settings an admin may give through the environment (read by the @default methods below).
+ENVIRONMENT = {
+    "issuer": "JUPYTER_OFFLINE_TOKEN_ISSUER",
+    "client_id": "JUPYTER_OFFLINE_TOKEN_CLIENT_ID",
+    "client_secret": "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET",
+    "client_secret_file": "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET_FILE",
+    "redirect_uri": "JUPYTER_OFFLINE_TOKEN_REDIRECT_URI",
+    "encryption_keys": "JUPYTER_OFFLINE_TOKEN_KEYS",
+    "encryption_keys_file": "JUPYTER_OFFLINE_TOKEN_KEYS_FILE",
+}
+# Settings whose value is a secret: never echoed, and a warning when set inline in the config.
+SECRET_SETTINGS = {"client_secret": "client_secret_file", "encryption_keys": "encryption_keys_file"}
 
 
 def _env_list(name: str) -> list[str]:
@@ -74,7 +89,18 @@ class OfflineTokenApp(ExtensionApp):
         "",
         config=True,
         help="""Client secret of a confidential client. Empty (the default) means a public client
-        that relies on PKCE alone. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET.""",
+        that relies on PKCE alone. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET. Prefer
+        client_secret_file or the environment: a value set inline sits in clear in the config
+        file, and in any log that prints the config.""",
+    )
+    client_secret_file = Unicode(
+        "",
+        config=True,
+        help="""Path of a file holding the client secret (surrounding whitespace ignored), read
+        once at start. Use it instead of client_secret so the secret never appears in a config
+        file or a log; the file should be readable by the server's user only (mode 600).
+        A missing, unreadable or empty file disables the extension with a message naming this
+        setting. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET_FILE.""",
     )
     token_endpoint_auth_method = Enum(
         ["client_secret_basic", "client_secret_post", "none"],
@@ -119,7 +145,19 @@ class OfflineTokenApp(ExtensionApp):
         decrypt: to rotate, put a new key first and keep the old ones until every entry has
         been refreshed. Empty (the default) uses a key file generated next to the vault
         (vault.key, mode 0600). Default: $JUPYTER_OFFLINE_TOKEN_KEYS (';'-separated).
-        Generate one with: jupyter-offline-token generate-key""",
+        Generate one with: jupyter-offline-token generate-key. Prefer encryption_keys_file or
+        the environment: a value set inline sits in clear in the config file, and in any log
+        that prints the config.""",
+    )
+    encryption_keys_file = Unicode(
+        "",
+        config=True,
+        help="""Path of a file holding the encryption keys, one per line (first encrypts, all
+        decrypt; blank lines and lines starting with # are ignored), read once at start. Use it
+        instead of encryption_keys so no key appears in a config file or a log; the file should
+        be readable by the server's user only (mode 600). A missing, unreadable or empty file,
+        or a malformed key, disables the extension with a message naming this setting.
+        Default: $JUPYTER_OFFLINE_TOKEN_KEYS_FILE.""",
     )
     consent_timeout = Float(
         600.0,
@@ -241,43 +279,238 @@ class OfflineTokenApp(ExtensionApp):
         not stop a server whose tasks run. Default: 60.""",
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Bad settings found while loading config, by setting name; each message names it.
+        self._setting_errors: dict[str, str] = {}
+        self._start_failure: str | None = None
+        self._client_secret_value = ""
+        self._encryption_keys_value: list[str] = []
+        self._server_owner: str | None = None
+        self.services: Services | None = None
+        super().__init__(**kwargs)
+
     # --- defaults from the environment -----------------------------------------------------------
     # traitlets does not run @validate on @default values: environment values go through the
-    # same checks explicitly, so a bad $JUPYTER_OFFLINE_TOKEN_KEYS fails at start as config does.
-    def _from_env(self, name: str, raw: Any) -> Any:
+    # same checks explicitly. A bad value is recorded as a bad setting (the extension then
+    # serves 503 naming it) and the setting falls back to empty, so nothing raises mid-start.
+    def _from_env(self, name: str, raw: Any, empty: Any) -> Any:
         checks = {
             "issuer": self._check_issuer,
             "redirect_uri": self._check_redirect_uri,
             "encryption_keys": self._check_keys,
         }
         check = checks.get(name)
-        return check({"value": raw, "trait": self.traits()[name]}) if check else raw
+        if check is None:
+            return raw
+        try:
+            return check({"value": raw, "trait": self.traits()[name]})
+        except TraitError as exc:
+            message = str(exc)
+            if ENVIRONMENT[name] not in message:
+                message += f" (set by ${ENVIRONMENT[name]})"
+            self._setting_errors[name] = message
+            return empty
 
     @default("issuer")
     def _issuer_default(self) -> str:
-        return str(self._from_env("issuer", os.environ.get("JUPYTER_OFFLINE_TOKEN_ISSUER", "")))
+        return str(self._from_env("issuer", os.environ.get(ENVIRONMENT["issuer"], ""), ""))
 
     @default("client_id")
     def _client_id_default(self) -> str:
-        return os.environ.get("JUPYTER_OFFLINE_TOKEN_CLIENT_ID", "")
+        return os.environ.get(ENVIRONMENT["client_id"], "")
 
     @default("client_secret")
     def _client_secret_default(self) -> str:
-        return os.environ.get("JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET", "")
+        return os.environ.get(ENVIRONMENT["client_secret"], "")
+
+    @default("client_secret_file")
+    def _client_secret_file_default(self) -> str:
+        return os.environ.get(ENVIRONMENT["client_secret_file"], "")
 
     @default("redirect_uri")
     def _redirect_uri_default(self) -> str:
-        raw = os.environ.get("JUPYTER_OFFLINE_TOKEN_REDIRECT_URI", "")
-        return str(self._from_env("redirect_uri", raw))
+        raw = os.environ.get(ENVIRONMENT["redirect_uri"], "")
+        return str(self._from_env("redirect_uri", raw, ""))
 
     @default("encryption_keys")
     def _encryption_keys_default(self) -> list[str]:
-        keys: list[str] = self._from_env("encryption_keys", _env_list("JUPYTER_OFFLINE_TOKEN_KEYS"))
+        raw = _env_list(ENVIRONMENT["encryption_keys"])
+        keys: list[str] = self._from_env("encryption_keys", raw, [])
         return keys
+
+    @default("encryption_keys_file")
+    def _encryption_keys_file_default(self) -> str:
+        return os.environ.get(ENVIRONMENT["encryption_keys_file"], "")
 
     @default("vault_path")
     def _vault_path_default(self) -> str:
         return str(Path(jupyter_data_dir()) / "offline_token" / "vault.db")
+
+    # --- loading config ---------------------------------------------------------------------------
+    def _load_config(
+        self, cfg: Config, section_names: list[str] | None = None, traits: Any = None
+    ) -> None:
+        """Load config; one bad setting must not drop the others.
+
+        traitlets applies a config section in one batch and rolls the whole batch back when one
+        value fails validation, so a malformed key would also unset issuer and client_id. On a
+        failure the settings are applied one at a time instead: the good ones stick, each bad
+        one is recorded (``start_error`` names it) and keeps its default.
+        """
+        try:
+            super()._load_config(cfg, section_names=section_names, traits=traits)
+            return
+        except Exception:  # noqa: S110 - retried setting by setting below, errors recorded there
+            pass
+        section = type(self).__name__
+        known = self.traits(config=True) if traits is None else traits
+        for name, value in self._find_my_config(cfg).items():
+            if name not in known:
+                continue  # not a setting: the batch above already warned about it
+            try:
+                super()._load_config(
+                    Config({section: {name: value}}), section_names=section_names, traits=traits
+                )
+            except Exception as exc:
+                self._setting_errors[name] = self._describe_bad_setting(name, exc)
+                self._trait_values.pop(name, None)  # back to its default
+
+    def _describe_bad_setting(self, name: str, exc: BaseException) -> str:
+        """The error for one bad setting, naming it; a secret's value is never echoed (our own
+        validators never echo it; traitlets' type errors do)."""
+        text = str(exc)
+        ours = text.startswith(f"OfflineTokenApp.{name}")
+        if name in SECRET_SETTINGS and not ours:
+            return f"OfflineTokenApp.{name} has a value of the wrong type (not shown: a secret)"
+        return text if ours else f"OfflineTokenApp.{name}: {text}"
+
+    def check_settings(self) -> list[str]:
+        """Read every setting once (environment defaults included), run the checks that span
+        several settings, read the secret files, and warn about secrets set inline. Returns
+        the problems found, each naming its setting (``start_error`` joins them)."""
+        for name in self.class_own_traits(config=True):
+            try:
+                getattr(self, name)
+            except Exception as exc:
+                self._setting_errors.setdefault(name, self._describe_bad_setting(name, exc))
+        bad = self._setting_errors
+        if "backoff_base" not in bad and "backoff_max" not in bad:
+            if self.backoff_max < self.backoff_base:
+                bad["backoff_max"] = (
+                    f"OfflineTokenApp.backoff_max ({self.backoff_max:g}) must be >= "
+                    f"OfflineTokenApp.backoff_base ({self.backoff_base:g})"
+                )
+        self._read_secret_settings()
+        self._warn_inline_secrets()
+        return list(bad.values())
+
+    @property
+    def start_error(self) -> str | None:
+        """Why the extension is off (bad settings, or a part that failed to start), or None.
+        The API answers every route with 503 and this text."""
+        if self._setting_errors:
+            return (
+                "offline access is off because of the server configuration: "
+                + "; ".join(self._setting_errors.values())
+                + ". Fix it and restart the Jupyter server."
+            )
+        return self._start_failure
+
+    # --- secrets from files --------------------------------------------------------------------
+    def _read_secret_settings(self) -> None:
+        """Resolve client_secret / encryption_keys from their inline or file settings."""
+        for name, file_setting in SECRET_SETTINGS.items():
+            if name in self._setting_errors or file_setting in self._setting_errors:
+                continue
+            path = getattr(self, file_setting)
+            inline = getattr(self, name)
+            if not path:
+                if name == "client_secret":
+                    self._client_secret_value = inline
+                else:
+                    self._encryption_keys_value = list(inline)
+                continue
+            if inline:
+                self._setting_errors[file_setting] = (
+                    f"{_described(file_setting)} and {_described(name)} are both set: keep only one"
+                )
+                continue
+            text = self._read_secret_file(file_setting, path)
+            if text is None:
+                continue
+            if name == "client_secret":
+                self._client_secret_value = text.strip()
+            else:
+                self._encryption_keys_value = self._keys_from_file(file_setting, path, text)
+
+    def _read_secret_file(self, setting: str, raw_path: str) -> str | None:
+        """The file's text, or None after recording why it cannot be used. Never logs it."""
+        path = Path(raw_path).expanduser()
+        where = _described(setting)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self._setting_errors[setting] = f"{where}: the file {path} does not exist"
+            return None
+        except UnicodeDecodeError:
+            self._setting_errors[setting] = f"{where}: the file {path} is not UTF-8 text"
+            return None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            self._setting_errors[setting] = f"{where}: cannot read the file {path} ({reason})"
+            return None
+        if not text.strip():
+            self._setting_errors[setting] = f"{where}: the file {path} is empty"
+            return None
+        if mode & 0o077:
+            self.log.warning(
+                "%s: the file %s is readable by other users (mode %03o); "
+                "restrict it to the server's user: chmod 600 %s",
+                where,
+                path,
+                mode,
+                path,
+            )
+        return text
+
+    def _keys_from_file(self, setting: str, path: str, text: str) -> list[str]:
+        keys: list[str] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            key = line.strip()
+            if not key or key.startswith("#"):
+                continue
+            if not _is_32_byte_key(key):
+                self._setting_errors[setting] = (
+                    f"{_described(setting)}: line {number} of {path} is not a "
+                    "base64url-encoded 32-byte key; generate one with "
+                    "`jupyter-offline-token generate-key`"
+                )
+                return []
+            keys.append(key)
+        if not keys:
+            self._setting_errors[setting] = f"{_described(setting)}: the file {path} has no key"
+        return keys
+
+    def _warn_inline_secrets(self) -> None:
+        """A secret in the config (a file or the command line) is readable by whoever reads
+        the file or the process list, and traitlets logs a changed config at debug level
+        ("Config changed: ..."): say so, and what to use instead. Never the value."""
+        section = self.config.get(type(self).__name__)
+        if not isinstance(section, dict):
+            return
+        for name, file_setting in SECRET_SETTINGS.items():
+            if section.get(name):
+                self.log.warning(
+                    "OfflineTokenApp.%s is set inline in the Jupyter config (a config file or "
+                    "the command line): it sits in clear there and in any log that prints the "
+                    "config (traitlets does at debug level). Use OfflineTokenApp.%s or $%s (a "
+                    "file readable by this user only), or $%s.",
+                    name,
+                    file_setting,
+                    ENVIRONMENT[file_setting],
+                    ENVIRONMENT[name],
+                )
 
     # --- validation ----------------------------------------------------------------------------
     @validate("issuer")
@@ -378,31 +611,29 @@ class OfflineTokenApp(ExtensionApp):
     # --- wiring --------------------------------------------------------------------------------
     def not_configured_message(self) -> str:
         missing = [name for name in ("issuer", "client_id") if not getattr(self, name)]
-        env = {
-            "issuer": "JUPYTER_OFFLINE_TOKEN_ISSUER",
-            "client_id": "JUPYTER_OFFLINE_TOKEN_CLIENT_ID",
-        }
         return (
             "offline access is not configured: set "
-            + " and ".join(f"c.OfflineTokenApp.{n} (or ${env[n]})" for n in missing)
+            + " and ".join(f"c.OfflineTokenApp.{n} (or ${ENVIRONMENT[n]})" for n in missing)
             + " in the Jupyter server config"
         )
 
     def build_services(self) -> Services:
+        """Build the parts from settings already checked by ``check_settings``."""
+        client_secret = self._client_secret_value
         vault = Vault(
             Path(self.vault_path).expanduser(),
-            encryption_keys=list(self.encryption_keys),
+            encryption_keys=list(self._encryption_keys_value),
             audit_retention=self.audit_retention,
             max_pending_consents=self.max_pending_consents,
         )
         provider: ProviderClient | None = None
         settings: ProviderSettings | None = None
         if self.issuer and self.client_id:
-            method = self.token_endpoint_auth_method if self.client_secret else "none"
+            method = self.token_endpoint_auth_method if client_secret else "none"
             settings = ProviderSettings(
                 issuer=self.issuer,
                 client_id=self.client_id,
-                client_secret=self.client_secret,
+                client_secret=client_secret,
                 token_endpoint_auth_method=method,
                 scopes=list(self.scopes),
                 http_timeout=self.http_timeout,
@@ -410,7 +641,7 @@ class OfflineTokenApp(ExtensionApp):
             provider = ProviderClient(
                 self.issuer,
                 self.client_id,
-                self.client_secret,
+                client_secret,
                 token_endpoint_auth_method=method,
                 http_timeout=self.http_timeout,
             )
@@ -424,8 +655,6 @@ class OfflineTokenApp(ExtensionApp):
             min_refresh_interval=self.min_refresh_interval,
             not_configured_message=self.not_configured_message(),
         )
-        if self.backoff_max < self.backoff_base:
-            raise TraitError("OfflineTokenApp.backoff_max must be >= backoff_base")
         engine = RefreshEngine(
             broker,
             refresh_margin=self.refresh_margin,
@@ -456,15 +685,26 @@ class OfflineTokenApp(ExtensionApp):
         return services
 
     def initialize_settings(self) -> None:
+        """Check the settings and build the parts. Never raises: on a bad setting (or a part
+        that cannot be built) nothing is built or created, the handlers are still registered
+        and answer 503 naming the setting, and the server stops normally."""
         attach_to_server_log(self.serverapp.log if self.serverapp is not None else self.log)
-        self.services = self.build_services()
         assert self.serverapp is not None
         self.callback_url = CallbackURL(self.serverapp.base_url, configured=self.redirect_uri)
+        if not self.check_settings():
+            try:
+                self.services = self.build_services()
+            except Exception as exc:
+                self.log.exception("jupyter-offline-token could not be set up")
+                self._start_failure = f"offline access could not be set up: {exc}"
+        if self.start_error:
+            self.log.error("jupyter-offline-token: %s", self.start_error)
         self.settings.update(
             {
                 "offline_token_services": self.services,
                 "offline_token_owner": self.owner_of,
                 "offline_token_callback_url": self.callback_url,
+                "offline_token_start_error": lambda: self.start_error,
             }
         )
 
@@ -482,7 +722,10 @@ class OfflineTokenApp(ExtensionApp):
         if self._owner_scope is None:
             self._owner_scope = self.effective_owner_scope()
         if self._owner_scope == "server":
-            return _server_user()
+            # Once: getpass.getuser() reads the passwd database when $USER is unset.
+            if self._server_owner is None:
+                self._server_owner = _server_user()
+            return self._server_owner
         return str(getattr(user, "username", user))
 
     def initialize_handlers(self) -> None:
@@ -493,20 +736,48 @@ class OfflineTokenApp(ExtensionApp):
         self.handlers.extend(dashboard_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Open the vault off the event loop and start background work."""
+        """Open the vault off the event loop and start background work. A vault that cannot
+        open answers 503 vault_unavailable (Services); any other failure here turns the
+        extension off (503 naming it) instead of leaving half-started parts behind."""
+        services = self.services
+        if services is None:
+            return
         with contextlib.suppress(Exception):
-            await self.services.ready()
-        if self.services.error is None:
-            await self.services.start_background()
-            self.log.info(
-                "jupyter-offline-token %s: vault %s, provider %s",
-                __version__,
-                self.services.vault.path,
-                self.issuer or "(not configured)",
-            )
+            await services.ready()
+        if services.error is not None:
+            return
+        try:
+            await services.start_background()
+        except Exception as exc:
+            self.log.exception("jupyter-offline-token failed to start")
+            self._start_failure = f"offline access failed to start: {exc}; see the server log"
+            await self._close_services()
+            return
+        self.log.info(
+            "jupyter-offline-token %s: vault %s, provider %s",
+            __version__,
+            services.vault.path,
+            self.issuer or "(not configured)",
+        )
 
     async def stop_extension(self) -> None:
-        await self.services.close()
+        """Stop background work and close the vault; never raises, so the server's shutdown
+        (and a SIGTERM) always completes."""
+        await self._close_services()
+
+    async def _close_services(self) -> None:
+        if self.services is None:
+            return
+        try:
+            await self.services.close()
+        except Exception:
+            self.log.exception("jupyter-offline-token: error while stopping")
+
+
+def _described(setting: str) -> str:
+    """``OfflineTokenApp.<setting>`` plus its environment variable, for messages."""
+    env = ENVIRONMENT.get(setting)
+    return f"OfflineTokenApp.{setting} (or ${env})" if env else f"OfflineTokenApp.{setting}"
 
 
 def _is_loopback(host: str) -> bool:

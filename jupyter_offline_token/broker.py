@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -45,6 +46,7 @@ from .models import (
     AuditEvent,
     ConsentSecrets,
     TokenRecord,
+    iso,
 )
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
@@ -79,14 +81,17 @@ class AccessToken:
     def __repr__(self) -> str:
         return f"AccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        from .models import iso
+    @functools.cached_property
+    def expires_at_iso(self) -> str | None:
+        """Formatted once: a warm token is served from the cache many times."""
+        return iso(self.expires_at)
 
+    def to_json(self, now: float) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
             "token_type": self.token_type,
             "expires_in": max(0, int(self.expires_at - now)),
-            "expires_at": iso(self.expires_at),
+            "expires_at": self.expires_at_iso,
             "scope": self.scope,
         }
 
@@ -630,7 +635,7 @@ class TokenBroker:
         )
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
-        metrics.access_token_requests_total.labels(source="cache").inc()
+        metrics.access_from_cache.inc()
         if self.on_cache_hit is not None:
             self.on_cache_hit(token_id)
         return cached

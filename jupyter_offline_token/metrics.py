@@ -37,6 +37,8 @@ for _result in REFRESH_RESULTS:
     refresh_total.labels(result=_result)
 for _source in ACCESS_SOURCES:
     access_token_requests_total.labels(source=_source)
+# The cached access-token route counts every hit: look its labelled child up once.
+access_from_cache = access_token_requests_total.labels(source="cache")
 
 
 def set_token_counts(counts: dict[str, int]) -> None:

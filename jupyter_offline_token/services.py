@@ -51,8 +51,12 @@ class Services:
                 try:
                     await self.vault.open()
                 except VaultError as exc:
-                    self._error = str(exc)
-                    log.error("offline-token vault unavailable: %s", exc)
+                    # Every message names the setting to look at; most already do.
+                    message = str(exc)
+                    if "OfflineTokenApp." not in message:
+                        message += "; check OfflineTokenApp.vault_path"
+                    self._error = message
+                    log.error("offline-token vault unavailable: %s", message)
                 else:
                     self._opened = True
         if self._error is not None:

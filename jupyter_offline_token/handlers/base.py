@@ -16,7 +16,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from ..errors import InvalidRequest, OfflineTokenError
+from ..errors import InvalidRequest, NotConfigured, OfflineTokenError
 from ..public_url import CallbackURL, browser_origin
 
 if TYPE_CHECKING:
@@ -188,7 +188,13 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def services(self) -> Services:
-        return self.settings["offline_token_services"]
+        """The extension's parts; 503 naming the setting when the extension could not start
+        (a bad setting, or a part that failed), so every route says what to fix."""
+        error = self.settings["offline_token_start_error"]()
+        if error:
+            raise NotConfigured(error)
+        services: Services = self.settings["offline_token_services"]
+        return services
 
     @property
     def callback_url(self) -> CallbackURL:

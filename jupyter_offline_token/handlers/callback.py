@@ -53,6 +53,17 @@ class CallbackHandler(ExtensionHandlerMixin, JupyterHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        start_error = self.settings["offline_token_start_error"]()
+        if start_error:
+            self._page(
+                503,
+                "Offline access is not available",
+                start_error,
+                "Ask your administrator to fix the server configuration.",
+                "bad",
+                None,
+            )
+            return
         services = self.settings["offline_token_services"]
         owner = self.settings["offline_token_owner"](self.current_user)
         args = {k: self.get_query_argument(k, None) for k in ("state", "code", "error")}
