@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_offline_token.errors import DecryptionError, VaultError
-from jupyter_offline_token.vault.crypto import KeyRing
+from jupyter_offline_token.crypto import KeyRing
 
 AAD = b"token:abc:alice:refresh"
 
