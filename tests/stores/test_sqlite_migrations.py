@@ -4,14 +4,17 @@ older revisions opening unchanged. Moved from tests/test_vault.py and tests/test
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
-from store_helpers import db_path, fill, make_pending
+from store_helpers import REFRESH, db_path, fill, make_pending
 
 from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.errors import VaultError
 from jupyter_offline_token.stores.sqlite import SCHEMA_VERSION, SQLiteTokenStore, schema
+from jupyter_offline_token.stores.sqlite.rows import refresh_aad
+from jupyter_offline_token.stores.sqlite.sql import split_statements
 
 KEY = KeyRing.generate()
 
@@ -103,3 +106,60 @@ async def test_migration_4_counts_what_an_older_vault_holds(tmp_path: Path) -> N
         await vault.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def write_revision_4_vault(path: Path, key: str) -> tuple[str, str]:
+    """A vault file as the release before issue 10 left it: revision 4, one active entry with
+    its ciphertext, one failed entry. Returns (active id, failed id)."""
+    path.parent.mkdir(parents=True, mode=0o700)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in schema.MIGRATIONS[:4]:
+            assert isinstance(script, str)
+            for statement in split_statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        ring = KeyRing.from_config([key])
+        ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+        for token_id, status, error in zip(
+            ids, ("active", "failed"), (None, "invalid_grant"), strict=True
+        ):
+            key_id, nonce, ct = ring.encrypt(REFRESH.encode(), refresh_aad(token_id, "alice"))
+            conn.execute(
+                "INSERT INTO tokens (id, owner, issuer, client_id, status, refresh_state, "
+                "scopes, created_at, updated_at, last_error, secret_ct, secret_nonce, "
+                "secret_key_id) VALUES (?, 'alice', 'http://idp.test', 'jupyter', ?, ?, "
+                "'openid offline_access', 1.0, 2.0, ?, ?, ?, ?)",
+                (token_id, status, "idle" if error is None else "failed", error, ct, nonce, key_id),
+            )
+    finally:
+        conn.close()
+    return ids
+
+
+async def test_revision_5_adds_the_error_kind_to_a_revision_4_vault(tmp_path: Path) -> None:
+    """A vault written before issue 10 opens unchanged: entries, ciphertexts and failures are
+    kept, and the new last_error_kind column reads as unknown (NULL)."""
+    path = db_path(tmp_path)
+    assert schema.MIGRATIONS[4] == "ALTER TABLE tokens ADD COLUMN last_error_kind TEXT"
+    active_id, failed_id = write_revision_4_vault(path, KEY)
+
+    store = SQLiteTokenStore(path, encryption_keys=[KEY])
+    await store.open()
+    try:
+        active = await store.get(active_id)
+        assert active is not None and (active.status, active.owner) == ("active", "alice")
+        assert active.scopes == ["openid", "offline_access"] and active.has_secret
+        assert active.last_error_kind is None
+        assert await store.read_refresh_token(active_id) == REFRESH
+        failed = await store.get(failed_id)
+        assert failed is not None and failed.last_error == "invalid_grant"
+        assert failed.status == "failed" and failed.last_error_kind is None
+        await store.mark_failed(active_id, error="invalid_client", now=5.0, kind="configuration")
+        now_failed = await store.get(active_id)
+        assert now_failed is not None and now_failed.last_error_kind == "configuration"
+        assert (await store.count_by_status())["failed"] == 2
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

@@ -70,7 +70,7 @@ class Database:
             raise VaultError("the vault is closed")
         conn = self._conn
         if conn is None:
-            raise VaultError("the vault is not open: call Vault.open() first")
+            raise VaultError("the vault is not open: call open() first")
         loop = asyncio.get_running_loop()
         # Jobs queued before close() still run: close() queues the connection's close after them.
         return await loop.run_in_executor(

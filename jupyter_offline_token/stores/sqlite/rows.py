@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from ...errors import EntryGone
 from ...models import TokenRecord
@@ -79,3 +80,29 @@ def owner_of(conn: sqlite3.Connection, token_id: str) -> str:
     if row is None:
         raise EntryGone(token_id)
     return str(row["owner"])
+
+
+def check_settings(audit_retention: int, max_pending_consents: int | None) -> None:
+    if isinstance(audit_retention, bool) or not isinstance(audit_retention, int):
+        raise ValueError("audit_retention must be an integer")
+    if audit_retention < 1:
+        raise ValueError("audit_retention must be at least 1")
+    if max_pending_consents is not None and (
+        isinstance(max_pending_consents, bool)
+        or not isinstance(max_pending_consents, int)
+        or max_pending_consents < 1
+    ):
+        raise ValueError("max_pending_consents must be a positive integer or None")
+
+
+def owner_status_filter(owner: str | None, status: str | None) -> tuple[list[str], list[Any]]:
+    """The owner/status filter every listing shares."""
+    where: list[str] = []
+    params: list[Any] = []
+    if owner is not None:
+        where.append("owner = ?")
+        params.append(owner)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    return where, params

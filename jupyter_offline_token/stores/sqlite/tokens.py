@@ -46,32 +46,6 @@ REFRESH_STATES = (IDLE, SCHEDULED, RETRYING, REFRESH_FAILED)
 PURGEABLE_STATUSES = (EXPIRED, FAILED, REVOKED)
 
 
-def _check_settings(audit_retention: int, max_pending_consents: int | None) -> None:
-    if isinstance(audit_retention, bool) or not isinstance(audit_retention, int):
-        raise ValueError("audit_retention must be an integer")
-    if audit_retention < 1:
-        raise ValueError("audit_retention must be at least 1")
-    if max_pending_consents is not None and (
-        isinstance(max_pending_consents, bool)
-        or not isinstance(max_pending_consents, int)
-        or max_pending_consents < 1
-    ):
-        raise ValueError("max_pending_consents must be a positive integer or None")
-
-
-def _where(owner: str | None, status: str | None, prefix: str = "") -> tuple[list[str], list[Any]]:
-    """The owner/status filter every listing shares."""
-    where: list[str] = []
-    params: list[Any] = []
-    if owner is not None:
-        where.append(f"{prefix}owner = ?")
-        params.append(owner)
-    if status is not None:
-        where.append(f"{prefix}status = ?")
-        params.append(status)
-    return where, params
-
-
 class SQLiteTokenStore(TokenStore):
     """The encrypted token store, one SQLite file shared by every process of the same user."""
 
@@ -88,7 +62,7 @@ class SQLiteTokenStore(TokenStore):
         ``max_pending_consents``: unexpired pending entries one owner may have (None: no cap).
         Other keyword arguments (``config``, ``parent``, ``log``) go to LoggingConfigurable."""
         super().__init__(**kwargs)
-        _check_settings(audit_retention, max_pending_consents)
+        rows.check_settings(audit_retention, max_pending_consents)
         self.database = Database(Path(path), encryption_keys)
         self.path = self.database.path
         self.audit_retention = audit_retention
@@ -118,14 +92,9 @@ class SQLiteTokenStore(TokenStore):
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
-        """Create the directory (0700) and database (0600), WAL, synchronous=FULL,
-        busy_timeout; apply forward migrations up to SCHEMA_VERSION; refuse a newer schema
-        (VaultError naming the file and both versions, telling the admin to upgrade the
-        package). Build the key ring: configured keys, else the key file (created 0600 when
-        missing and the vault holds no ciphertext; VaultError naming ``encryption_keys`` when it
-        is missing but ciphertexts exist). VaultError naming
-        ``OfflineTokenApp.encryption_keys`` / ``JUPYTER_OFFLINE_TOKEN_KEYS`` when any stored
-        ciphertext uses a key id the ring lacks."""
+        """Directory 0700 and file 0600, WAL, forward migrations (a newer schema is refused),
+        then the key ring: configured keys, else the key file (see ``database`` and ``keys``
+        for the VaultErrors, each naming the setting to fix)."""
         await self.database.open()
 
     async def close(self) -> None:
@@ -255,7 +224,7 @@ class SQLiteTokenStore(TokenStore):
             raise ValueError("limit must not be negative")
         if offset < 0:
             raise ValueError("offset must not be negative")
-        where, params = _where(owner, status)
+        where, params = rows.owner_status_filter(owner, status)
         sql = f"SELECT {rows.RECORD_COLUMNS} FROM tokens"  # noqa: S608
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -277,7 +246,7 @@ class SQLiteTokenStore(TokenStore):
         attention: bool = False,
     ) -> Page[TokenRecord]:
         check_limit(limit)
-        where, params = _where(owner, status)
+        where, params = rows.owner_status_filter(owner, status)
         if attention:
             where.append(ATTENTION)  # the exact term of the tokens_attention partial index
         if cursor is not None:
