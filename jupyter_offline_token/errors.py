@@ -60,7 +60,7 @@ class Conflict(OfflineTokenError):
 
 
 class EntryGone(NotFound, KeyError):
-    """A store entry (token or task) does not exist, or no longer does: another coroutine or
+    """A token store entry does not exist, or no longer does: another coroutine or
     process deleted it. A NotFound (404) where it reaches a handler.
 
     Transition: it is also a KeyError, the signal stores used before, so callers still written
