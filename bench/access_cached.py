@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from jupyter_offline_token.vault import KeyRing
+from jupyter_offline_token.crypto import KeyRing
 
 from .harness import (
     DevProvider,

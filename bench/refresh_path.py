@@ -1,6 +1,6 @@
 """Benchmark 3: the broker's whole refresh path against a raw httpx refresh grant (target <= 1.15x).
 
-In-process: ``Vault`` + ``ProviderClient`` + ``TokenBroker`` built as app.py builds them, on a
+In-process: the token store + ``ProviderClient`` + ``TokenBroker`` built as app.py builds them, on a
 temporary vault. ``broker.get_access_token(owner, id, min_ttl=10**6)`` always refreshes: lease,
 decrypt, grant, encrypt the rotated refresh token, durable write (synchronous=FULL), audit.
 The baseline posts the same grant with a kept-alive ``httpx.AsyncClient`` on a refresh token this
@@ -18,8 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from jupyter_offline_token.broker import ProviderSettings, TokenBroker
+from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.oidc import ProviderClient
-from jupyter_offline_token.vault import KeyRing, Vault
+from jupyter_offline_token.stores import SQLiteTokenStore
 
 from .harness import (
     RAW_REDIRECT_URI,
@@ -37,7 +38,7 @@ OWNER = "bench"
 
 def build_broker(provider: DevProvider, vault_path: Path) -> TokenBroker:
     """The same parts OfflineTokenApp.build_services wires, for the dev provider."""
-    vault = Vault(vault_path, encryption_keys=[KeyRing.generate()])
+    vault = SQLiteTokenStore(vault_path, encryption_keys=[KeyRing.generate()])
     settings = ProviderSettings(
         issuer=provider.issuer,
         client_id=provider.client_id,

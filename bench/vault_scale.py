@@ -2,9 +2,9 @@
 routes on a vault of 1,000 entries (target: 100k p50 <= 1.5x the 1k p50, per route).
 
 Both vaults are filled by a direct SQLite bulk insert in the vault's own schema (created by
-``Vault.open``, so its indexes and the triggers that keep ``token_counts`` run on every row),
+its ``open()``, so its indexes and the triggers that keep ``token_counts`` run on every row),
 with real ciphertexts from ``KeyRing.encrypt`` under the vault's associated data; a sample is
-decrypted back through ``Vault`` to prove it. Every entry belongs to the server's own OS user (the
+decrypted back through the store to prove it. Every entry belongs to the server's own OS user (the
 owner a single-user server serves), as many tasks as entries too. Layout: 93 % active (1 % of
 them retrying), 3 % failed, 2 % expired, 1 % pending, 1 % revoked; refresh tokens half opaque
 (43 chars) and half JWT-sized (~800 chars); tasks mostly completed, a tenth linked to an entry.
@@ -39,9 +39,11 @@ from pathlib import Path
 
 import httpx
 
+from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.paging import Cursor
-from jupyter_offline_token.vault import KeyRing, Vault
-from jupyter_offline_token.vault.store import _consent_aad, _refresh_aad
+from jupyter_offline_token.stores import SQLiteTokenStore
+from jupyter_offline_token.stores.sqlite.rows import consent_aad as _consent_aad
+from jupyter_offline_token.stores.sqlite.rows import refresh_aad as _refresh_aad
 
 from .harness import JupyterServer, Settings, check, rss_mib, show_latency
 
@@ -215,14 +217,14 @@ def deep_cursors(path: Path, table: str, count: int, seed: int = 3) -> list[str]
 
 
 async def make_vault(path: Path, key: str, entries: int) -> list[str]:
-    """Create the schema through Vault, fill it, prove the ciphertexts decrypt; return ids."""
-    vault = Vault(path, encryption_keys=[key])
+    """Create the schema through the store, fill it, prove the ciphertexts decrypt; return ids."""
+    vault = SQLiteTokenStore(path, encryption_keys=[key])
     await vault.open()
     await vault.close()
     started = time.perf_counter()
     ids, samples = await asyncio.to_thread(fill, path, key, entries)
     took = time.perf_counter() - started
-    vault = Vault(path, encryption_keys=[key])
+    vault = SQLiteTokenStore(path, encryption_keys=[key])
     await vault.open()
     try:
         for token_id, plain in samples.items():
@@ -234,7 +236,7 @@ async def make_vault(path: Path, key: str, entries: int) -> list[str]:
     size = path.stat().st_size / 2**20
     print(
         f"  vault of {entries:>6} entries + {entries} tasks of one owner: filled in {took:.1f} s, "
-        f"{size:.1f} MiB; {len(samples)} sample ciphertexts decrypted through Vault; {counts}"
+        f"{size:.1f} MiB; {len(samples)} sample ciphertexts decrypted through the store; {counts}"
     )
     return ids
 

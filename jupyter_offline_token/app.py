@@ -28,8 +28,8 @@ from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
 from .serverlog import attach_to_server_log
 from .services import Services
+from .stores import SQLiteTokenStore
 from .tasks import install as install_tasks
-from .vault import Vault
 
 HERE = Path(__file__).parent
 
@@ -620,7 +620,7 @@ class OfflineTokenApp(ExtensionApp):
     def build_services(self) -> Services:
         """Build the parts from settings already checked by ``check_settings``."""
         client_secret = self._client_secret_value
-        vault = Vault(
+        vault = SQLiteTokenStore(
             Path(self.vault_path).expanduser(),
             encryption_keys=list(self._encryption_keys_value),
             audit_retention=self.audit_retention,

@@ -51,7 +51,7 @@ from .models import (
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
 from .refresh import RefreshGate, RefreshOutcome
-from .vault import Vault
+from .stores import TokenStore
 
 log = logging.getLogger("jupyter_offline_token.broker")
 
@@ -139,7 +139,7 @@ class TokenBroker:
 
     def __init__(
         self,
-        vault: Vault,
+        vault: TokenStore,
         provider: ProviderClient | None,
         settings: ProviderSettings | None,
         *,

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(args_list)
     if args.command == "generate-key":
-        from .vault.crypto import KeyRing
+        from .crypto import KeyRing
 
         sys.stdout.write(KeyRing.generate() + "\n")
     elif args.command == "config":

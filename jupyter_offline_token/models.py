@@ -53,6 +53,7 @@ class TokenRecord:
     last_refresh_at: float | None = None
     refresh_count: int = 0
     last_error: str | None = None
+    last_error_kind: str | None = None  # stores.base.ERROR_KINDS; None = unknown
     refresh_state: str = IDLE
     next_attempt_at: float | None = None
     retry_count: int = 0

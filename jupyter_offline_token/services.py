@@ -9,7 +9,7 @@ from typing import Any
 from .broker import TokenBroker
 from .errors import OfflineTokenError, VaultError
 from .refresh_engine import RefreshEngine
-from .vault import Vault
+from .stores import SQLiteTokenStore
 
 log = logging.getLogger("jupyter_offline_token")
 
@@ -27,7 +27,7 @@ class Services:
     once at start.
     """
 
-    def __init__(self, vault: Vault, broker: TokenBroker, engine: RefreshEngine) -> None:
+    def __init__(self, vault: SQLiteTokenStore, broker: TokenBroker, engine: RefreshEngine) -> None:
         self.vault = vault
         self.broker = broker
         self.engine = engine

@@ -13,12 +13,12 @@ from pathlib import Path
 from jupyter_offline_token.broker import ProviderSettings, TokenBroker
 from jupyter_offline_token.errors import OfflineTokenError
 from jupyter_offline_token.oidc import ProviderClient
-from jupyter_offline_token.vault import Vault
+from jupyter_offline_token.stores import SQLiteTokenStore
 
 
 async def main(vault_path: str, key: str, issuer: str, client_id: str, token_id: str, n: int):
     secret = sys.stdin.readline().strip()  # never on the command line
-    vault = Vault(Path(vault_path), encryption_keys=[key])
+    vault = SQLiteTokenStore(Path(vault_path), encryption_keys=[key])
     await vault.open()
     provider = ProviderClient(issuer, client_id, secret)
     broker = TokenBroker(vault, provider, ProviderSettings(issuer, client_id, secret))

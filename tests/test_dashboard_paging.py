@@ -19,7 +19,7 @@ import pytest
 from test_browser import browser_page, playwright_async
 from test_scale import fill
 
-from jupyter_offline_token.vault import Vault
+from jupyter_offline_token.stores import SQLiteTokenStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -31,7 +31,7 @@ def big_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     vault_path = home / "vault" / "vault.db"
 
     async def prepare() -> None:
-        vault = Vault(vault_path)
+        vault = SQLiteTokenStore(vault_path)
         await vault.open()
         try:
             await fill(vault, getpass.getuser(), 230, created_at=time.time() - 3600)

@@ -3,7 +3,7 @@
 Lists page by cursor (no gap, no duplicate while entries are added between page reads), health
 counts come from SQL and it lists only entries that need attention, pending consents are capped
 per owner, old history is purged in bounded batches by the sweep, and task files are private.
-Vaults are filled fast through ``Vault.run`` with bulk inserts (the approach of
+Vaults are filled fast through ``SQLiteTokenStore.run`` with bulk inserts (the approach of
 ``bench/vault_scale.py``), so every trigger and index the vault has is exercised.
 """
 
@@ -22,17 +22,16 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_KEY, Api, grant
+from conftest import Api, grant
 
-from jupyter_offline_token.errors import TooManyPendingConsents
 from jupyter_offline_token.kernel import InvalidRequest as ClientInvalidRequest
 from jupyter_offline_token.kernel import TooManyPendingConsents as ClientTooManyPending
 from jupyter_offline_token.kernel.errors import error_from_response
 from jupyter_offline_token.kernel.testing import FakeOfflineTokenAPI
-from jupyter_offline_token.models import AuditEvent, ConsentSecrets
+from jupyter_offline_token.models import AuditEvent
 from jupyter_offline_token.paging import Cursor
-from jupyter_offline_token.vault import Vault
-from jupyter_offline_token.vault.store import SCHEMA_VERSION, _transaction
+from jupyter_offline_token.stores import SQLiteTokenStore
+from jupyter_offline_token.stores.sqlite.sql import transaction
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +40,7 @@ DAY = 86400.0
 
 # --- fast fills --------------------------------------------------------------------------------
 def _insert_tokens(conn: Any, rows: list[tuple[Any, ...]]) -> None:
-    with _transaction(conn):
+    with transaction(conn):
         conn.executemany(
             "INSERT INTO tokens (id, owner, issuer, client_id, status, refresh_state, scopes, "
             "created_at, updated_at, label, consent_expires_at) "
@@ -51,7 +50,7 @@ def _insert_tokens(conn: Any, rows: list[tuple[Any, ...]]) -> None:
 
 
 async def fill(
-    vault: Vault,
+    vault: SQLiteTokenStore,
     owner: str,
     count: int,
     *,
@@ -85,7 +84,7 @@ async def fill(
 
 
 async def fill_tasks(
-    vault: Vault,
+    vault: SQLiteTokenStore,
     owner: str,
     count: int,
     *,
@@ -108,7 +107,7 @@ async def fill_tasks(
     ]
 
     def insert(conn: Any) -> None:
-        with _transaction(conn):
+        with transaction(conn):
             conn.executemany(
                 "INSERT INTO tasks (id, owner, name, kind, status, created_at, updated_at) "
                 "VALUES (?, ?, ?, 'kernel', ?, ?, ?)",
@@ -143,7 +142,7 @@ def owner(offline_app) -> str:
 
 
 @pytest.fixture
-def vault(offline_app, jp_asyncio_loop) -> Vault:
+def vault(offline_app, jp_asyncio_loop) -> SQLiteTokenStore:
     jp_asyncio_loop.run_until_complete(offline_app.services.ready())
     return offline_app.services.vault
 
@@ -229,72 +228,6 @@ async def test_health_counts_from_sql_and_lists_only_what_needs_attention(api, o
     assert one["tokens"][0]["health"]["level"] == "unhealthy"
 
 
-async def test_counts_follow_every_write(tmp_path):
-    """token_counts is kept by triggers: after inserts, status and refresh-state changes and
-    deletes it equals a GROUP BY over the entries."""
-    vault = Vault(tmp_path / "v.db", encryption_keys=[TEST_KEY])
-    await vault.open()
-    try:
-        ids = await fill(vault, "a", 20) + await fill(vault, "b", 5, status="pending")
-        now = time.time()
-        await vault.set_status(ids[0], "revoked", now=now)
-        await vault.mark_failed(ids[1], error="invalid_grant", now=now)
-        await vault.update_refresh_state(
-            ids[2],
-            refresh_state="retrying",
-            next_attempt_at=now,
-            retry_count=1,
-            last_error="x",
-            now=now,
-        )
-        await vault.delete(ids[3])
-        await vault.delete(ids[21])
-        await vault.expire_pending(now + 3600)
-
-        def truth(conn: Any) -> dict[tuple[str, str, str], int]:
-            rows = conn.execute(
-                "SELECT owner, status, refresh_state, COUNT(*) FROM tokens GROUP BY 1, 2, 3"
-            )
-            return {(r[0], r[1], r[2]): r[3] for r in rows}
-
-        expected = await vault.run(truth)
-        assert {
-            (owner, *key): n
-            for owner in ("a", "b")
-            for key, n in (await vault.count_by_state(owner)).items()
-        } == expected
-        assert (await vault.count_by_status())["expired"] == 4
-    finally:
-        await vault.close()
-
-
-async def test_migration_4_counts_what_an_older_vault_holds(tmp_path):
-    """A vault at revision 3 with entries gets correct counts when migrated."""
-    import sqlite3
-
-    from jupyter_offline_token.vault import store
-
-    path = tmp_path / "old.db"
-    vault = Vault(path, encryption_keys=[TEST_KEY])
-    saved = store.MIGRATIONS
-    store.MIGRATIONS = saved[:3]
-    try:
-        await vault.open()
-        await fill(vault, "a", 12)
-        await fill(vault, "a", 3, status="failed")
-        await vault.close()
-    finally:
-        store.MIGRATIONS = saved
-    vault = Vault(path, encryption_keys=[TEST_KEY])
-    await vault.open()
-    try:
-        assert await vault.count_by_state("a") == {("active", "idle"): 12, ("failed", "idle"): 3}
-    finally:
-        await vault.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-
-
 # --- pending-consent cap -----------------------------------------------------------------------
 @pytest.fixture
 def offline_token_config(offline_token_config):
@@ -317,37 +250,6 @@ async def test_pending_consents_are_capped_per_owner(api, idp, owner, vault):
     assert status in (200, 204)
     status, created = await api.post("consents", body={})
     assert status == 201, created
-
-
-async def test_pending_cap_counts_only_unexpired_entries_of_the_owner(tmp_path):
-    vault = Vault(tmp_path / "v.db", encryption_keys=[TEST_KEY], max_pending_consents=2)
-    await vault.open()
-    now = 1_000_000.0
-
-    async def create(owner: str, at: float) -> None:
-        await vault.create_pending(
-            owner=owner,
-            issuer="http://idp.test",
-            client_id="jupyter",
-            scopes=["openid"],
-            state_hash=uuid.uuid4().hex,
-            secrets=ConsentSecrets(code_verifier="v", nonce="n", redirect_uri="http://x/cb"),
-            consent_expires_at=at + 600,
-            now=at,
-        )
-
-    try:
-        await create("a", now)
-        await create("a", now + 10)
-        with pytest.raises(TooManyPendingConsents) as refused:
-            await create("a", now + 20)
-        assert refused.value.status == 429 and refused.value.retry_after == 580
-        await create("b", now + 20)  # another owner has a cap of its own
-        await create("a", now + 601)  # the first one expired (even before a sweep marks it)
-        counts = await vault.count_by_status("a")
-        assert counts["pending"] == 3
-    finally:
-        await vault.close()
 
 
 def test_the_kernel_knows_the_cap_error():

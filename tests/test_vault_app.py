@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import grant
 
+from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.models import ConsentSecrets
-from jupyter_offline_token.vault import KeyRing, Vault
+from jupyter_offline_token.stores import SQLiteTokenStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +60,7 @@ async def test_tampered_ciphertext_marks_entry_failed(api, idp, offline_app):
 
 def _vault_with_secret(path: Path, key: str) -> None:
     async def build() -> None:
-        vault = Vault(path, encryption_keys=[key])
+        vault = SQLiteTokenStore(path, encryption_keys=[key])
         await vault.open()
         record = await vault.create_pending(
             owner="someone",

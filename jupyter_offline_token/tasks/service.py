@@ -29,7 +29,7 @@ from ..broker import TokenBroker
 from ..errors import Conflict, InvalidRequest, NotFound, OfflineTokenError
 from ..models import ACTIVE, PENDING, TokenRecord
 from ..paging import Cursor, Page
-from ..vault import Vault
+from ..stores import SQLiteTaskStore, SQLiteTokenStore
 from .credentials import TaskPrincipal, hash_secret, new_task_secret, task_environment
 from .models import (
     CANCELLED,
@@ -52,7 +52,6 @@ from .models import (
     TaskRecord,
 )
 from .runners import DemoRun, Outcome, ProcessRun, TaskRun
-from .store import TaskStore
 
 log = logging.getLogger("jupyter_offline_token.tasks")
 
@@ -97,7 +96,7 @@ class TaskService:
 
     def __init__(
         self,
-        vault: Vault,
+        vault: SQLiteTokenStore,
         broker: TokenBroker,
         *,
         root_dir: str | Path,
@@ -121,7 +120,7 @@ class TaskService:
             raise ValueError("report_grace must be >= 0")
         self.vault = vault
         self.broker = broker
-        self.store = TaskStore(vault)
+        self.store = SQLiteTaskStore(vault)
         self.root_dir = Path(root_dir)
         self._server_url = server_url
         self.max_running_tasks = max_running_tasks

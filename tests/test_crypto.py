@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.errors import DecryptionError, VaultError
-from jupyter_offline_token.vault.crypto import KeyRing
 
 AAD = b"token:abc:alice:refresh"
 

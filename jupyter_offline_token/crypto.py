@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import DecryptionError, VaultError
+from .errors import DecryptionError, VaultError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

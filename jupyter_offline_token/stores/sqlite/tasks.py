@@ -1,4 +1,7 @@
-"""TaskStore: the ``tasks`` table of the vault database, worked on the vault's own thread."""
+"""SQLiteTaskStore: the ``tasks`` table, in the token store's vault file and on its thread.
+
+The table's DDL lives here too; ``schema.py`` puts it in the migration order.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,53 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..paging import Cursor, Page, check_limit
-from ..vault import Vault
-from ..vault.store import _transaction
-from .models import RUNNING, TASK_PENDING, TERMINAL, TaskRecord
+from ...paging import Cursor, Page, check_limit
+from ...tasks.models import RUNNING, TASK_PENDING, TERMINAL, TaskRecord
+from ..base import TaskStore
+from .sql import marks, transaction
+
+if TYPE_CHECKING:
+    from .tokens import SQLiteTokenStore
+
+# Schema revision 2 (issue 4): long-running work linked to an entry. ``spec`` is JSON (command
+# argv, notebook path, parameters); ``runner`` names the server process supervising a running
+# task; ``credential_hash`` is the SHA-256 of the task process's scoped credential, set only
+# while the task runs. No foreign key: a task outlives its token's entry.
+TASKS_TABLE = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    persistent_token_id TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT,
+    spec TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    queued_at REAL,
+    runner TEXT,
+    credential_hash TEXT UNIQUE
+);
+CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
+CREATE INDEX tasks_token ON tasks (persistent_token_id);
+CREATE INDEX tasks_status ON tasks (status);
+"""
+
+# Part of schema revision 4 (issue 9): status-filtered pages, and the retention purge finds old
+# rows by range.
+TASKS_INDEXES_4 = """
+CREATE INDEX tasks_owner_status_created ON tasks (owner, status, created_at);
+CREATE INDEX tasks_status_updated ON tasks (status, updated_at);
+"""
 
 _COLUMNS = ", ".join(
     f"t.{name}"
@@ -75,11 +119,14 @@ def _get(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
     return _record(row) if row is not None else None
 
 
-class TaskStore:
-    """CRUD for task rows. Every method runs on the vault's worker thread via ``Vault.run``."""
+class SQLiteTaskStore(TaskStore):
+    """CRUD for task rows. Every method runs on the token store's worker thread."""
 
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
+    def __init__(self, token_store: SQLiteTokenStore, **kwargs: Any) -> None:
+        """``token_store``: the SQLite token store whose vault file holds the tasks table.
+        Other keyword arguments (``config``, ``parent``, ``log``) go to LoggingConfigurable."""
+        super().__init__(**kwargs)
+        self.token_store = token_store
 
     async def create(self, record: TaskRecord) -> TaskRecord:
         spec = json.dumps(
@@ -91,7 +138,7 @@ class TaskStore:
         )
 
         def work(conn: sqlite3.Connection) -> TaskRecord:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute(
                     "INSERT INTO tasks (id, owner, name, description, kind, status, "
                     "persistent_token_id, progress, message, spec, created_at, updated_at) "
@@ -115,10 +162,10 @@ class TaskStore:
             assert created is not None
             return created
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return await self.vault.run(_get, task_id)
+        return await self.token_store.run(_get, task_id)
 
     async def list(
         self, *, owner: str | None = None, status: str | None = None
@@ -140,7 +187,7 @@ class TaskStore:
         def work(conn: sqlite3.Connection) -> builtins.list[TaskRecord]:
             return [_record(row) for row in conn.execute(sql, params)]
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def list_page(
         self,
@@ -177,21 +224,21 @@ class TaskStore:
             after = Cursor(rows[-1]["created_at"], rows[-1]["_r"]).encode() if more else None
             return Page([_record(row) for row in rows], after)
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def purge(self, before: float, *, limit: int) -> builtins.list[str]:
         """Delete up to ``limit`` finished tasks (completed, failed, cancelled, interrupted)
         unchanged since ``before``, in one short transaction; return their ids."""
         check_limit(limit)
         finished = tuple(sorted(TERMINAL))
-        marks = ", ".join("?" for _ in finished)
+        places = marks(finished)
 
         def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            with _transaction(conn):
+            with transaction(conn):
                 ids = [
                     row["id"]
                     for row in conn.execute(
-                        f"SELECT id FROM tasks WHERE status IN ({marks}) "  # noqa: S608
+                        f"SELECT id FROM tasks WHERE status IN ({places}) "  # noqa: S608
                         "AND updated_at < ? LIMIT ?",
                         (*finished, before, limit),
                     )
@@ -199,16 +246,11 @@ class TaskStore:
                 conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
             return ids
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def update(
         self, task_id: str, *, expect: tuple[str, ...] | None = None, **changes: Any
     ) -> TaskRecord | None:
-        """Set ``changes`` (and ``updated_at``) in one transaction.
-
-        With ``expect``, only when the current status is one of those: returns None otherwise
-        (or when the task does not exist), so a racing transition never overwrites another.
-        """
         unknown = set(changes) - _MUTABLE - {"updated_at"}
         if unknown:
             raise ValueError(f"cannot update task column(s) {sorted(unknown)}")
@@ -218,21 +260,21 @@ class TaskStore:
         values = [changes[name] for name in columns]
 
         def work(conn: sqlite3.Connection) -> TaskRecord | None:
-            with _transaction(conn):
+            with transaction(conn):
                 current = _get(conn, task_id)
                 if current is None or (expect is not None and current.status not in expect):
                     return None
                 conn.execute(sql, (*values, task_id))
                 return _get(conn, task_id)
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def delete(self, task_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
+            with transaction(conn):
                 return bool(conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount)
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def find_running_by_credential(self, credential_hash: str) -> TaskRecord | None:
         """The running task whose scoped credential hashes to ``credential_hash``."""
@@ -244,7 +286,7 @@ class TaskStore:
             ).fetchone()
             return _record(row) if row is not None else None
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def for_tokens(
         self, token_ids: builtins.list[str], *, owner: str | None = None
@@ -252,8 +294,7 @@ class TaskStore:
         """Tasks linked to any of ``token_ids`` (oldest first)."""
         if not token_ids:
             return []
-        marks = ", ".join("?" for _ in token_ids)
-        sql = f"{_SELECT} WHERE t.persistent_token_id IN ({marks})"
+        sql = f"{_SELECT} WHERE t.persistent_token_id IN ({marks(token_ids)})"
         params: builtins.list[Any] = list(token_ids)
         if owner is not None:
             # Unary + keeps the planner off the owner index: with it, SQLite walked every task
@@ -265,7 +306,7 @@ class TaskStore:
         def work(conn: sqlite3.Connection) -> builtins.list[TaskRecord]:
             return [_record(row) for row in conn.execute(sql, params)]
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)
 
     async def interrupt_leftovers(
         self, now: float, message: str, *, still_supervised: Callable[[str | None], bool]
@@ -275,7 +316,7 @@ class TaskStore:
         runner that is alive (another server sharing this vault). Returns their ids."""
 
         def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            with _transaction(conn):
+            with transaction(conn):
                 ids = [
                     row["id"]
                     for row in conn.execute(
@@ -293,4 +334,4 @@ class TaskStore:
                 )
             return ids
 
-        return await self.vault.run(work)
+        return await self.token_store.run(work)

@@ -1,0 +1,121 @@
+"""The refresh path in SQL: the cross-process lease and the durable record of a refresh.
+
+The lease (``lease_holder``, ``lease_expires_at`` on the entry's row) is taken inside
+``BEGIN IMMEDIATE``, so at most one holder in any process sharing the file has it: one grant
+per token at a time, cluster-wide. Never start a second grant with the same refresh token: a
+replay revokes the whole grant at most providers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+
+from ...errors import EntryGone, VaultError
+from ...models import AuditEvent, TokenRecord
+from . import audit, rows
+from .database import Database
+from .sql import transaction
+
+
+def check_lease_args(holder: str, ttl: float) -> None:
+    if not holder:
+        raise ValueError("holder must not be empty")
+    if not ttl > 0:
+        raise ValueError("ttl must be positive")
+
+
+def take(conn: sqlite3.Connection, token_id: str, holder: str, ttl: float, now: float) -> bool:
+    """Inside a write transaction: take the refresh lease if it is free, expired or ours."""
+    row = conn.execute(
+        "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?", (token_id,)
+    ).fetchone()
+    if row is None:
+        raise EntryGone(token_id)
+    current, expires = row["lease_holder"], row["lease_expires_at"]
+    if not (current is None or current == holder or expires is None or expires <= now):
+        return False
+    conn.execute(
+        "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
+        (holder, now + ttl, token_id),
+    )
+    return True
+
+
+def begin(
+    database: Database, token_id: str, holder: str, ttl: float, now: float
+) -> tuple[TokenRecord, str | None] | None:
+    """On the worker thread: lease + entry + refresh token in one transaction of the lease
+    connection (no fsync: a lease needs no durability); decrypt after the commit."""
+    conn = database.lease_connection()
+    try:
+        with transaction(conn):
+            if not take(conn, token_id, holder, ttl, now):
+                return None
+            record = rows.existing(conn, token_id)
+            secret = conn.execute(
+                "SELECT secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+    finally:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+    if secret["secret_ct"] is None:
+        return record, None
+    plain = database.decrypt(
+        secret["secret_key_id"],
+        secret["secret_nonce"],
+        secret["secret_ct"],
+        rows.refresh_aad(token_id, record.owner),
+        what=f"the refresh token of vault entry {token_id}",
+    )
+    return record, plain.decode()
+
+
+def record_refresh(
+    database: Database,
+    conn: sqlite3.Connection,
+    token_id: str,
+    *,
+    secret: bytes | None,
+    idle_expires_at: float | None,
+    now: float,
+    holder: str | None,
+    event: AuditEvent | None,
+    retention: int,
+) -> TokenRecord:
+    """On the worker thread: the one durable transaction of a successful refresh."""
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT owner, lease_holder FROM tokens WHERE id = ?", (token_id,)
+        ).fetchone()
+        if row is None:
+            raise EntryGone(token_id)
+        if holder is not None and row["lease_holder"] != holder:
+            raise VaultError(
+                f"the refresh lease of vault entry {token_id} is no longer held by "
+                "this worker; the refresh result was not stored"
+            )
+        if secret is not None:
+            key_id, nonce, ct = database.keyring.encrypt(
+                secret, rows.refresh_aad(token_id, row["owner"])
+            )
+            conn.execute(
+                "UPDATE tokens SET secret_ct = ?, secret_nonce = ?, secret_key_id = ? WHERE id = ?",
+                (ct, nonce, key_id, token_id),
+            )
+        conn.execute(
+            "UPDATE tokens SET last_refresh_at = ?, refresh_count = refresh_count + 1, "
+            "last_error = NULL, last_error_kind = NULL, retry_count = 0, refresh_state = 'idle', "
+            "next_attempt_at = NULL, idle_expires_at = ?, updated_at = ? WHERE id = ?",
+            (now, idle_expires_at, now, token_id),
+        )
+        if holder is not None:
+            conn.execute(
+                "UPDATE tokens SET lease_holder = NULL, lease_expires_at = NULL WHERE id = ?",
+                (token_id,),
+            )
+        if event is not None:
+            audit.insert(conn, event, retention)
+        return rows.existing(conn, token_id)
