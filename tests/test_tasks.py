@@ -87,6 +87,8 @@ async def test_create_list_get_delete(api, tasks):
     assert status == 400 and err["error"] == "invalid_query"
     status, got = await api.get("tasks", task["id"])
     assert status == 200 and got == task
+    status, err = await api.get("tasks", task["id"].upper())  # ids are canonical lowercase
+    assert status == 404 and err["error"] == "not_found"
     status, _ = await api.delete("tasks", task["id"])
     assert status == 204
     status, err = await api.get("tasks", task["id"])
