@@ -297,9 +297,10 @@ class _RunnerMeta(ABCMeta, MetaHasTraits):
 class TaskRunner(ABC, LoggingConfigurable, metaclass=_RunnerMeta):
     """Starts and stops the work of ``command``, ``notebook`` and ``demo`` tasks.
 
-    The service calls :meth:`start` for each launch (after it marked the task running), awaits
-    the returned run's :meth:`TaskRun.run`, and calls :meth:`stop` to cancel it. A runner never
-    changes a task's status itself."""
+    The service calls :meth:`start` for each launch (then marks the task running), awaits the
+    returned run's :meth:`TaskRun.run` for its :class:`Outcome`, and calls :meth:`stop` to
+    cancel it. A runner never changes a task's status itself; an exception from :meth:`start`
+    fails the task with the reason."""
 
     @abstractmethod
     async def start(self, launch: TaskLaunch) -> TaskRun:
