@@ -92,20 +92,20 @@ class TaskService:
         self.updates = TaskUpdates(self.store, self.events, clock)
         self.warmth = TaskWarmth()
         self.queue = RunQueue(max_running_tasks)
+        self._lock = asyncio.Lock()
+        # The broker's side: its hooks and the handlers call these (see TokenLinks).
+        self.links = TokenLinks(self, self._lock)
         self.supervisor = Supervisor(
             self.runner,
             self.updates,
             self.warmth,
             self.files,
             environment=self._environment,
-            fetch_token=self._fetch_token,
+            fetch_token=self.links.fetch_access_token,
             cancel_grace=cancel_grace,
             report_grace=report_grace,
         )
         self.supervisor.on_run_end = self._start_queued
-        self._lock = asyncio.Lock()
-        # The broker's side: its hooks and the handlers call these (see TokenLinks).
-        self.links = TokenLinks(self, self._lock)
         self.authenticate = self.links.authenticate
         self.check_task_for_consent = self.links.check_task_for_consent
         self.linked_tasks = self.links.linked_tasks
@@ -148,11 +148,6 @@ class TaskService:
     def server_url(self) -> str:
         url = self._server_url() if callable(self._server_url) else self._server_url
         return url if url.endswith("/") else url + "/"
-
-    async def _fetch_token(self, task: TaskRecord) -> Any:
-        """A fresh access token of a demo task's token (its runs prove the token works)."""
-        assert task.persistent_token_id is not None
-        return await self.broker.get_access_token(task.owner, task.persistent_token_id)
 
     def _environment(self, task: TaskRecord, secret: str) -> dict[str, str]:
         return task_environment(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..models import ACTIVE, PENDING, TokenRecord
@@ -58,6 +58,11 @@ class TokenLinks:
                 code="token_failed",
             )
         return token
+
+    async def fetch_access_token(self, task: TaskRecord) -> Any:
+        """A fresh access token of a demo task's token (each step proves the token works)."""
+        assert task.persistent_token_id is not None
+        return await self.service.broker.get_access_token(task.owner, task.persistent_token_id)
 
     async def authenticate(self, secret: str) -> TaskPrincipal | None:
         """The running task a scoped credential belongs to, or None."""
