@@ -17,7 +17,9 @@ import pytest
 from conftest import Api, grant, task_processes
 
 from jupyter_offline_token.errors import InvalidRequest
+from jupyter_offline_token.handlers.task_requests import CreateTask
 from jupyter_offline_token.tasks.models import TaskRecord
+from jupyter_offline_token.tasks.runners import TaskLaunch
 from jupyter_offline_token.tasks.service import TaskService
 
 pytestmark = pytest.mark.timeout(90)
@@ -85,6 +87,8 @@ async def test_create_list_get_delete(api, tasks):
     assert status == 400 and err["error"] == "invalid_query"
     status, got = await api.get("tasks", task["id"])
     assert status == 200 and got == task
+    status, err = await api.get("tasks", task["id"].upper())  # ids are canonical lowercase
+    assert status == 404 and err["error"] == "not_found"
     status, _ = await api.delete("tasks", task["id"])
     assert status == 204
     status, err = await api.get("tasks", task["id"])
@@ -245,7 +249,7 @@ async def test_events_stream_delivers_every_demo_step(api, tasks, idp, jp_fetch)
     stream = asyncio.ensure_future(
         jp_fetch("api", "offline-token", "tasks", task["id"], "events", request_timeout=60)
     )
-    await until(lambda: tasks.subscriber_count(task["id"]) == 1, "the stream to subscribe")
+    await until(lambda: tasks.events.subscriber_count(task["id"]) == 1, "the stream to subscribe")
     status, _ = await api.post("tasks", task["id"], "execute")
     assert status == 202
     response = await stream
@@ -260,7 +264,7 @@ async def test_events_stream_delivers_every_demo_step(api, tasks, idp, jp_fetch)
             steps.append(event["progress"])
     assert steps == list(range(0, 101, 10))
     assert all(e["status"] == "running" for e in events[1:-1])
-    assert tasks.subscriber_count(task["id"]) == 0
+    assert tasks.events.subscriber_count(task["id"]) == 0
     # A finished task's stream is its final state, then the end.
     response = await jp_fetch("api", "offline-token", "tasks", task["id"], "events")
     assert [e["status"] for e in parse_sse(response.body.decode())] == ["completed"]
@@ -296,7 +300,7 @@ async def test_events_keepalive_and_client_disconnect(api, tasks, idp, jp_server
                 if line == ": keepalive":
                     break  # and hang up
     assert seen[0] == "event: task" and json.loads(seen[1][6:])["status"] == "running"
-    await until(lambda: tasks.subscriber_count(task["id"]) == 0, "the stream to unsubscribe")
+    await until(lambda: tasks.events.subscriber_count(task["id"]) == 0, "the stream to unsubscribe")
     status, done = await api.patch("tasks", task["id"], body={"status": "completed"})
     assert status == 200 and done["status"] == "completed"
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
@@ -514,7 +518,7 @@ async def test_restart_interrupts_running_tasks_which_can_run_again(api, tasks, 
 
 
 async def test_max_running_tasks_queues_the_rest(api, tasks, idp, jp_root_dir):
-    tasks.max_running_tasks = 1
+    tasks.queue.max_running = 1
     token_id = await grant(api, idp)
     wait_for_go = py(
         """
@@ -683,7 +687,7 @@ if mode == "lie":
 
 
 async def test_a_task_process_reports_its_end_and_its_exit_settles_it(api, tasks, idp):
-    tasks.report_grace = 0.5
+    tasks.supervisor.report_grace = 0.5
     token_id = await grant(api, idp)
     ids = {}
     for mode in ("complete", "fail", "linger", "lie"):
@@ -726,7 +730,7 @@ async def test_a_task_process_reports_its_end_and_its_exit_settles_it(api, tasks
 async def test_a_launch_that_fails_fails_its_task_and_the_queue_goes_on(
     api, tasks, idp, jp_root_dir, monkeypatch
 ):
-    tasks.max_running_tasks = 1
+    tasks.queue.max_running = 1
     token_id = await grant(api, idp)
     blocker = await create(
         api,
@@ -758,15 +762,15 @@ async def test_a_launch_that_fails_fails_its_task_and_the_queue_goes_on(
         persistent_token_id=token_id,
         command=py("print('last one ran')"),
     )
-    # A fault of the file system while a run is set up (the task's log directory, its env).
-    build_run = tasks._build_run
+    # A fault of the file system while the runner sets a run up (its log directory, its env).
+    start_run = tasks.runner.start
 
-    async def failing_build_run(task: Any, secret: Any) -> Any:
-        if task.id == faulty["id"]:
+    async def failing_start(launch: TaskLaunch) -> Any:
+        if launch.task.id == faulty["id"]:
             raise OSError(28, "No space left on device")
-        return await build_run(task, secret)
+        return await start_run(launch)
 
-    monkeypatch.setattr(tasks, "_build_run", failing_build_run)
+    monkeypatch.setattr(tasks.runner, "start", failing_start)
     for task in (blocker, missing, faulty, last):
         status, _ = await api.post("tasks", task["id"], "execute")
         assert status == 202
@@ -783,7 +787,7 @@ async def test_a_launch_that_fails_fails_its_task_and_the_queue_goes_on(
     status, body = await api.post("tasks", faulty["id"], "execute")
     assert status == 202 and body["task"]["status"] == "failed"
     assert body["task"]["error"] == "could not start: No space left on device"
-    assert not tasks._active and not tasks.warm_tokens()
+    assert not tasks.supervisor.active and not tasks.warm_tokens()
 
 
 async def test_text_that_cannot_be_encoded_never_reaches_a_runner(api, tasks, idp):
@@ -799,8 +803,9 @@ async def test_text_that_cannot_be_encoded_never_reaches_a_runner(api, tasks, id
         {"name": "x", "kind": "notebook", "notebook": bad + ".ipynb"},
         {"name": "x", "persistent_token_id": bad},
     ):
+        # Refused by the request model, before any service sees it.
         with pytest.raises(InvalidRequest):
-            await tasks.create("alice", **fields)
+            CreateTask.parse(json.dumps(fields).encode())
         # Escaped in JSON it is valid JSON: the API refuses it with a 400 as well.
         status, err = await api.post("tasks", raw=json.dumps(fields).encode())
         assert status == 400, (fields, err)
@@ -915,10 +920,11 @@ async def test_task_routes_never_answer_5xx_to_bad_input(api, tasks, idp):
     for query in ("", "%ff", "x" * 5000):
         await check(("status", query[:10]), api.get("tasks", params={"status": query}))
     assert problems == []
-    nested: dict = {}
-    for _ in range(100):
-        nested = {"a": nested}
-    with pytest.raises(InvalidRequest, match="nested deeper"):
-        await tasks.create("someone", name="x", parameters=nested)
+    for levels, refusal in ((40, "nested deeper"), (100, "too deeply nested")):
+        nested: dict = {}
+        for _ in range(levels):
+            nested = {"a": nested}
+        with pytest.raises(InvalidRequest, match=refusal):
+            CreateTask.parse(json.dumps({"name": "x", "parameters": nested}).encode())
     _, after = await api.get("tasks")
     assert after == before

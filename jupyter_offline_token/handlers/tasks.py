@@ -12,38 +12,13 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import OfflineTokenError
-from ..tasks.models import KINDS, MAX_DESCRIPTION, MAX_MESSAGE, MAX_NAME, MAX_TEXT, TERMINAL
-from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
+from ..tasks.models import TERMINAL
+from .base import OfflineTokenHandler, authenticated_or_task
+from .task_requests import CreateTask, LinkTask, PatchTask, status_filter
 from .tokens import page_query
 
 if TYPE_CHECKING:
     from ..tasks.service import TaskService
-
-
-def _one_of(values: tuple[str, ...]) -> Any:
-    def check(value: Any) -> str | None:
-        return None if value in values else f"must be one of {', '.join(values)}"
-
-    return check
-
-
-CREATE_FIELDS = {
-    "name": Field(str, required=True, check=max_len(MAX_NAME)),
-    "description": Field(str, check=max_len(MAX_DESCRIPTION)),
-    "kind": Field(str, check=_one_of(KINDS)),
-    "command": Field(list),
-    "notebook": Field(str, check=max_len(4096)),
-    "persistent_token_id": Field(str, check=max_len(64)),
-    "parameters": Field(dict),
-}
-LINK_FIELDS = {"persistent_token_id": Field(str, required=True, check=max_len(64))}
-PATCH_FIELDS = {
-    "progress": Field((int, float), check=in_range(0, 100)),
-    "message": Field(str, check=max_len(MAX_MESSAGE)),
-    "status": Field(str, check=_one_of(("running", "completed", "failed"))),
-    "result": Field(str, check=max_len(MAX_TEXT)),
-    "error": Field(str, check=max_len(MAX_TEXT)),
-}
 
 
 class TaskBaseHandler(OfflineTokenHandler):
@@ -61,7 +36,7 @@ class TasksHandler(TaskBaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        status = self.get_query_argument("status", None)
+        status = status_filter(self.get_query_argument("status", None))
         limit, cursor = page_query(self)
         service = await self.tasks()
         page = await service.list_page(self.owner, status=status, limit=limit, cursor=cursor)
@@ -72,17 +47,17 @@ class TasksHandler(TaskBaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body(CREATE_FIELDS, allow_empty=False)
+        request = CreateTask.parse(self.request.body or b"")
         service = await self.tasks()
         task = await service.create(
             self.owner,
-            name=body["name"],
-            description=body.get("description", ""),
-            kind=body.get("kind", "kernel"),
-            command=body.get("command"),
-            notebook=body.get("notebook"),
-            persistent_token_id=body.get("persistent_token_id"),
-            parameters=body.get("parameters"),
+            name=request.name,
+            description=request.description,
+            kind=request.kind,
+            command=request.command,
+            notebook=request.notebook,
+            persistent_token_id=request.persistent_token_id,
+            parameters=request.parameters,
         )
         self.write_json(task.to_json(), status=201)
 
@@ -95,17 +70,16 @@ class TaskHandler(TaskBaseHandler):
 
     @authenticated_or_task
     async def patch(self, task_id: str) -> None:
-        body = self.body(PATCH_FIELDS, allow_empty=False)
+        request = PatchTask.parse(self.request.body or b"")
         service = await self.tasks()
-        progress = body.get("progress")
         task = await service.patch(
             self.owner,
             task_id,
-            progress=float(progress) if progress is not None else None,
-            message=body.get("message"),
-            status=body.get("status"),
-            result=body.get("result"),
-            error=body.get("error"),
+            progress=request.progress,
+            message=request.message,
+            status=request.status,
+            result=request.result,
+            error=request.error,
             by_task=self.task_principal is not None,
         )
         self.write_json(task.to_json())
@@ -122,9 +96,9 @@ class TaskLinkHandler(TaskBaseHandler):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
-        body = self.body(LINK_FIELDS, allow_empty=False)
+        request = LinkTask.parse(self.request.body or b"")
         service = await self.tasks()
-        task = await service.link(self.owner, task_id, body["persistent_token_id"])
+        task = await service.link(self.owner, task_id, request.persistent_token_id)
         self.write_json(task.to_json())
 
 
@@ -172,7 +146,7 @@ class TaskEventsHandler(TaskBaseHandler):
         service = await self.tasks()
         await service.get(self.owner, task_id)  # 404 before any stream starts
         self._closed = asyncio.Event()
-        queue = service.subscribe(task_id)
+        queue = service.events.subscribe(task_id)
         try:
             record = await service.get(self.owner, task_id)
             current = record.to_json()
@@ -185,7 +159,7 @@ class TaskEventsHandler(TaskBaseHandler):
         except StreamClosedError:
             return
         finally:
-            service.unsubscribe(task_id, queue)
+            service.events.unsubscribe(task_id, queue)
         if not self._closed.is_set():
             with contextlib.suppress(StreamClosedError):
                 await self.finish(set_content_type="text/event-stream; charset=UTF-8")

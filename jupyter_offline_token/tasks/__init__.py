@@ -19,9 +19,12 @@ def install(app: Any, services: Services) -> TaskService:
 
     Reads ``app.max_running_tasks``, ``app.task_cancel_grace`` and ``app.task_report_grace`` when
     the app has them, and the server's ``root_dir``, ``connection_url`` and token from
-    ``app.serverapp``. The app still starts it (``await service.start()``) and stops it
-    (``await service.stop()``, before the vault closes).
+    ``app.serverapp``. The runner is ``app.task_runner_class`` when the app has that trait (else
+    :class:`~.runners.LocalTaskRunner`), built with the app as parent so it reads its own config.
+    The app still starts it (``await service.start()``) and stops it (``await service.stop()``,
+    before the vault closes).
     """
+    from .runners import LocalTaskRunner, TaskRunner
     from .service import TaskService
 
     existing = services.extras.get("tasks")
@@ -33,6 +36,7 @@ def install(app: Any, services: Services) -> TaskService:
         provider = getattr(serverapp, "identity_provider", None)
         return [str(getattr(provider, "token", "") or "")]
 
+    runner_class: type[TaskRunner] = getattr(app, "task_runner_class", LocalTaskRunner)
     service = TaskService(
         services.vault,
         services.broker,
@@ -42,6 +46,7 @@ def install(app: Any, services: Services) -> TaskService:
         cancel_grace=float(getattr(app, "task_cancel_grace", 10.0)),
         report_grace=float(getattr(app, "task_report_grace", 60.0)),
         server_secrets=server_secrets,
+        runner=runner_class(parent=app),
     )
     broker = services.broker
     broker.tokens_in_use = service.tokens_in_use

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidRequest
 from ..models import ACTIVE, EXPIRED, FAILED, PENDING, REVOKED, iso
 
 # task.kind
@@ -31,6 +33,33 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 MAX_MESSAGE = 2000
 MAX_TEXT = 16000  # result and error
+MAX_DEMO_INTERVAL = 3600.0
+
+
+def is_task_id(value: object) -> bool:
+    """True for a task id: a UUID in its canonical lowercase form. Any other text (an uppercase
+    spelling too) names no task, so it is a 404, never a lookup or a directory name."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def demo_interval(parameters: dict[str, Any]) -> float:
+    """The seconds between a demo task's steps (its ``interval`` parameter, default 1)."""
+    interval = parameters.get("interval", 1.0)
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not 0 < interval <= MAX_DEMO_INTERVAL
+    ):
+        raise InvalidRequest(
+            "parameter 'interval' of a demo task must be a number of seconds in (0, 3600]",
+            code="invalid_field",
+        )
+    return float(interval)
 
 
 def offline_token_status(token_status: str | None) -> str:

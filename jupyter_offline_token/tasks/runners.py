@@ -1,7 +1,8 @@
 """How a task's work runs: a supervised subprocess (command, notebook) or in-process (demo).
 
-A run is started once, reports what happened as an :class:`Outcome`, and can be asked to stop.
-The service owns status changes; runs only do the work and say how it ended.
+A :class:`TaskRunner` (swappable: the default is :class:`LocalTaskRunner`) turns a task into a
+:class:`TaskRun`. A run is started once, reports what happened as an :class:`Outcome`, and can be
+asked to stop. The service owns status changes; runs only do the work and say how it ended.
 """
 
 from __future__ import annotations
@@ -12,16 +13,31 @@ import contextlib
 import logging
 import os
 import signal
-from abc import ABC, abstractmethod
+import sys
+from abc import ABC, ABCMeta, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from traitlets import Unicode
+from traitlets.config import LoggingConfigurable
+from traitlets.traitlets import MetaHasTraits
+
 from ..errors import OfflineTokenError
-from .models import CANCELLED, COMPLETED, TASK_FAILED
+from .files import EXECUTED_NOTEBOOK
+from .models import (
+    CANCELLED,
+    COMMAND,
+    COMPLETED,
+    DEMO,
+    NOTEBOOK,
+    TASK_FAILED,
+    TaskRecord,
+    demo_interval,
+)
 
 log = logging.getLogger("jupyter_offline_token.tasks")
 
@@ -256,3 +272,83 @@ class DemoRun(TaskRun):
         self._stop.set()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout=max(grace, 0.1) + 30)
+
+
+@dataclass(frozen=True)
+class TaskLaunch:
+    """What the service hands a runner to start one task: the task, where its files go, and for
+    a process its environment (the scoped task credential inside: never shown in a repr)."""
+
+    task: TaskRecord
+    root_dir: Path  # the working directory of a process: the server's root directory
+    directory: Path  # the task's private (0700) directory, created before the launch
+    log_path: Path
+    io: Executor  # the service's thread for file work
+    environment: dict[str, str] = field(default_factory=dict, repr=False)
+    notebook_path: Path | None = None  # a notebook task's resolved notebook
+    fetch_token: Callable[[], Awaitable[Any]] | None = field(default=None, repr=False)
+    report: Callable[[float, str], Awaitable[None]] | None = field(default=None, repr=False)
+
+
+class _RunnerMeta(ABCMeta, MetaHasTraits):
+    """ABC and traitlets' metaclass combined (as jupyter_server_fileid does for its manager)."""
+
+
+class TaskRunner(ABC, LoggingConfigurable, metaclass=_RunnerMeta):
+    """Starts and stops the work of ``command``, ``notebook`` and ``demo`` tasks.
+
+    The service calls :meth:`start` for each launch (then marks the task running), awaits the
+    returned run's :meth:`TaskRun.run` for its :class:`Outcome`, and calls :meth:`stop` to
+    cancel it. A runner never changes a task's status itself; an exception from :meth:`start`
+    fails the task with the reason."""
+
+    @abstractmethod
+    async def start(self, launch: TaskLaunch) -> TaskRun:
+        """The run of ``launch.task``, ready to be awaited; raise to fail the task's start."""
+
+    async def stop(self, run: TaskRun, grace: float) -> None:
+        """Ask ``run`` to stop; force it after ``grace`` seconds; return when it is gone."""
+        await run.terminate(grace)
+
+
+class LocalTaskRunner(TaskRunner):
+    """Runs processes on this machine (no shell, their own session) and demos in this loop."""
+
+    python = Unicode(
+        sys.executable,
+        config=True,
+        help="The Python interpreter that executes notebook tasks "
+        "(default: the one running the Jupyter server).",
+    )
+
+    async def start(self, launch: TaskLaunch) -> TaskRun:
+        task = launch.task
+        if task.kind == DEMO:
+            assert launch.fetch_token is not None and launch.report is not None
+            return DemoRun(
+                launch.fetch_token, launch.report, interval=demo_interval(task.parameters)
+            )
+        return ProcessRun(
+            self.argv(launch),
+            cwd=str(launch.root_dir),
+            env=launch.environment,
+            log_path=launch.log_path,
+            io_executor=launch.io,
+        )
+
+    def argv(self, launch: TaskLaunch) -> list[str]:
+        """The command line of a process task: its own argv, or the notebook executor."""
+        task = launch.task
+        if task.kind == COMMAND:
+            assert task.command is not None
+            return list(task.command)
+        if task.kind != NOTEBOOK or launch.notebook_path is None:
+            raise OfflineTokenError(f"a {task.kind} task has no process", code="invalid_kind")
+        return [
+            self.python,
+            "-m",
+            "jupyter_offline_token.tasks.run_notebook",
+            str(launch.notebook_path),
+            "--output",
+            str(launch.directory / EXECUTED_NOTEBOOK),
+        ]

@@ -1,0 +1,130 @@
+"""The task side of the token broker: which token a task runs with, and what happens to tasks
+when their token is granted, fails or is deleted; plus the scoped task credential's check."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Conflict, NotFound, OfflineTokenError
+from ..models import ACTIVE, PENDING, TokenRecord
+from .credentials import TaskPrincipal, hash_secret
+from .models import RUNNING, TaskRecord, is_task_id
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .service import TaskService
+
+log = logging.getLogger("jupyter_offline_token.tasks")
+
+MAX_SECRET_CHARS = 256
+
+
+class TokenLinks:
+    """Tasks and their offline tokens, for the service and the broker's hooks."""
+
+    def __init__(self, service: TaskService, lock: asyncio.Lock) -> None:
+        self.service = service
+        self.store = service.store
+        self._lock = lock
+
+    async def check_token(self, task: TaskRecord) -> TokenRecord:
+        """The task's token, if it may run now; Conflict saying what to do otherwise."""
+        if task.persistent_token_id is None:
+            raise Conflict(
+                f"task {task.id} has no offline token: request consent with this task_id, or "
+                "link an active token",
+                code="needs_consent",
+            )
+        try:
+            token = await self.service.broker.get_token(task.owner, task.persistent_token_id)
+        except NotFound:
+            raise Conflict(
+                f"the offline token of task {task.id} no longer exists: request consent again",
+                code="needs_consent",
+            ) from None
+        if token.status == PENDING:
+            raise Conflict(
+                f"offline token {token.id} is waiting for the user to grant consent",
+                code="waiting_consent",
+            )
+        if token.status != ACTIVE:
+            raise Conflict(
+                f"offline token {token.id} is {token.status}"
+                + (f" ({token.last_error})" if token.last_error else "")
+                + ": request consent again",
+                code="token_failed",
+            )
+        return token
+
+    async def fetch_access_token(self, task: TaskRecord) -> Any:
+        """A fresh access token of a demo task's token (each step proves the token works)."""
+        assert task.persistent_token_id is not None
+        return await self.service.broker.get_access_token(task.owner, task.persistent_token_id)
+
+    async def authenticate(self, secret: str) -> TaskPrincipal | None:
+        """The running task a scoped credential belongs to, or None."""
+        if not secret or len(secret) > MAX_SECRET_CHARS:
+            return None
+        task = await self.store.find_running_by_credential(hash_secret(secret))
+        if task is None:
+            return None
+        return TaskPrincipal(task.id, task.persistent_token_id, task.owner)
+
+    async def check_task_for_consent(self, owner: str, task_id: str) -> None:
+        """For ``POST consents`` with a task_id: NotFound unless the caller owns the task."""
+        await self.service.get(owner, task_id)
+
+    async def linked_tasks(self, owner: str | None, token_ids: list[str]) -> dict[str, list[str]]:
+        linked: dict[str, list[str]] = {}
+        for task in await self.store.for_tokens(list(token_ids), owner=owner):
+            assert task.persistent_token_id is not None
+            linked.setdefault(task.persistent_token_id, []).append(task.id)
+        return linked
+
+    async def tokens_in_use(self, token_id: str) -> list[str]:
+        """Tasks running (or queued) with this token: DELETE answers 409 token_in_use."""
+        return [
+            t.id for t in await self.store.for_tokens([token_id]) if t.status == RUNNING or t.queued
+        ]
+
+    async def cancel_for_token(self, token_id: str) -> list[str]:
+        """Cancel every running or queued task of a token (DELETE ...?force=true)."""
+        cancelled = []
+        for task_id in await self.tokens_in_use(token_id):
+            with contextlib.suppress(OfflineTokenError):
+                await self.service.cancel(None, task_id)
+                cancelled.append(task_id)
+        return cancelled
+
+    async def on_token_activated(self, record: TokenRecord) -> None:
+        """A consent requested with ``task_id`` links its task when granted."""
+        if not record.task_id or not is_task_id(record.task_id):
+            return
+        async with self._lock:
+            task = await self.store.get(record.task_id)
+            if task is None or task.owner != record.owner:
+                return
+            if task.status == RUNNING or task.queued:
+                log.info("task %s is running: not relinked to token %s", task.id, record.id)
+                return
+            await self.service.updates.update(
+                task.id, expect=(task.status,), persistent_token_id=record.id
+            )
+
+    async def on_token_status_change(self, record: TokenRecord) -> None:
+        """Republish linked tasks (their offline_token_status changed); a deleted entry
+        cancels its running tasks and is unlinked from the others."""
+        tasks = await self.store.for_tokens([record.id])
+        if not tasks:
+            return
+        if await self.service.vault.get(record.id) is None:
+            await self.cancel_for_token(record.id)
+            async with self._lock:
+                for task in tasks:
+                    await self.service.updates.try_update(task.id, persistent_token_id=None)
+            return
+        for task in tasks:
+            self.service.events.publish(task)

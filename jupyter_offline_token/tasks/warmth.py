@@ -1,0 +1,61 @@
+"""Which offline tokens the tasks running on this server keep warm.
+
+A token is warm while at least one of its tasks runs. The first task starting and the last one
+ending call every ``on_warm_change`` hook (the refresh engine keeps the token's access token
+fresh; the activity beat keeps the server from being culled).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from .models import TaskRecord
+
+log = logging.getLogger("jupyter_offline_token.tasks")
+
+WarmHook = Callable[[str, bool], Awaitable[None]]
+
+
+class TaskWarmth:
+    """Running task ids per token, and the hooks told when a token turns warm or cold."""
+
+    def __init__(self) -> None:
+        self.on_warm_change: list[WarmHook] = []
+        self._running: dict[str, set[str]] = {}  # token id -> running task ids
+
+    def tokens(self) -> set[str]:
+        """Tokens linked to a task running on this server."""
+        return set(self._running)
+
+    async def add(self, task: TaskRecord) -> None:
+        token_id = task.persistent_token_id
+        if token_id is None:
+            return
+        running = self._running.setdefault(token_id, set())
+        first = not running
+        running.add(task.id)
+        if first:
+            await self._notify(token_id, True)
+
+    async def remove(self, task_id: str, token_id: str | None) -> None:
+        if token_id is None or token_id not in self._running:
+            return
+        running = self._running[token_id]
+        running.discard(task_id)
+        if not running:
+            del self._running[token_id]
+            await self._notify(token_id, False)
+
+    async def clear(self) -> None:
+        """Every token turns cold (the service stops)."""
+        for token_id, running in list(self._running.items()):
+            for task_id in list(running):
+                await self.remove(task_id, token_id)
+
+    async def _notify(self, token_id: str, warm: bool) -> None:
+        for hook in self.on_warm_change:
+            try:
+                await hook(token_id, warm)
+            except Exception:
+                log.exception("keep-warm hook failed for token %s", token_id)
