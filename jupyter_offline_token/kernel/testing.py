@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from .. import rest_codes as rc
 from .client import OfflineTokenClient
 from .discovery import ServerInfo
 
@@ -39,6 +40,9 @@ RESOURCE_URL = "http://resource.test/userinfo"
 TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "interrupted")
 TASK_TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 TASK_KINDS = ("kernel", "command", "notebook", "demo")
+TOKEN_STATUSES = ("pending", "active", "failed", "revoked", "expired")
+HEALTH_LEVELS = ("healthy", "pending", "degraded", "unhealthy")
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _now_iso() -> str:
@@ -57,24 +61,112 @@ class _Reject(Exception):
         self.response = response
 
 
-def _body(request: httpx.Request, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    if not request.content:
-        return {}
-    try:
-        body = json.loads(request.content)
-    except ValueError:
-        raise _Reject(_error(400, "invalid_request", "the body is not valid JSON")) from None
+Check = Callable[[Any], "str | None"]
+
+
+class _Field:
+    """One accepted body field, validated as the server's handlers do (same codes)."""
+
+    def __init__(
+        self, types: type | tuple[type, ...], *, required: bool = False, check: Check | None = None
+    ) -> None:
+        self.types = types if isinstance(types, tuple) else (types,)
+        self.required = required
+        self.check = check
+
+
+def _max_len(limit: int) -> Check:
+    return lambda v: f"is longer than {limit} characters" if len(v) > limit else None
+
+
+def _in_range(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+
+
+def _one_of(values: tuple[str, ...]) -> Check:
+    return lambda v: None if v in values else f"must be one of {', '.join(values)}"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _body(
+    request: httpx.Request, fields: dict[str, _Field], *, allow_empty: bool = True
+) -> dict[str, Any]:
+    """The request's JSON object body, checked like the server checks it: 400 with
+    ``invalid_json``, ``unknown_field``, ``missing_field``, ``invalid_field``."""
+
+    def bad(code: str, message: str) -> _Reject:
+        return _Reject(_error(400, code, message))
+
+    raw = request.content
+    if len(raw) > MAX_BODY_BYTES:
+        raise bad(rc.BODY_TOO_LARGE, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        if not allow_empty:
+            raise bad(rc.INVALID_JSON, "a JSON object body is required")
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad(rc.INVALID_JSON, "request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise _Reject(_error(400, "invalid_request", "the body must be a JSON object"))
-    for key, value in body.items():
-        if key not in allowed:
-            raise _Reject(_error(400, "invalid_request", f"unknown field {key!r}"))
-        expected = allowed[key]
-        if value is not None and (
-            not isinstance(value, expected) or (isinstance(value, bool) and expected is int)
+        raise bad(rc.INVALID_JSON, "request body must be a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise bad(rc.UNKNOWN_FIELD, f"unknown field(s): {', '.join(unknown)}")
+    for name, spec in fields.items():
+        value = body.get(name)
+        if value is None:
+            if spec.required:
+                raise bad(rc.MISSING_FIELD, f"field {name!r} is required")
+            body.pop(name, None)
+            continue
+        # bool is an int in Python; never accept it where a number is asked for.
+        if not isinstance(value, spec.types) or (
+            isinstance(value, bool) and bool not in spec.types
         ):
-            raise _Reject(_error(400, "invalid_request", f"field {key!r} has the wrong type"))
+            raise bad(rc.INVALID_FIELD, f"field {name!r} has the wrong type")
+        problem = spec.check(value) if spec.check is not None else None
+        if problem:
+            raise bad(rc.INVALID_FIELD, f"field {name!r} {problem}")
     return body
+
+
+def _status_filter(request: httpx.Request, allowed: tuple[str, ...]) -> str | None:
+    status = request.url.params.get("status")
+    if status is not None and status not in allowed:
+        raise _Reject(_error(400, rc.INVALID_QUERY, f"status must be one of {', '.join(allowed)}"))
+    return status
+
+
+CONSENT_FIELDS = {
+    "label": _Field(str, check=_max_len(200)),
+    "task_id": _Field(str, check=_max_len(64)),
+    "scopes": _Field(list, check=lambda v: None if len(v) <= 32 else "has more than 32 scopes"),
+    "return_to": _Field(str, check=_max_len(2048)),
+    "keep_warm": _Field(bool),
+}
+ACCESS_FIELDS = {"min_ttl": _Field(int, check=_in_range(0, 86400)), "keep_warm": _Field(bool)}
+TASK_FIELDS = {
+    "name": _Field(str, required=True, check=_max_len(200)),
+    "description": _Field(str, check=_max_len(2000)),
+    "kind": _Field(str, check=_one_of(TASK_KINDS)),
+    "command": _Field(list),
+    "notebook": _Field(str, check=_max_len(4096)),
+    "persistent_token_id": _Field(str, check=_max_len(64)),
+    "parameters": _Field(dict),
+}
+LINK_FIELDS = {"persistent_token_id": _Field(str, required=True, check=_max_len(64))}
+PATCH_FIELDS = {
+    "progress": _Field((int, float), check=_in_range(0, 100)),
+    "message": _Field(str, check=_max_len(2000)),
+    "status": _Field(str, check=_one_of(("running", "completed", "failed"))),
+    "result": _Field(str, check=_max_len(16000)),
+    "error": _Field(str, check=_max_len(16000)),
+}
 
 
 class FakeOfflineTokenAPI:
@@ -238,11 +330,11 @@ class FakeOfflineTokenAPI:
     def _route(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if not path.startswith(self._path + "api/offline-token/"):
-            return _error(404, "not_found", "no such route")
+            return _error(404, rc.NOT_FOUND, "no such route")
         route = path[len(self._path + "api/offline-token/") :]
         caller = self._caller(request)
         if caller is None:
-            return _error(403, "forbidden", "authentication required")
+            return _error(403, rc.FORBIDDEN, "authentication required")
         method = request.method
         if caller.startswith("task:"):
             task_id = caller[5:]
@@ -253,14 +345,14 @@ class FakeOfflineTokenAPI:
                 or (method == "GET" and route == f"tasks/{task_id}/events")
             )
             if not allowed:
-                return _error(403, "forbidden", "a task credential is limited to its own task")
+                return _error(403, rc.FORBIDDEN, "a task credential is limited to its own task")
         for pattern, verb, handler in self._routes():
             match = re.fullmatch(pattern, route)
             if match and verb == method:
                 return handler(request, *match.groups())
         if any(re.fullmatch(p, route) for p, _, _ in self._routes()):
-            return _error(405, "method_not_allowed", f"{method} is not allowed here")
-        return _error(404, "not_found", "no such route")
+            return _error(405, rc.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
+        return _error(404, rc.NOT_FOUND, "no such route")
 
     def _routes(self) -> list[tuple[str, str, Callable[..., httpx.Response]]]:
         return [
@@ -287,7 +379,7 @@ class FakeOfflineTokenAPI:
     def _entry(self, token_id: str) -> dict[str, Any]:
         entry = self.tokens.get(token_id)
         if entry is None:
-            raise _Reject(_error(404, "not_found", f"no offline token {token_id!r}"))
+            raise _Reject(_error(404, rc.NOT_FOUND, f"no offline token {token_id!r}"))
         return entry
 
     def _public(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -309,15 +401,14 @@ class FakeOfflineTokenAPI:
         return body
 
     def _create_consent(self, request: httpx.Request) -> httpx.Response:
-        body = _body(
-            request,
-            {"label": str, "task_id": str, "scopes": list, "return_to": str, "keep_warm": bool},
-        )
+        body = _body(request, CONSENT_FIELDS)
+        if not all(isinstance(scope, str) for scope in body.get("scopes") or []):
+            return _error(400, rc.INVALID_FIELD, "field 'scopes' must be an array of strings")
         pending = sum(1 for e in self.tokens.values() if e["status"] == "pending")
         if pending >= self.max_pending_consents:
             return _error(
                 429,
-                "too_many_pending_consents",
+                rc.TOO_MANY_PENDING_CONSENTS,
                 f"{pending} consents of this user are still waiting to be granted (at most "
                 f"{self.max_pending_consents}, OfflineTokenApp.max_pending_consents)",
                 headers={"Retry-After": "600"},
@@ -361,7 +452,9 @@ class FakeOfflineTokenAPI:
         most 1000) after ``cursor``; ``offset`` other than 0 is a 400."""
         params = request.url.params
         if params.get("offset", "0") != "0":
-            raise _Reject(_error(400, "invalid_query", "query parameter 'offset' is not supported"))
+            raise _Reject(
+                _error(400, rc.INVALID_QUERY, "query parameter 'offset' is not supported")
+            )
         raw_limit = params.get("limit")
         limit = self.page_size
         if raw_limit is not None:
@@ -370,7 +463,7 @@ class FakeOfflineTokenAPI:
                 raise _Reject(
                     _error(
                         400,
-                        "invalid_query",
+                        rc.INVALID_QUERY,
                         "query parameter 'limit' must be an integer from 1 to 1000",
                     )
                 )
@@ -378,7 +471,7 @@ class FakeOfflineTokenAPI:
         cursor = params.get("cursor")
         if cursor is not None:
             if not cursor.startswith("f") or not cursor[1:].isdigit():
-                raise _Reject(_error(400, "invalid_cursor", "not a cursor from next_cursor"))
+                raise _Reject(_error(400, rc.INVALID_CURSOR, "not a cursor from next_cursor"))
             below = int(cursor[1:])
             ordered = [i for i in ordered if self._order.get(i[key], 0) < below]
         page = ordered[:limit]
@@ -386,7 +479,7 @@ class FakeOfflineTokenAPI:
         return page, f"f{self._order.get(page[-1][key], 0)}" if more else None
 
     def _list_tokens(self, request: httpx.Request) -> httpx.Response:
-        status = request.url.params.get("status")
+        status = _status_filter(request, TOKEN_STATUSES)
         entries = [self._public(e) for e in reversed(self.tokens.values())]
         if status:
             entries = [e for e in entries if e["status"] == status]
@@ -405,7 +498,11 @@ class FakeOfflineTokenAPI:
             if t.get("persistent_token_id") == token_id and t["status"] == "running"
         ]
         if running and not force:
-            return _error(409, "token_in_use", "a running task uses this token; cancel it first")
+            response = _error(
+                409, rc.TOKEN_IN_USE, "a running task uses this token; cancel it first"
+            )
+            body = {**json.loads(response.content), "tasks": [t["id"] for t in running]}
+            return httpx.Response(409, json=body)
         for task in running:
             task["status"] = "cancelled"
             self._task_changed(task)
@@ -416,24 +513,22 @@ class FakeOfflineTokenAPI:
         return httpx.Response(204)
 
     def _access_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
-        body = _body(request, {"min_ttl": int, "keep_warm": bool})
+        body = _body(request, ACCESS_FIELDS)
         min_ttl = body.get("min_ttl", 30)
-        if not 0 <= min_ttl <= 86400:
-            return _error(400, "invalid_request", "min_ttl must be between 0 and 86400")
         entry = self._entry(token_id)
         status = entry["status"]
         if status == "pending":
-            return _error(409, "waiting_consent", "the consent has not been granted yet")
+            return _error(409, rc.WAITING_CONSENT, "the consent has not been granted yet")
         if status == "failed":
-            return _error(409, "token_failed", f"{entry.get('last_error')}; request consent again")
+            return _error(409, rc.TOKEN_FAILED, f"{entry.get('last_error')}; request consent again")
         if status == "revoked":
-            return _error(409, "token_revoked", "the offline token was revoked")
+            return _error(409, rc.TOKEN_REVOKED, "the offline token was revoked")
         if status == "expired":
-            return _error(409, "consent_expired", "the consent expired before it was granted")
+            return _error(409, rc.CONSENT_EXPIRED, "the consent expired before it was granted")
         if self.provider_down_retry_after is not None:
             return _error(
                 503,
-                "provider_unavailable",
+                rc.PROVIDER_UNAVAILABLE,
                 "the provider is unreachable",
                 headers={"Retry-After": str(int(self.provider_down_retry_after))},
             )
@@ -463,20 +558,36 @@ class FakeOfflineTokenAPI:
         return httpx.Response(200, json={"events": []})
 
     def _health(self, request: httpx.Request) -> httpx.Response:
-        counts: dict[str, int] = {}
+        """Counts per level (revoked and expired entries are history, not health) and one page
+        of the entries that need attention (failed ones), as on the server."""
+        counts = dict.fromkeys(HEALTH_LEVELS, 0)
+        attention = []
         for entry in self.tokens.values():
-            level = self._public(entry)["health"]["level"]
-            counts[level] = counts.get(level, 0) + 1
+            if entry["status"] in ("revoked", "expired"):
+                continue
+            view = self._public(entry)
+            counts[view["health"]["level"]] += 1
+            if entry["status"] == "failed":
+                attention.append(
+                    {
+                        "persistent_token_id": entry["persistent_token_id"],
+                        "label": entry["label"],
+                        "status": entry["status"],
+                        "health": view["health"],
+                    }
+                )
+        page, after = self._page(request, attention, "persistent_token_id")
         order = ["healthy", "pending", "degraded", "unhealthy"]
-        level = max(counts, key=order.index) if counts else "healthy"
+        level = max((n for n, c in counts.items() if c), key=order.index, default="healthy")
         return httpx.Response(
             200,
             json={
                 "level": level,
                 "counts": counts,
                 "configured": True,
-                "tokens": [],
-                "next_cursor": None,
+                "message": None,
+                "tokens": page,
+                "next_cursor": after,
             },
         )
 
@@ -484,7 +595,7 @@ class FakeOfflineTokenAPI:
     def _task(self, task_id: str) -> dict[str, Any]:
         task = self.tasks.get(task_id)
         if task is None:
-            raise _Reject(_error(404, "not_found", f"no task {task_id!r}"))
+            raise _Reject(_error(404, rc.NOT_FOUND, f"no task {task_id!r}"))
         return task
 
     def _task_changed(self, task: dict[str, Any]) -> None:
@@ -497,28 +608,15 @@ class FakeOfflineTokenAPI:
         self.task_history.setdefault(task["id"], []).append(dict(task))
 
     def _create_task(self, request: httpx.Request) -> httpx.Response:
-        body = _body(
-            request,
-            {
-                "name": str,
-                "description": str,
-                "kind": str,
-                "command": list,
-                "notebook": str,
-                "persistent_token_id": str,
-                "parameters": dict,
-            },
-        )
-        if not body.get("name"):
-            return _error(400, "invalid_request", "a task needs a name")
+        body = _body(request, TASK_FIELDS, allow_empty=False)
+        if not body["name"].strip():
+            return _error(400, rc.INVALID_FIELD, "field 'name' must not be empty")
         kind = body.get("kind") or "kernel"
-        if kind not in TASK_KINDS:
-            return _error(400, "invalid_request", f"unknown kind {kind!r}")
         token_id = body.get("persistent_token_id")
         if token_id is not None:
             self._entry(token_id)
         task = {
-            "id": uuid.uuid4().hex,
+            "id": str(uuid.uuid4()),
             "name": body["name"],
             "description": body.get("description") or "",
             "kind": kind,
@@ -541,7 +639,7 @@ class FakeOfflineTokenAPI:
         return httpx.Response(201, json=task)
 
     def _list_tasks(self, request: httpx.Request) -> httpx.Response:
-        status = request.url.params.get("status")
+        status = _status_filter(request, TASK_STATUSES)
         tasks = [dict(t) for t in reversed(self.tasks.values())]
         if status:
             tasks = [t for t in tasks if t["status"] == status]
@@ -553,15 +651,13 @@ class FakeOfflineTokenAPI:
 
     def _delete_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         if self._task(task_id)["status"] == "running":
-            return _error(409, "task_running", "cancel the task before deleting it")
+            return _error(409, rc.TASK_RUNNING, "cancel the task before deleting it")
         del self.tasks[task_id]
         return httpx.Response(204)
 
     def _link_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         task = self._task(task_id)
-        body = _body(request, {"persistent_token_id": str})
-        if not body.get("persistent_token_id"):
-            return _error(400, "invalid_request", "persistent_token_id is required")
+        body = _body(request, LINK_FIELDS, allow_empty=False)
         self._entry(body["persistent_token_id"])
         task["persistent_token_id"] = body["persistent_token_id"]
         self._task_changed(task)
@@ -570,15 +666,15 @@ class FakeOfflineTokenAPI:
     def _execute_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         task = self._task(task_id)
         if task["status"] == "running":
-            return _error(409, "already_running", "the task is already running")
+            return _error(409, rc.ALREADY_RUNNING, "the task is already running")
         token = self.tokens.get(task.get("persistent_token_id") or "")
         if token is None:
-            return _error(409, "needs_consent", "link an offline token to this task first")
+            return _error(409, rc.NEEDS_CONSENT, "link an offline token to this task first")
         if token["status"] == "pending":
-            return _error(409, "waiting_consent", "the linked token is waiting for consent")
+            return _error(409, rc.WAITING_CONSENT, "the linked token is waiting for consent")
         if token["status"] != "active":
             return _error(
-                409, "token_failed", "the linked token cannot be used; request consent again"
+                409, rc.TOKEN_FAILED, "the linked token cannot be used; request consent again"
             )
         task.update(status="running", started_at=_now_iso(), error=None, completed_at=None)
         self._task_changed(task)
@@ -586,26 +682,22 @@ class FakeOfflineTokenAPI:
 
     def _cancel_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         task = self._task(task_id)
-        if task["status"] in TASK_TERMINAL:
-            return _error(409, "not_running", f"the task is already {task['status']}")
+        if task["status"] != "running":
+            return _error(409, rc.NOT_RUNNING, f"the task is {task['status']}, not running")
         task.update(status="cancelled", completed_at=_now_iso())
         self._task_changed(task)
         return httpx.Response(200, json=task)
 
     def _patch_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
         task = self._task(task_id)
-        body = _body(
-            request,
-            {"progress": (int, float), "message": str, "status": str, "result": str, "error": str},
-        )
+        body = _body(request, PATCH_FIELDS, allow_empty=False)
+        if not body:
+            return _error(400, rc.MISSING_FIELD, "nothing to update")
         if task["status"] in TASK_TERMINAL:
-            return _error(409, "task_finished", f"the task is already {task['status']}")
-        progress = body.get("progress")
-        if progress is not None and (isinstance(progress, bool) or not 0 <= progress <= 100):
-            return _error(400, "invalid_request", "progress must be between 0 and 100")
+            return _error(409, rc.TASK_FINISHED, f"the task is already {task['status']}")
+        if task["status"] != "running":
+            return _error(409, rc.NOT_RUNNING, "the task is not running: execute it first")
         status = body.get("status")
-        if status is not None and status not in ("running", "completed", "failed"):
-            return _error(400, "invalid_request", f"status {status!r} cannot be set")
         for key in ("progress", "message", "result", "error"):
             if body.get(key) is not None:
                 task[key] = body[key]
