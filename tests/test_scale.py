@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_KEY, Api, grant
+from server_fixtures import TEST_KEY, Api, grant
 
 from jupyter_offline_token.errors import TooManyPendingConsents
 from jupyter_offline_token.kernel import InvalidRequest as ClientInvalidRequest
