@@ -97,8 +97,8 @@ class Step:
     grant: str | None = None  # a placeholder holding a consent_url: grant it instead
 
 
-def _bad_body(path: str, raw: bytes, error: str, method: str = "POST") -> Step:
-    return Step(f"{method} {path} {raw[:30]!r}", method, path, 400, error, raw=raw)
+def _bad_body(path: str, raw: bytes, error: str, method: str = "POST", status: int = 400) -> Step:
+    return Step(f"{method} {path} {raw[:30]!r}", method, path, status, error, raw=raw)
 
 
 def _next_cursor(answer: Any) -> bool:
@@ -123,6 +123,17 @@ SCENARIOS: list[Step] = [
     _bad_body("consents", b'{"label": 5}', rc.INVALID_FIELD),
     _bad_body("consents", b'{"keep_warm": "yes"}', rc.INVALID_FIELD),
     _bad_body("consents", b'{"scopes": "openid"}', rc.INVALID_FIELD),
+    _bad_body("consents", b'{"scopes": [1]}', rc.INVALID_FIELD),
+    _bad_body("consents", b'{"scopes": ["has space"]}', rc.INVALID_SCOPE),
+    _bad_body("consents", b'{"return_to": "https://elsewhere.test/"}', rc.INVALID_RETURN_TO),
+    Step(
+        "a consent for an unknown task",
+        "POST",
+        "consents",
+        404,
+        rc.NOT_FOUND,
+        body={"task_id": UNKNOWN_ID},
+    ),
     Step("a pending token", path="tokens/{pending}", keys=TOKEN_KEYS, fields={"status": "pending"}),
     Step("an unknown token", path=f"tokens/{UNKNOWN_ID}", status=404, error=rc.NOT_FOUND),
     Step(
@@ -233,6 +244,13 @@ SCENARIOS: list[Step] = [
     _bad_body("tasks", b'{"name": 5}', rc.INVALID_FIELD),
     _bad_body("tasks", b'{"name": "x", "kind": "bogus"}', rc.INVALID_FIELD),
     _bad_body("tasks", b'{"name": "x", "surprise": 1}', rc.UNKNOWN_FIELD),
+    _bad_body("tasks", b'{"name": "  "}', rc.INVALID_FIELD),
+    _bad_body(
+        "tasks",
+        b'{"name": "x", "persistent_token_id": "' + UNKNOWN_ID.encode() + b'"}',
+        rc.NOT_FOUND,
+        status=404,
+    ),
     Step("a task", path="tasks/{task}", keys=TASK_KEYS),
     Step("an unknown task", path=f"tasks/{UNKNOWN_ID}", status=404, error=rc.NOT_FOUND),
     Step("a task id that is no id", path="tasks/nope", status=404, error=rc.NOT_FOUND),
@@ -297,6 +315,14 @@ SCENARIOS: list[Step] = [
     ),
     Step("execute again", "POST", "tasks/{task}/execute", 409, rc.ALREADY_RUNNING),
     Step(
+        "link while running",
+        "POST",
+        "tasks/{task}/link",
+        409,
+        rc.TASK_RUNNING,
+        body={"persistent_token_id": "{pending}"},
+    ),
+    Step(
         "report progress",
         "PATCH",
         "tasks/{task}",
@@ -335,6 +361,14 @@ SCENARIOS: list[Step] = [
     Step("delete an unknown task", "DELETE", f"tasks/{UNKNOWN_ID}", 404, rc.NOT_FOUND),
     # --- deleting tokens, and the cap on pending consents -------------------------------------
     Step("delete an unknown token", "DELETE", f"tokens/{UNKNOWN_ID}", 404, rc.NOT_FOUND),
+    Step(
+        "a bad force flag",
+        "DELETE",
+        "tokens/{pending}",
+        400,
+        rc.INVALID_QUERY,
+        params={"force": "maybe"},
+    ),
     Step("delete the pending token", "DELETE", "tokens/{pending}", 204),
     Step("the token is gone", path="tokens/{pending}", status=404, error=rc.NOT_FOUND),
     *[
@@ -370,6 +404,9 @@ async def run(world: World) -> list[str]:
     problems: list[str] = []
     for step in SCENARIOS:
         if step.grant is not None:
+            if step.grant not in saved:
+                problems.append(f"{step.name}: nothing to grant; stopped here")
+                break
             await world.grant(saved[step.grant])
             continue
         raw = step.raw if step.raw is not None else None

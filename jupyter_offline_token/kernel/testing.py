@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -133,6 +134,35 @@ def _body(
         if problem:
             raise bad(rc.INVALID_FIELD, f"field {name!r} {problem}")
     return body
+
+
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")
+
+
+def _is_local_path(value: str, base_path: str) -> bool:
+    """``return_to`` must be a path on this server under its base_url (no open redirect)."""
+    parts = urlsplit(value)
+    return not (
+        parts.scheme
+        or parts.netloc
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(c) < 0x21 for c in value)
+        or not value.startswith(base_path)
+    )
+
+
+def _query_flag(request: httpx.Request, name: str, default: bool) -> bool:
+    raw = request.url.params.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _Reject(_error(400, rc.INVALID_QUERY, f"query parameter {name!r} must be true or false"))
 
 
 def _status_filter(request: httpx.Request, allowed: tuple[str, ...]) -> str | None:
@@ -402,8 +432,25 @@ class FakeOfflineTokenAPI:
 
     def _create_consent(self, request: httpx.Request) -> httpx.Response:
         body = _body(request, CONSENT_FIELDS)
-        if not all(isinstance(scope, str) for scope in body.get("scopes") or []):
+        return_to = body.get("return_to")
+        if return_to is not None and not _is_local_path(return_to, self._path):
+            return _error(
+                400,
+                rc.INVALID_RETURN_TO,
+                f"return_to must be a path on this server starting with {self._path!r}",
+            )
+        scopes = body.get("scopes") or []
+        if not all(isinstance(scope, str) for scope in scopes):
             return _error(400, rc.INVALID_FIELD, "field 'scopes' must be an array of strings")
+        if body.get("task_id") is not None:
+            self._task(body["task_id"])
+        for scope in scopes:
+            if not _SCOPE_TOKEN.match(scope):
+                return _error(
+                    400,
+                    rc.INVALID_SCOPE,
+                    f"invalid scope {scope!r}: scopes are single words of printable ASCII",
+                )
         pending = sum(1 for e in self.tokens.values() if e["status"] == "pending")
         if pending >= self.max_pending_consents:
             return _error(
@@ -490,8 +537,9 @@ class FakeOfflineTokenAPI:
         return httpx.Response(200, json=self._public(self._entry(token_id)))
 
     def _delete_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        _query_flag(request, "revoke", True)
+        force = _query_flag(request, "force", False)
         self._entry(token_id)
-        force = request.url.params.get("force") == "true"
         running = [
             t
             for t in self.tasks.values()
@@ -659,6 +707,8 @@ class FakeOfflineTokenAPI:
         task = self._task(task_id)
         body = _body(request, LINK_FIELDS, allow_empty=False)
         self._entry(body["persistent_token_id"])
+        if task["status"] == "running":
+            return _error(409, rc.TASK_RUNNING, "cancel the task before linking another token")
         task["persistent_token_id"] = body["persistent_token_id"]
         self._task_changed(task)
         return httpx.Response(200, json=task)
