@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import rest_codes
+
 
 class OfflineTokenError(Exception):
     """A domain error that the API maps to ``{"error": code, "message": text}``."""
 
     status: int = 400
-    code: str = "bad_request"
+    code: str = rest_codes.BAD_REQUEST
 
     def __init__(
         self,
@@ -44,19 +46,19 @@ class OfflineTokenError(Exception):
 
 class InvalidRequest(OfflineTokenError):
     status = 400
-    code = "invalid_request"
+    code = rest_codes.INVALID_REQUEST
 
 
 class NotFound(OfflineTokenError):
     status = 404
-    code = "not_found"
+    code = rest_codes.NOT_FOUND
 
 
 class Conflict(OfflineTokenError):
     """The entry exists but is in a state that forbids the operation (409)."""
 
     status = 409
-    code = "conflict"
+    code = rest_codes.CONFLICT
 
 
 class EntryGone(NotFound, KeyError):
@@ -80,26 +82,26 @@ class TooManyPendingConsents(OfflineTokenError):
     ``retry_after`` says when the oldest of them expires."""
 
     status = 429
-    code = "too_many_pending_consents"
+    code = rest_codes.TOO_MANY_PENDING_CONSENTS
 
 
 class NotConfigured(OfflineTokenError):
     status = 503
-    code = "not_configured"
+    code = rest_codes.NOT_CONFIGURED
 
 
 class ProviderUnavailable(OfflineTokenError):
     """A transient fault at the provider: try again later (503 with Retry-After)."""
 
     status = 503
-    code = "provider_unavailable"
+    code = rest_codes.PROVIDER_UNAVAILABLE
 
 
 class ProviderRejected(OfflineTokenError):
     """The provider answered with an error that is not the caller's fault (502)."""
 
     status = 502
-    code = "provider_error"
+    code = rest_codes.PROVIDER_ERROR
 
 
 # --- adapter-level errors (raised by oidc.py and vault/, mapped by the broker) ---------------

@@ -9,8 +9,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from conftest import Api, grant
 from fake_clock import FakeClock, run_async
+from server_fixtures import Api, grant
 from test_tasks import create, until, wait_status
 
 from jupyter_offline_token.activity import ACTIVITY_SETTING, ServerActivity

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TEST_KEY, grant
+from server_fixtures import TEST_KEY, grant
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import grant
 from nbclient import NotebookClient
+from server_fixtures import grant
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Api, grant
+from server_fixtures import Api, grant
 
 from jupyter_offline_token.kernel import InvalidRequest as ClientInvalidRequest
 from jupyter_offline_token.kernel import TooManyPendingConsents as ClientTooManyPending

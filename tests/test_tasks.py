@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Api, grant, task_processes
+from server_fixtures import Api, grant, task_processes
 
 from jupyter_offline_token.errors import InvalidRequest
 from jupyter_offline_token.handlers.task_requests import CreateTask

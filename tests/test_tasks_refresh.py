@@ -11,7 +11,7 @@ import time
 
 import nbformat
 import pytest
-from conftest import grant, task_processes
+from server_fixtures import grant, task_processes
 
 PY = sys.executable
 TERMINAL = {"completed", "failed", "cancelled", "interrupted"}

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import grant
+from server_fixtures import grant
 from test_tasks import TERMINAL, create, until, wait_status
 from traitlets.config import Config
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import grant
+from server_fixtures import grant
 
 from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.models import ConsentSecrets

@@ -16,6 +16,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .. import rest_codes
 from ..errors import InvalidRequest, NotConfigured, OfflineTokenError
 from ..public_url import CallbackURL, browser_origin
 
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def forbidden(message: str) -> OfflineTokenError:
-    return OfflineTokenError(message, code="forbidden", status=403)
+    return OfflineTokenError(message, code=rest_codes.FORBIDDEN, status=403)
 
 
 def authenticated_or_task(method: F) -> F:
@@ -88,36 +89,38 @@ def parse_body(raw: bytes, fields: dict[str, Field], *, allow_empty: bool = True
     """Parse and validate a JSON object body; raise InvalidRequest naming what is wrong."""
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequest(
-            f"request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large"
+            f"request body is larger than {MAX_BODY_BYTES} bytes", code=rest_codes.BODY_TOO_LARGE
         )
     if not raw.strip():
         if allow_empty:
             body: Any = {}
         else:
-            raise InvalidRequest("a JSON object body is required", code="invalid_json")
+            raise InvalidRequest("a JSON object body is required", code=rest_codes.INVALID_JSON)
     else:
         try:
             body = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+            raise InvalidRequest(
+                "request body is not valid JSON", code=rest_codes.INVALID_JSON
+            ) from None
         problem = _unencodable(body)
         if problem:
             raise InvalidRequest(
                 f"request body has {problem}: strings must be valid UTF-8 text",
-                code="invalid_field",
+                code=rest_codes.INVALID_FIELD,
             )
     if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+        raise InvalidRequest("request body must be a JSON object", code=rest_codes.INVALID_JSON)
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise InvalidRequest(
             f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(fields))}",
-            code="unknown_field",
+            code=rest_codes.UNKNOWN_FIELD,
         )
     for name, spec in fields.items():
         if name not in body or body[name] is None:
             if spec.required:
-                raise InvalidRequest(f"field {name!r} is required", code="missing_field")
+                raise InvalidRequest(f"field {name!r} is required", code=rest_codes.MISSING_FIELD)
             body.pop(name, None)
             continue
         value = body[name]
@@ -125,11 +128,11 @@ def parse_body(raw: bytes, fields: dict[str, Field], *, allow_empty: bool = True
         # bool is an int in Python; never accept it where a number is asked for.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(_json_type(t) for t in types)
-            raise InvalidRequest(f"field {name!r} must be {names}", code="invalid_field")
+            raise InvalidRequest(f"field {name!r} must be {names}", code=rest_codes.INVALID_FIELD)
         if spec.check is not None:
             problem = spec.check(value)
             if problem:
-                raise InvalidRequest(f"field {name!r} {problem}", code="invalid_field")
+                raise InvalidRequest(f"field {name!r} {problem}", code=rest_codes.INVALID_FIELD)
     return body
 
 
@@ -259,7 +262,7 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         if value in ("0", "false", "no", "off"):
             return False
         raise InvalidRequest(
-            f"query parameter {name!r} must be true or false", code="invalid_query"
+            f"query parameter {name!r} must be true or false", code=rest_codes.INVALID_QUERY
         )
 
     def query_int(self, name: str, *, default: int | None, low: int, high: int) -> int | None:
@@ -273,7 +276,7 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         if not low <= value <= high:
             raise InvalidRequest(
                 f"query parameter {name!r} must be an integer from {low} to {high}",
-                code="invalid_query",
+                code=rest_codes.INVALID_QUERY,
             )
         return value
 
@@ -313,12 +316,12 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
             if isinstance(exc, web.HTTPError) and exc.log_message:
                 message = exc.log_message % exc.args if exc.args else exc.log_message
         code = {
-            400: "bad_request",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-        }.get(status_code, "internal_error" if status_code >= 500 else "error")
+            400: rest_codes.BAD_REQUEST,
+            401: rest_codes.UNAUTHORIZED,
+            403: rest_codes.FORBIDDEN,
+            404: rest_codes.NOT_FOUND,
+            405: rest_codes.METHOD_NOT_ALLOWED,
+        }.get(status_code, rest_codes.INTERNAL_ERROR if status_code >= 500 else rest_codes.ERROR)
         if status_code >= 500:
             message = "internal error; the server log has details"
         self.finish(json.dumps({"error": code, "message": message}))

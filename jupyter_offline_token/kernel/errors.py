@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 
+from .. import rest_codes
+from ..rest_codes import CODES
+
 
 class OfflineTokenClientError(Exception):
     """Base class of every error raised by ``jupyter_offline_token.kernel``.
@@ -28,7 +31,7 @@ class OfflineTokenClientError(Exception):
             print(exc.code, exc)
     """
 
-    code: str = "client_error"
+    code: str = rest_codes.CLIENT_ERROR
 
     def __init__(
         self,
@@ -62,7 +65,7 @@ class ServerNotFound(OfflineTokenClientError):
             print(exc.tried)
     """
 
-    code = "server_not_found"
+    code = rest_codes.SERVER_NOT_FOUND
 
     def __init__(self, tried: list[str]) -> None:
         self.tried = list(tried)
@@ -84,7 +87,7 @@ class ServerUnreachable(OfflineTokenClientError):
             print("is the Jupyter server still running?")
     """
 
-    code = "server_unreachable"
+    code = rest_codes.SERVER_UNREACHABLE
 
 
 class AuthenticationFailed(OfflineTokenClientError):
@@ -96,7 +99,7 @@ class AuthenticationFailed(OfflineTokenClientError):
             print("set JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN")
     """
 
-    code = "forbidden"
+    code = rest_codes.FORBIDDEN
 
 
 class InvalidRequest(OfflineTokenClientError):
@@ -108,7 +111,7 @@ class InvalidRequest(OfflineTokenClientError):
             print(exc.message)
     """
 
-    code = "invalid_request"
+    code = rest_codes.INVALID_REQUEST
 
 
 class NotFound(OfflineTokenClientError):
@@ -120,7 +123,7 @@ class NotFound(OfflineTokenClientError):
             print("no such persistent_token_id")
     """
 
-    code = "not_found"
+    code = rest_codes.NOT_FOUND
 
 
 class NotConfigured(OfflineTokenClientError):
@@ -132,7 +135,7 @@ class NotConfigured(OfflineTokenClientError):
             print(exc.message)  # names the setting to fix
     """
 
-    code = "not_configured"
+    code = rest_codes.NOT_CONFIGURED
 
 
 class RedirectURIUnknown(OfflineTokenClientError):
@@ -147,7 +150,7 @@ class RedirectURIUnknown(OfflineTokenClientError):
             print(exc.message)  # names OfflineTokenApp.redirect_uri
     """
 
-    code = "redirect_uri_unknown"
+    code = rest_codes.REDIRECT_URI_UNKNOWN
 
 
 class ProviderUnavailable(OfflineTokenClientError):
@@ -159,7 +162,7 @@ class ProviderUnavailable(OfflineTokenClientError):
             time.sleep(exc.retry_after or 10)
     """
 
-    code = "provider_unavailable"
+    code = rest_codes.PROVIDER_UNAVAILABLE
 
 
 class ConsentPending(OfflineTokenClientError):
@@ -171,7 +174,7 @@ class ConsentPending(OfflineTokenClientError):
             tok.wait()
     """
 
-    code = "waiting_consent"
+    code = rest_codes.WAITING_CONSENT
 
 
 class ConsentRequired(OfflineTokenClientError):
@@ -183,7 +186,7 @@ class ConsentRequired(OfflineTokenClientError):
             tok = request_offline_token(label="again")
     """
 
-    code = "needs_consent"
+    code = rest_codes.NEEDS_CONSENT
 
 
 class TokenFailed(ConsentRequired):
@@ -195,7 +198,7 @@ class TokenFailed(ConsentRequired):
             print(exc.message)
     """
 
-    code = "token_failed"
+    code = rest_codes.TOKEN_FAILED
 
 
 class TokenRevoked(TokenFailed):
@@ -207,7 +210,7 @@ class TokenRevoked(TokenFailed):
             tok = request_offline_token()
     """
 
-    code = "token_revoked"
+    code = rest_codes.TOKEN_REVOKED
 
 
 class ConsentExpired(TokenFailed):
@@ -219,7 +222,7 @@ class ConsentExpired(TokenFailed):
             tok = request_offline_token()
     """
 
-    code = "consent_expired"
+    code = rest_codes.CONSENT_EXPIRED
 
 
 class TokenInUse(OfflineTokenClientError):
@@ -231,7 +234,7 @@ class TokenInUse(OfflineTokenClientError):
             tok.revoke(force=True)
     """
 
-    code = "token_in_use"
+    code = rest_codes.TOKEN_IN_USE
 
 
 class TooManyPendingConsents(OfflineTokenClientError):
@@ -244,7 +247,7 @@ class TooManyPendingConsents(OfflineTokenClientError):
             print(exc.retry_after)
     """
 
-    code = "too_many_pending_consents"
+    code = rest_codes.TOO_MANY_PENDING_CONSENTS
 
 
 class TaskError(OfflineTokenClientError):
@@ -256,7 +259,7 @@ class TaskError(OfflineTokenClientError):
             print(exc.code)
     """
 
-    code = "task_error"
+    code = rest_codes.TASK_ERROR
 
 
 class TaskAlreadyRunning(TaskError):
@@ -268,7 +271,7 @@ class TaskAlreadyRunning(TaskError):
             pass
     """
 
-    code = "already_running"
+    code = rest_codes.ALREADY_RUNNING
 
 
 class TaskCancelled(TaskError):
@@ -280,39 +283,15 @@ class TaskCancelled(TaskError):
             break
     """
 
-    code = "cancelled"
+    code = rest_codes.CANCELLED
 
 
-_ADVICE = {
-    "waiting_consent": "Open the consent link and grant offline access, or call tok.wait().",
-    "needs_consent": "Request offline access with request_offline_token() and link the token.",
-    "token_failed": "Request offline access again with request_offline_token().",
-    "token_revoked": "Request offline access again with request_offline_token().",
-    "consent_expired": "Request offline access again with request_offline_token().",
-    "provider_unavailable": "The provider is unreachable for now; try again in a moment.",
-    "forbidden": "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
-    "redirect_uri_unknown": "Open this server's offline-token dashboard in your browser once "
-    "and try again, or ask the administrator to set c.OfflineTokenApp.redirect_uri.",
-    "too_many_pending_consents": "Grant or delete the consents already waiting "
-    "(list_tokens(status='pending')), or wait until they expire.",
-}
+# Built from the one table of codes (rest_codes.CODES): a code the server adds is mapped here by
+# naming its class there, so the two sides cannot drift.
+_ADVICE: dict[str, str] = {code: e.advice for code, e in CODES.items() if e.advice}
 
 _BY_CODE: dict[str, type[OfflineTokenClientError]] = {
-    "waiting_consent": ConsentPending,
-    "needs_consent": ConsentRequired,
-    "token_failed": TokenFailed,
-    "token_revoked": TokenRevoked,
-    "consent_expired": ConsentExpired,
-    "provider_unavailable": ProviderUnavailable,
-    "not_configured": NotConfigured,
-    "redirect_uri_unknown": RedirectURIUnknown,
-    "not_found": NotFound,
-    "forbidden": AuthenticationFailed,
-    "invalid_request": InvalidRequest,
-    "bad_request": InvalidRequest,
-    "token_in_use": TokenInUse,
-    "already_running": TaskAlreadyRunning,
-    "too_many_pending_consents": TooManyPendingConsents,
+    code: globals()[e.kernel_error] for code, e in CODES.items() if e.kernel_error
 }
 
 _BY_STATUS: dict[int, type[OfflineTokenClientError]] = {

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import TEST_KEY
+from server_fixtures import TEST_KEY
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import consent_location, grant
+from server_fixtures import consent_location, grant
 
 pytestmark = pytest.mark.timeout(120)
 

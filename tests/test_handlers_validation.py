@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import grant
+from server_fixtures import grant
 
 pytestmark = pytest.mark.timeout(120)
 

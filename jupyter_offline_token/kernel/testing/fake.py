@@ -1,21 +1,4 @@
-"""An in-memory fake of the extension's REST API, for testing kernel-side code without a server.
-
-``FakeOfflineTokenAPI`` answers like the real server does per the REST contract (status codes,
-``{"error", "message"}`` bodies, the access-token cache that serves a token while it has at least
-``min_ttl`` seconds left, task credentials limited to their own task) through an
-``httpx.MockTransport``. It also plays the provider's two user-facing parts: a protected resource
-at ``http://resource.test/userinfo`` that accepts only access tokens the fake minted and has not
-invalidated, and the consent URL (a GET on it grants the consent, as a user clicking "allow"
-would). Every request is recorded for assertions.
-
-Example::
-
-    api = FakeOfflineTokenAPI()
-    client = api.client()
-    tok = request_offline_token(label="t", client=client, display=False)
-    api.grant(tok.id)
-    assert tok.wait().status == "active"
-"""
+"""``FakeOfflineTokenAPI``: the in-memory REST API (wiring, controls, routing, token routes)."""
 
 from __future__ import annotations
 
@@ -27,57 +10,33 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
-from .client import OfflineTokenClient
-from .discovery import ServerInfo
+from ... import rest_codes as rc
+from ..client import OfflineTokenClient
+from ..discovery import ServerInfo
+from .rules import (
+    ACCESS_FIELDS,
+    CONSENT_FIELDS,
+    HEALTH_LEVELS,
+    SCOPE_TOKEN,
+    TOKEN_STATUSES,
+    Reject,
+    error_response,
+    is_local_path,
+    now_iso,
+    parse_body,
+    query_flag,
+    status_filter,
+)
+from .tasks import TaskRoutes
 
 RESOURCE_URL = "http://resource.test/userinfo"
-TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "interrupted")
-TASK_TERMINAL = ("completed", "failed", "cancelled", "interrupted")
-TASK_KINDS = ("kernel", "command", "notebook", "demo")
 
 
-def _now_iso() -> str:
-    return datetime.now(tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return httpx.Response(status, json={"error": code, "message": message}, headers=headers)
-
-
-class _Reject(Exception):
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-
-
-def _body(request: httpx.Request, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    if not request.content:
-        return {}
-    try:
-        body = json.loads(request.content)
-    except ValueError:
-        raise _Reject(_error(400, "invalid_request", "the body is not valid JSON")) from None
-    if not isinstance(body, dict):
-        raise _Reject(_error(400, "invalid_request", "the body must be a JSON object"))
-    for key, value in body.items():
-        if key not in allowed:
-            raise _Reject(_error(400, "invalid_request", f"unknown field {key!r}"))
-        expected = allowed[key]
-        if value is not None and (
-            not isinstance(value, expected) or (isinstance(value, bool) and expected is int)
-        ):
-            raise _Reject(_error(400, "invalid_request", f"field {key!r} has the wrong type"))
-    return body
-
-
-class FakeOfflineTokenAPI:
+class FakeOfflineTokenAPI(TaskRoutes):
     """In-memory REST API emulation; pass :meth:`transport` to an ``OfflineTokenClient``.
 
     ``access_token_ttl``: lifetime of minted access tokens; ``clock``: monotonic seconds.
@@ -158,7 +117,7 @@ class FakeOfflineTokenAPI:
         """Complete the consent as the provider callback would: the entry becomes active."""
         with self._lock:
             entry = self.tokens[token_id]
-            entry.update(status="active", subject=subject, updated_at=_now_iso())
+            entry.update(status="active", subject=subject, updated_at=now_iso())
             if entry.get("task_id") in self.tasks:
                 task = self.tasks[entry["task_id"]]
                 task["persistent_token_id"] = token_id
@@ -167,7 +126,7 @@ class FakeOfflineTokenAPI:
     def fail(self, token_id: str, error: str = "refresh token rejected by the provider") -> None:
         """Mark an entry failed, as an ``invalid_grant`` would."""
         with self._lock:
-            self.tokens[token_id].update(status="failed", last_error=error, updated_at=_now_iso())
+            self.tokens[token_id].update(status="failed", last_error=error, updated_at=now_iso())
             self._cache.pop(token_id, None)
 
     def set_status(self, token_id: str, status: str) -> None:
@@ -205,7 +164,7 @@ class FakeOfflineTokenAPI:
                 return self._consent_page(request)
             try:
                 return self._route(request)
-            except _Reject as reject:
+            except Reject as reject:
                 return reject.response
 
     def _resource(self, request: httpx.Request) -> httpx.Response:
@@ -238,11 +197,11 @@ class FakeOfflineTokenAPI:
     def _route(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if not path.startswith(self._path + "api/offline-token/"):
-            return _error(404, "not_found", "no such route")
+            return error_response(404, rc.NOT_FOUND, "no such route")
         route = path[len(self._path + "api/offline-token/") :]
         caller = self._caller(request)
         if caller is None:
-            return _error(403, "forbidden", "authentication required")
+            return error_response(403, rc.FORBIDDEN, "authentication required")
         method = request.method
         if caller.startswith("task:"):
             task_id = caller[5:]
@@ -253,14 +212,16 @@ class FakeOfflineTokenAPI:
                 or (method == "GET" and route == f"tasks/{task_id}/events")
             )
             if not allowed:
-                return _error(403, "forbidden", "a task credential is limited to its own task")
+                return error_response(
+                    403, rc.FORBIDDEN, "a task credential is limited to its own task"
+                )
         for pattern, verb, handler in self._routes():
             match = re.fullmatch(pattern, route)
             if match and verb == method:
                 return handler(request, *match.groups())
         if any(re.fullmatch(p, route) for p, _, _ in self._routes()):
-            return _error(405, "method_not_allowed", f"{method} is not allowed here")
-        return _error(404, "not_found", "no such route")
+            return error_response(405, rc.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
+        return error_response(404, rc.NOT_FOUND, "no such route")
 
     def _routes(self) -> list[tuple[str, str, Callable[..., httpx.Response]]]:
         return [
@@ -287,7 +248,7 @@ class FakeOfflineTokenAPI:
     def _entry(self, token_id: str) -> dict[str, Any]:
         entry = self.tokens.get(token_id)
         if entry is None:
-            raise _Reject(_error(404, "not_found", f"no offline token {token_id!r}"))
+            raise Reject(error_response(404, rc.NOT_FOUND, f"no offline token {token_id!r}"))
         return entry
 
     def _public(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -309,21 +270,39 @@ class FakeOfflineTokenAPI:
         return body
 
     def _create_consent(self, request: httpx.Request) -> httpx.Response:
-        body = _body(
-            request,
-            {"label": str, "task_id": str, "scopes": list, "return_to": str, "keep_warm": bool},
-        )
+        body = parse_body(request, CONSENT_FIELDS)
+        return_to = body.get("return_to")
+        if return_to is not None and not is_local_path(return_to, self._path):
+            return error_response(
+                400,
+                rc.INVALID_RETURN_TO,
+                f"return_to must be a path on this server starting with {self._path!r}",
+            )
+        scopes = body.get("scopes") or []
+        if not all(isinstance(scope, str) for scope in scopes):
+            return error_response(
+                400, rc.INVALID_FIELD, "field 'scopes' must be an array of strings"
+            )
+        if body.get("task_id") is not None:
+            self._task(body["task_id"])
+        for scope in scopes:
+            if not SCOPE_TOKEN.match(scope):
+                return error_response(
+                    400,
+                    rc.INVALID_SCOPE,
+                    f"invalid scope {scope!r}: scopes are single words of printable ASCII",
+                )
         pending = sum(1 for e in self.tokens.values() if e["status"] == "pending")
         if pending >= self.max_pending_consents:
-            return _error(
+            return error_response(
                 429,
-                "too_many_pending_consents",
+                rc.TOO_MANY_PENDING_CONSENTS,
                 f"{pending} consents of this user are still waiting to be granted (at most "
                 f"{self.max_pending_consents}, OfflineTokenApp.max_pending_consents)",
                 headers={"Retry-After": "600"},
             )
         token_id = str(uuid.uuid4())
-        now = _now_iso()
+        now = now_iso()
         self._order[token_id] = next(self._sequence)
         self.tokens[token_id] = {
             "persistent_token_id": token_id,
@@ -361,16 +340,18 @@ class FakeOfflineTokenAPI:
         most 1000) after ``cursor``; ``offset`` other than 0 is a 400."""
         params = request.url.params
         if params.get("offset", "0") != "0":
-            raise _Reject(_error(400, "invalid_query", "query parameter 'offset' is not supported"))
+            raise Reject(
+                error_response(400, rc.INVALID_QUERY, "query parameter 'offset' is not supported")
+            )
         raw_limit = params.get("limit")
         limit = self.page_size
         if raw_limit is not None:
             limit = int(raw_limit) if raw_limit.isdigit() else 0
             if not 1 <= limit <= 1000:
-                raise _Reject(
-                    _error(
+                raise Reject(
+                    error_response(
                         400,
-                        "invalid_query",
+                        rc.INVALID_QUERY,
                         "query parameter 'limit' must be an integer from 1 to 1000",
                     )
                 )
@@ -378,7 +359,9 @@ class FakeOfflineTokenAPI:
         cursor = params.get("cursor")
         if cursor is not None:
             if not cursor.startswith("f") or not cursor[1:].isdigit():
-                raise _Reject(_error(400, "invalid_cursor", "not a cursor from next_cursor"))
+                raise Reject(
+                    error_response(400, rc.INVALID_CURSOR, "not a cursor from next_cursor")
+                )
             below = int(cursor[1:])
             ordered = [i for i in ordered if self._order.get(i[key], 0) < below]
         page = ordered[:limit]
@@ -386,7 +369,7 @@ class FakeOfflineTokenAPI:
         return page, f"f{self._order.get(page[-1][key], 0)}" if more else None
 
     def _list_tokens(self, request: httpx.Request) -> httpx.Response:
-        status = request.url.params.get("status")
+        status = status_filter(request, TOKEN_STATUSES)
         entries = [self._public(e) for e in reversed(self.tokens.values())]
         if status:
             entries = [e for e in entries if e["status"] == status]
@@ -397,15 +380,20 @@ class FakeOfflineTokenAPI:
         return httpx.Response(200, json=self._public(self._entry(token_id)))
 
     def _delete_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
+        query_flag(request, "revoke", True)
+        force = query_flag(request, "force", False)
         self._entry(token_id)
-        force = request.url.params.get("force") == "true"
         running = [
             t
             for t in self.tasks.values()
             if t.get("persistent_token_id") == token_id and t["status"] == "running"
         ]
         if running and not force:
-            return _error(409, "token_in_use", "a running task uses this token; cancel it first")
+            response = error_response(
+                409, rc.TOKEN_IN_USE, "a running task uses this token; cancel it first"
+            )
+            body = {**json.loads(response.content), "tasks": [t["id"] for t in running]}
+            return httpx.Response(409, json=body)
         for task in running:
             task["status"] = "cancelled"
             self._task_changed(task)
@@ -416,24 +404,26 @@ class FakeOfflineTokenAPI:
         return httpx.Response(204)
 
     def _access_token(self, request: httpx.Request, token_id: str) -> httpx.Response:
-        body = _body(request, {"min_ttl": int, "keep_warm": bool})
+        body = parse_body(request, ACCESS_FIELDS)
         min_ttl = body.get("min_ttl", 30)
-        if not 0 <= min_ttl <= 86400:
-            return _error(400, "invalid_request", "min_ttl must be between 0 and 86400")
         entry = self._entry(token_id)
         status = entry["status"]
         if status == "pending":
-            return _error(409, "waiting_consent", "the consent has not been granted yet")
+            return error_response(409, rc.WAITING_CONSENT, "the consent has not been granted yet")
         if status == "failed":
-            return _error(409, "token_failed", f"{entry.get('last_error')}; request consent again")
+            return error_response(
+                409, rc.TOKEN_FAILED, f"{entry.get('last_error')}; request consent again"
+            )
         if status == "revoked":
-            return _error(409, "token_revoked", "the offline token was revoked")
+            return error_response(409, rc.TOKEN_REVOKED, "the offline token was revoked")
         if status == "expired":
-            return _error(409, "consent_expired", "the consent expired before it was granted")
+            return error_response(
+                409, rc.CONSENT_EXPIRED, "the consent expired before it was granted"
+            )
         if self.provider_down_retry_after is not None:
-            return _error(
+            return error_response(
                 503,
-                "provider_unavailable",
+                rc.PROVIDER_UNAVAILABLE,
                 "the provider is unreachable",
                 headers={"Retry-After": str(int(self.provider_down_retry_after))},
             )
@@ -446,14 +436,14 @@ class FakeOfflineTokenAPI:
             self._cache[token_id] = cached
             self.valid_access_tokens.add(value)
             entry["refresh_count"] += 1
-            entry["last_refresh_at"] = _now_iso()
+            entry["last_refresh_at"] = now_iso()
         return httpx.Response(
             200,
             json={
                 "access_token": cached[0],
                 "token_type": "Bearer",
                 "expires_in": int(cached[1] - now),
-                "expires_at": _now_iso(),
+                "expires_at": now_iso(),
                 "scope": " ".join(entry["scopes"]),
             },
         )
@@ -463,172 +453,35 @@ class FakeOfflineTokenAPI:
         return httpx.Response(200, json={"events": []})
 
     def _health(self, request: httpx.Request) -> httpx.Response:
-        counts: dict[str, int] = {}
+        """Counts per level (revoked and expired entries are history, not health) and one page
+        of the entries that need attention (failed ones), as on the server."""
+        counts = dict.fromkeys(HEALTH_LEVELS, 0)
+        attention = []
         for entry in self.tokens.values():
-            level = self._public(entry)["health"]["level"]
-            counts[level] = counts.get(level, 0) + 1
+            if entry["status"] in ("revoked", "expired"):
+                continue
+            view = self._public(entry)
+            counts[view["health"]["level"]] += 1
+            if entry["status"] == "failed":
+                attention.append(
+                    {
+                        "persistent_token_id": entry["persistent_token_id"],
+                        "label": entry["label"],
+                        "status": entry["status"],
+                        "health": view["health"],
+                    }
+                )
+        page, after = self._page(request, attention, "persistent_token_id")
         order = ["healthy", "pending", "degraded", "unhealthy"]
-        level = max(counts, key=order.index) if counts else "healthy"
+        level = max((n for n, c in counts.items() if c), key=order.index, default="healthy")
         return httpx.Response(
             200,
             json={
                 "level": level,
                 "counts": counts,
                 "configured": True,
-                "tokens": [],
-                "next_cursor": None,
+                "message": None,
+                "tokens": page,
+                "next_cursor": after,
             },
         )
-
-    # --- tasks ---------------------------------------------------------------------------------
-    def _task(self, task_id: str) -> dict[str, Any]:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise _Reject(_error(404, "not_found", f"no task {task_id!r}"))
-        return task
-
-    def _task_changed(self, task: dict[str, Any]) -> None:
-        token = self.tokens.get(task.get("persistent_token_id") or "")
-        task["offline_token_status"] = (
-            "none"
-            if token is None
-            else {"expired": "failed", "revoked": "failed"}.get(token["status"], token["status"])
-        )
-        self.task_history.setdefault(task["id"], []).append(dict(task))
-
-    def _create_task(self, request: httpx.Request) -> httpx.Response:
-        body = _body(
-            request,
-            {
-                "name": str,
-                "description": str,
-                "kind": str,
-                "command": list,
-                "notebook": str,
-                "persistent_token_id": str,
-                "parameters": dict,
-            },
-        )
-        if not body.get("name"):
-            return _error(400, "invalid_request", "a task needs a name")
-        kind = body.get("kind") or "kernel"
-        if kind not in TASK_KINDS:
-            return _error(400, "invalid_request", f"unknown kind {kind!r}")
-        token_id = body.get("persistent_token_id")
-        if token_id is not None:
-            self._entry(token_id)
-        task = {
-            "id": uuid.uuid4().hex,
-            "name": body["name"],
-            "description": body.get("description") or "",
-            "kind": kind,
-            "status": "pending",
-            "persistent_token_id": token_id,
-            "progress": 0,
-            "message": "",
-            "result": None,
-            "error": None,
-            "created_at": _now_iso(),
-            "started_at": None,
-            "completed_at": None,
-            "command": body.get("command"),
-            "notebook": body.get("notebook"),
-            "parameters": body.get("parameters") or {},
-        }
-        self._order[task["id"]] = next(self._sequence)
-        self.tasks[task["id"]] = task
-        self._task_changed(task)
-        return httpx.Response(201, json=task)
-
-    def _list_tasks(self, request: httpx.Request) -> httpx.Response:
-        status = request.url.params.get("status")
-        tasks = [dict(t) for t in reversed(self.tasks.values())]
-        if status:
-            tasks = [t for t in tasks if t["status"] == status]
-        page, after = self._page(request, tasks, "id")
-        return httpx.Response(200, json={"tasks": page, "next_cursor": after})
-
-    def _get_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        return httpx.Response(200, json=self._task(task_id))
-
-    def _delete_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        if self._task(task_id)["status"] == "running":
-            return _error(409, "task_running", "cancel the task before deleting it")
-        del self.tasks[task_id]
-        return httpx.Response(204)
-
-    def _link_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        task = self._task(task_id)
-        body = _body(request, {"persistent_token_id": str})
-        if not body.get("persistent_token_id"):
-            return _error(400, "invalid_request", "persistent_token_id is required")
-        self._entry(body["persistent_token_id"])
-        task["persistent_token_id"] = body["persistent_token_id"]
-        self._task_changed(task)
-        return httpx.Response(200, json=task)
-
-    def _execute_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        task = self._task(task_id)
-        if task["status"] == "running":
-            return _error(409, "already_running", "the task is already running")
-        token = self.tokens.get(task.get("persistent_token_id") or "")
-        if token is None:
-            return _error(409, "needs_consent", "link an offline token to this task first")
-        if token["status"] == "pending":
-            return _error(409, "waiting_consent", "the linked token is waiting for consent")
-        if token["status"] != "active":
-            return _error(
-                409, "token_failed", "the linked token cannot be used; request consent again"
-            )
-        task.update(status="running", started_at=_now_iso(), error=None, completed_at=None)
-        self._task_changed(task)
-        return httpx.Response(202, json={"status": "executing", "task": task})
-
-    def _cancel_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        task = self._task(task_id)
-        if task["status"] in TASK_TERMINAL:
-            return _error(409, "not_running", f"the task is already {task['status']}")
-        task.update(status="cancelled", completed_at=_now_iso())
-        self._task_changed(task)
-        return httpx.Response(200, json=task)
-
-    def _patch_task(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        task = self._task(task_id)
-        body = _body(
-            request,
-            {"progress": (int, float), "message": str, "status": str, "result": str, "error": str},
-        )
-        if task["status"] in TASK_TERMINAL:
-            return _error(409, "task_finished", f"the task is already {task['status']}")
-        progress = body.get("progress")
-        if progress is not None and (isinstance(progress, bool) or not 0 <= progress <= 100):
-            return _error(400, "invalid_request", "progress must be between 0 and 100")
-        status = body.get("status")
-        if status is not None and status not in ("running", "completed", "failed"):
-            return _error(400, "invalid_request", f"status {status!r} cannot be set")
-        for key in ("progress", "message", "result", "error"):
-            if body.get(key) is not None:
-                task[key] = body[key]
-        if status:
-            task["status"] = status
-            if status in TASK_TERMINAL:
-                task["completed_at"] = _now_iso()
-        self._task_changed(task)
-        return httpx.Response(200, json=task)
-
-    def _task_events(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        """Replays the task's recorded states as SSE (with a keepalive comment); ends there."""
-        self._task(task_id)
-        chunks = [": keepalive\n\n"]
-        chunks += [
-            f"event: task\ndata: {json.dumps(state)}\n\n" for state in self.task_history[task_id]
-        ]
-        return httpx.Response(
-            200,
-            headers={"Content-Type": "text/event-stream"},
-            content="".join(chunks).encode(),
-        )
-
-    def _task_log(self, request: httpx.Request, task_id: str) -> httpx.Response:
-        self._task(task_id)
-        return httpx.Response(200, json={"lines": ["started", "done"]})
