@@ -733,7 +733,7 @@ class TokenBroker:
                 self._cache.pop(token_id, None)
                 raise Conflict(
                     f"offline token {token_id} no longer works: "
-                    + health.failure_detail(exc.error, health.error_kind(exc.error)),
+                    + health.failure_detail(exc.error, health.failure_kind(exc.error)),
                     code="token_failed",
                 ) from None
             except TransientProviderError as exc:
