@@ -50,7 +50,7 @@ from .models import (
 )
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
-from .refresh import RefreshGate, RefreshOutcome
+from .refresh.policy import RefreshGate, RefreshOutcome
 from .vault import Vault
 
 log = logging.getLogger("jupyter_offline_token.broker")
@@ -144,7 +144,6 @@ class TokenBroker:
         settings: ProviderSettings | None,
         *,
         consent_timeout: float = 600.0,
-        min_refresh_interval: float = 10.0,
         lease_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         not_configured_message: str = "",
@@ -153,7 +152,6 @@ class TokenBroker:
         self.provider = provider
         self.settings = settings
         self.consent_timeout = consent_timeout
-        self.min_refresh_interval = min_refresh_interval
         http_timeout = settings.http_timeout if settings else 15.0
         # Long enough to cover one grant at the provider plus the durable write.
         self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * http_timeout + 15.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from .broker import TokenBroker
 from .errors import OfflineTokenError, VaultError
-from .refresh_engine import RefreshEngine
+from .refresh.engine import RefreshEngine
 from .vault import Vault
 
 log = logging.getLogger("jupyter_offline_token")

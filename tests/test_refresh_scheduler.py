@@ -14,13 +14,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from fake_clock import FakeClock, run_async
 
-from jupyter_offline_token.refresh import (
+from jupyter_offline_token.refresh.policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
+from jupyter_offline_token.refresh.scheduler import (
     ATTEMPT_TASK_PREFIX,
     LOOP_TASK_NAME,
-    BackoffPolicy,
-    RefreshOutcome,
     RefreshScheduler,
-    ScheduleEntryState,
     SystemClock,
 )
 
