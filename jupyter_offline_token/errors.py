@@ -1,18 +1,36 @@
 """Errors shared by every layer.
 
-Each carries a stable machine ``code`` and a human ``message`` that is safe to show: no error in
-this package ever holds a token, code, verifier, key or client secret in its text or repr.
+Each carries a stable machine ``code``, a ``kind`` (what went wrong in general: bad input, an
+unknown id, a wrong state, a provider fault, ...) and a human ``message`` that is safe to show:
+no error in this package ever holds a token, code, verifier, key or client secret in its text or
+repr. HTTP statuses are not here: the handler layer maps kinds to them
+(``handlers/errors.py``), in one place.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class ErrorKind(enum.Enum):
+    """What a domain error means, independent of the protocol that reports it."""
+
+    INVALID = "invalid"  # the caller's input is wrong
+    FORBIDDEN = "forbidden"  # the caller may not do this
+    NOT_FOUND = "not_found"  # no such entry (or not the caller's)
+    CONFLICT = "conflict"  # the entry's state forbids the operation
+    GONE = "gone"  # it existed but is over (an expired consent)
+    RATE_LIMITED = "rate_limited"  # too many at once; retry_after says when
+    PROVIDER_REJECTED = "provider_rejected"  # the provider refused, not the caller's fault
+    UNAVAILABLE = "unavailable"  # transient: the provider or a part is down; retry later
+    NOT_CONFIGURED = "not_configured"  # the server's configuration must be fixed
 
 
 class OfflineTokenError(Exception):
     """A domain error that the API maps to ``{"error": code, "message": text}``."""
 
-    status: int = 400
+    kind: ErrorKind = ErrorKind.INVALID
     code: str = "bad_request"
 
     def __init__(
@@ -20,7 +38,7 @@ class OfflineTokenError(Exception):
         message: str,
         *,
         code: str | None = None,
-        status: int | None = None,
+        kind: ErrorKind | None = None,
         retry_after: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
@@ -28,8 +46,8 @@ class OfflineTokenError(Exception):
         self.message = message
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
+        if kind is not None:
+            self.kind = kind
         self.retry_after = retry_after
         self.extra = dict(extra or {})
 
@@ -43,46 +61,51 @@ class OfflineTokenError(Exception):
 
 
 class InvalidRequest(OfflineTokenError):
-    status = 400
+    kind = ErrorKind.INVALID
     code = "invalid_request"
 
 
+class Forbidden(OfflineTokenError):
+    kind = ErrorKind.FORBIDDEN
+    code = "forbidden"
+
+
 class NotFound(OfflineTokenError):
-    status = 404
+    kind = ErrorKind.NOT_FOUND
     code = "not_found"
 
 
 class Conflict(OfflineTokenError):
-    """The entry exists but is in a state that forbids the operation (409)."""
+    """The entry exists but is in a state that forbids the operation."""
 
-    status = 409
+    kind = ErrorKind.CONFLICT
     code = "conflict"
 
 
 class TooManyPendingConsents(OfflineTokenError):
-    """The owner already has ``max_pending_consents`` consents waiting to be granted (429);
+    """The owner already has ``max_pending_consents`` consents waiting to be granted;
     ``retry_after`` says when the oldest of them expires."""
 
-    status = 429
+    kind = ErrorKind.RATE_LIMITED
     code = "too_many_pending_consents"
 
 
 class NotConfigured(OfflineTokenError):
-    status = 503
+    kind = ErrorKind.NOT_CONFIGURED
     code = "not_configured"
 
 
 class ProviderUnavailable(OfflineTokenError):
-    """A transient fault at the provider: try again later (503 with Retry-After)."""
+    """A transient fault at the provider: try again later (``retry_after``)."""
 
-    status = 503
+    kind = ErrorKind.UNAVAILABLE
     code = "provider_unavailable"
 
 
 class ProviderRejected(OfflineTokenError):
-    """The provider answered with an error that is not the caller's fault (502)."""
+    """The provider answered with an error that is not the caller's fault."""
 
-    status = 502
+    kind = ErrorKind.PROVIDER_REJECTED
     code = "provider_error"
 
 

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from .broker import TokenBroker
-from .errors import OfflineTokenError, VaultError
+from .errors import ErrorKind, OfflineTokenError, VaultError
 from .refresh.engine import RefreshEngine
 from .vault import Vault
 
@@ -15,7 +15,7 @@ log = logging.getLogger("jupyter_offline_token")
 
 
 class VaultUnavailable(OfflineTokenError):
-    status = 503
+    kind = ErrorKind.UNAVAILABLE
     code = "vault_unavailable"
 
 

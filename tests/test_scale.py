@@ -25,6 +25,7 @@ import pytest
 from conftest import TEST_KEY, Api, grant
 
 from jupyter_offline_token.errors import TooManyPendingConsents
+from jupyter_offline_token.handlers.errors import http_status
 from jupyter_offline_token.kernel import InvalidRequest as ClientInvalidRequest
 from jupyter_offline_token.kernel import TooManyPendingConsents as ClientTooManyPending
 from jupyter_offline_token.kernel.errors import error_from_response
@@ -341,7 +342,7 @@ async def test_pending_cap_counts_only_unexpired_entries_of_the_owner(tmp_path):
         await create("a", now + 10)
         with pytest.raises(TooManyPendingConsents) as refused:
             await create("a", now + 20)
-        assert refused.value.status == 429 and refused.value.retry_after == 580
+        assert http_status(refused.value) == 429 and refused.value.retry_after == 580
         await create("b", now + 20)  # another owner has a cap of its own
         await create("a", now + 601)  # the first one expired (even before a sweep marks it)
         counts = await vault.count_by_status("a")

@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..errors import OfflineTokenError
+from ..errors import NotConfigured
 from ..tasks.models import KINDS, MAX_DESCRIPTION, MAX_MESSAGE, MAX_NAME, MAX_TEXT, TERMINAL
 from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
 from .tokens import page_query
@@ -51,9 +51,7 @@ class TaskBaseHandler(OfflineTokenHandler):
         await self.services.ready()
         service = self.services.extras.get("tasks")
         if service is None:
-            raise OfflineTokenError(
-                "tasks are not enabled on this server", code="not_configured", status=503
-            )
+            raise NotConfigured("tasks are not enabled on this server")
         return service
 
 
