@@ -1,4 +1,5 @@
-"""TokenBroker: consent, callback, fresh access tokens, refresh with rotation, revocation.
+"""TokenBroker: the access-token cache, on-demand access tokens (single flight), and the one
+entry point to consent (consent.py), refresh grants (grant.py) and revocation (revocation.py).
 
 The broker is the only place that sees a refresh token in clear, and only for the few
 milliseconds between decrypting it and sending it to the provider. Access tokens live in an
@@ -17,32 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import health, metrics
-from .access_token import DEFAULT_MIN_TTL, AccessToken, access_token_from, idle_expiry
-from .consent import REQUIRED_SCOPES, ConsentFailed, ConsentFlow
-from .errors import (
-    Conflict,
-    DecryptionError,
-    NotConfigured,
-    NotFound,
-    OfflineTokenError,
-    PermanentProviderError,
-    ProviderUnavailable,
-    TransientProviderError,
-    VaultError,
-)
-from .models import (
-    ACTIVE,
-    EXPIRED,
-    FAILED,
-    IDLE,
-    PENDING,
-    REFRESH_FAILED,
-    REVOKED,
-    AuditEvent,
-    TokenRecord,
-)
-from .oidc import ProviderClient, TokenResponse
+from . import metrics
+from .access_token import DEFAULT_MIN_TTL, AccessToken
+from .consent import REQUIRED_SCOPES, ConsentFlow
+from .errors import NotConfigured, NotFound, OfflineTokenError, ProviderUnavailable
+from .grant import ProviderFault, RefreshGrants, raise_unusable
+from .models import ACTIVE, FAILED, REFRESH_FAILED, AuditEvent, TokenRecord
+from .oidc import ProviderClient
 from .paging import Cursor, Page
 from .refresh.policy import RefreshGate, RefreshOutcome
 from .revocation import TokenRevocation
@@ -51,25 +33,11 @@ from .vault import Vault
 __all__ = [
     "DEFAULT_MIN_TTL",
     "AccessToken",
-    "ConsentFailed",
     "ProviderSettings",
     "TokenBroker",
 ]
 
 log = logging.getLogger("jupyter_offline_token.broker")
-
-DECRYPT_FAILED = health.DECRYPT_FAILED
-
-
-class _ProviderFault(ProviderUnavailable):
-    """A refresh attempt reached the provider and failed transiently. ``fault`` is the safe
-    text of the fault itself (health's ``last_error``); ``provider_retry_after`` the provider's
-    own Retry-After, if it sent one (never a made-up default)."""
-
-    def __init__(self, message: str, *, fault: str, provider_retry_after: float | None) -> None:
-        super().__init__(message, retry_after=provider_retry_after)
-        self.fault = fault
-        self.provider_retry_after = provider_retry_after
 
 
 @dataclass
@@ -111,8 +79,6 @@ class TokenBroker:
         self._lock_users: dict[str, int] = {}  # holders and waiters; the lock goes with the last
         # When a token may next be tried, and its retry state: one owner (the refresh scheduler).
         self._gate: RefreshGate | None = None
-        self._inflight: dict[str, asyncio.Future[AccessToken]] = {}  # grants under way
-        self._closing = False
         # Hooks for the task service and the refresh scheduler (set by the app).
         self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
         self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
@@ -121,6 +87,7 @@ class TokenBroker:
         self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
         # Called with the token id before a forced delete revokes it (cancel its tasks first).
         self.before_force_delete: list[Callable[[str], Awaitable[Any]]] = []
+        self.grants = RefreshGrants(self)
         self.consents = ConsentFlow(self)
         self.revocation = TokenRevocation(self)
 
@@ -205,12 +172,8 @@ class TokenBroker:
         """Drop a cached access token (its entry failed, was revoked or deleted)."""
         self._cache.pop(token_id, None)
 
-    async def wait_inflight(self, token_id: str) -> None:
-        """Let a grant under way for ``token_id`` finish (its rotated token must be stored)."""
-        pending = self._inflight.get(token_id)
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
+    async def notify_refreshed(self, record: TokenRecord, token: AccessToken) -> None:
+        await self._notify(self.on_refreshed, record, token)
 
     async def _notify(self, hooks: list[Any], *args: Any) -> None:
         for hook in hooks:
@@ -352,15 +315,15 @@ class TokenBroker:
                     raise NotFound(f"no offline token {token_id!r}")
                 return self._served_from_cache(token_id, cached)
             record = await self.owned(owner, token_id)
-            _raise_unusable(record)
+            raise_unusable(record)
             self.require_provider()
             # Callers who queued behind a failed attempt must not each try again.
             self._check_retry_wait(token_id)
             if self._gate is not None:
                 self._gate.attempt_started(token_id)
             try:
-                token = await self._refresh_locked(token_id)
-            except _ProviderFault as fault:
+                token = await self.grants.run(token_id)
+            except ProviderFault as fault:
                 raise await self._retry_later(token_id, fault) from None
         metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
@@ -376,7 +339,7 @@ class TokenBroker:
                 retry_after=math.ceil(wait),
             )
 
-    async def _retry_later(self, token_id: str, fault: _ProviderFault) -> ProviderUnavailable:
+    async def _retry_later(self, token_id: str, fault: ProviderFault) -> ProviderUnavailable:
         """Report an on-demand attempt's transient failure to the gate and build the 503 that
         says when the next attempt (the scheduler's retry) will be made."""
         if self._gate is None:
@@ -411,10 +374,10 @@ class TokenBroker:
                     return RefreshOutcome(kind="gone")
                 if record.status != ACTIVE:
                     return RefreshOutcome(kind="permanent", error=record.last_error or "inactive")
-                token = await self._refresh_locked(token_id, reason=reason)
+                token = await self.grants.run(token_id, reason=reason)
         except NotFound:
             return RefreshOutcome(kind="gone")
-        except _ProviderFault as fault:
+        except ProviderFault as fault:
             return RefreshOutcome(
                 kind="transient", retry_after=fault.provider_retry_after, error=fault.fault
             )
@@ -423,175 +386,6 @@ class TokenBroker:
         except OfflineTokenError as exc:
             return RefreshOutcome(kind="permanent", error=exc.message)
         return RefreshOutcome(kind="success", next_refresh_at=token.expires_at)
-
-    async def _refresh_locked(self, token_id: str, *, reason: str = "on_demand") -> AccessToken:
-        """One refresh grant; the caller holds this token's in-process lock."""
-        provider, _ = self.require_provider()
-        pending = self._inflight.get(token_id)
-        if pending is not None:
-            # A grant whose caller was cancelled is still running: never start a second one
-            # with the same refresh token (a replay revokes the whole grant at most providers).
-            return await asyncio.shield(pending)
-        if self._closing:
-            raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
-        started = time.perf_counter()
-        try:
-            record, refresh_token = await self.begin_refresh(token_id)
-        except DecryptionError:
-            failed = await self.vault.get(token_id)
-            if failed is not None:
-                await self.fail(
-                    failed, DECRYPT_FAILED, kind=health.KIND_DECRYPT
-                )  # releases the lease
-            raise Conflict(
-                f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
-                "request consent again",
-                code="token_failed",
-            ) from None
-        # From here the provider may rotate the refresh token: the rest runs as its own task that
-        # neither a shutdown nor a client hanging up can cut short, so a rotated token always
-        # reaches the vault. aclose() waits for it; a second caller joins it (see above).
-        work = asyncio.ensure_future(
-            self._refresh_under_lease(provider, record, refresh_token, reason, started)
-        )
-        self._inflight[token_id] = work
-        work.add_done_callback(lambda done: self._forget_inflight(token_id, done))
-        return await asyncio.shield(work)
-
-    def _forget_inflight(self, token_id: str, done: asyncio.Future[AccessToken]) -> None:
-        if self._inflight.get(token_id) is done:
-            del self._inflight[token_id]
-        if not done.cancelled():
-            done.exception()  # retrieved: a caller that was cancelled cannot read it
-
-    async def _refresh_under_lease(
-        self,
-        provider: ProviderClient,
-        record: TokenRecord,
-        refresh_token: str | None,
-        reason: str,
-        started: float,
-    ) -> AccessToken:
-        token_id = record.id
-        holder_released = False
-        try:
-            _raise_unusable(record)
-            if refresh_token is None:
-                holder_released = True
-                await self.fail(record, "no refresh token stored", kind=health.KIND_GRANT_REJECTED)
-                raise Conflict(
-                    f"offline token {token_id} has no refresh token: request consent again",
-                    code="token_failed",
-                )
-            try:
-                response = await provider.refresh(refresh_token)
-            except PermanentProviderError as exc:
-                metrics.refresh_total.labels(result="permanent_error").inc()
-                holder_released = True
-                # last_error keeps the provider's code alone: health composes the sentence
-                # around it (and tells a client problem from a dead grant by that code).
-                await self.fail(
-                    record,
-                    exc.error,
-                    kind=health.failure_kind(exc.error) or health.KIND_GRANT_REJECTED,
-                )
-                self._cache.pop(token_id, None)
-                raise Conflict(
-                    f"offline token {token_id} no longer works: "
-                    + health.failure_detail(exc.error, health.failure_kind(exc.error)),
-                    code="token_failed",
-                ) from None
-            except TransientProviderError as exc:
-                # The retry state (count, backoff, refresh_state in the vault) belongs to the
-                # gate; the caller reports this fault to it.
-                metrics.refresh_total.labels(result="transient_error").inc()
-                await self.audit(record, "refresh", "transient_error", str(exc))
-                raise _ProviderFault(
-                    f"the OpenID provider is unavailable ({exc}); the offline token is kept, "
-                    "try again shortly",
-                    fault=str(exc),
-                    provider_retry_after=exc.retry_after,
-                ) from None
-            now = self.clock()
-            rotated = response.refresh_token if response.refresh_token != refresh_token else None
-            # Durable before anything from this response leaves the process.
-            try:
-                updated = await self._record_refresh(provider, record, response, rotated, reason)
-            except KeyError:
-                holder_released = True
-                raise NotFound(f"offline token {token_id} was deleted during its refresh") from None
-            holder_released = True
-            token = access_token_from(response, now, owner=record.owner)
-            self._cache[token_id] = token
-            metrics.refresh_total.labels(result="success").inc()
-            metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
-            await self._notify(self.on_refreshed, updated, token)
-            if record.refresh_state != IDLE:
-                await self._notify(self.on_status_change, updated)
-            return token
-        finally:
-            if not holder_released:
-                try:
-                    await self.vault.release_lease(token_id, self.holder)
-                except (KeyError, VaultError):
-                    pass
-
-    async def _record_refresh(
-        self,
-        provider: ProviderClient,
-        record: TokenRecord,
-        response: TokenResponse,
-        rotated: str | None,
-        reason: str,
-    ) -> TokenRecord:
-        """Store the grant's result; if the entry vanished meanwhile (deleted by another
-        process), revoke the orphaned rotated token so no live grant is left behind."""
-        token_id = record.id
-        now = self.clock()
-        try:
-            return await self.vault.record_refresh(
-                token_id,
-                new_refresh_token=rotated,
-                idle_expires_at=idle_expiry(response, now) or record.idle_expires_at,
-                now=now,
-                holder=self.holder,
-                audit=AuditEvent(
-                    ts=now,
-                    action="refresh",
-                    result="ok",
-                    token_id=token_id,
-                    task_id=record.task_id,
-                    owner=record.owner,
-                    detail=f"{reason}{', rotated' if rotated else ''}",
-                ),
-            )
-        except KeyError:
-            if rotated:
-                with contextlib.suppress(Exception):
-                    await provider.revoke(rotated)
-                log.warning("offline token %s was deleted during its refresh", token_id)
-            raise
-
-    async def begin_refresh(self, token_id: str) -> tuple[TokenRecord, str | None]:
-        """Wait for the cross-process refresh lease (another server may be refreshing), then
-        return the entry and its refresh token, read under that lease."""
-        deadline = time.monotonic() + self.lease_ttl + 5.0
-        delay = 0.02
-        while True:
-            try:
-                got = await self.vault.begin_refresh(
-                    token_id, self.holder, self.lease_ttl, self.clock()
-                )
-            except KeyError:
-                raise NotFound(f"no offline token {token_id!r}") from None
-            if got is not None:
-                return got
-            if time.monotonic() > deadline:
-                raise ProviderUnavailable(
-                    "another process is refreshing this token; try again shortly", retry_after=2
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     async def expire_pending(self) -> list[str]:
         return await self.vault.expire_pending(self.clock())
@@ -602,7 +396,7 @@ class TokenBroker:
         Waiting on every token's lock is what makes a restart in the middle of a
         rotation-enabled refresh lose nothing.
         """
-        self._closing = True
+        self.grants.closing = True
         wait = self.lease_ttl if timeout is None else timeout
 
         async def drain() -> None:
@@ -612,40 +406,15 @@ class TokenBroker:
 
         try:
             await asyncio.wait_for(drain(), wait)
-            if self._inflight:
-                await asyncio.wait(list(self._inflight.values()), timeout=wait)
+            if self.grants.inflight:
+                await asyncio.wait(list(self.grants.inflight.values()), timeout=wait)
         except asyncio.TimeoutError:
             pass
-        if self._inflight:
+        if self.grants.inflight:
             log.warning("closing with a refresh still in flight after %.0f s", wait)
         self._cache.clear()
         if self.provider is not None:
             await self.provider.aclose()
-
-
-def _raise_unusable(record: TokenRecord) -> None:
-    if record.status == ACTIVE:
-        return
-    if record.status == PENDING:
-        raise Conflict(
-            f"offline token {record.id} is waiting for the user to grant consent",
-            code="waiting_consent",
-        )
-    if record.status == FAILED:
-        raise Conflict(
-            f"offline token {record.id} failed ({record.last_error or 'unknown reason'}): "
-            "request consent again",
-            code="token_failed",
-        )
-    if record.status == REVOKED:
-        raise Conflict(f"offline token {record.id} was revoked", code="token_revoked")
-    if record.status == EXPIRED:
-        raise Conflict(
-            f"the consent for offline token {record.id} was never completed and expired: "
-            "request consent again",
-            code="consent_expired",
-        )
-    raise Conflict(f"offline token {record.id} is {record.status}", code="token_failed")
 
 
 def _is_uuid(value: str) -> bool:

@@ -56,7 +56,7 @@ class TokenRevocation:
         broker = self.broker
         await broker.owned(owner, token_id)
         async with broker.token_lock(token_id):
-            await broker.wait_inflight(token_id)
+            await broker.grants.join(token_id)
             record = await broker.owned(owner, token_id)
             await self.check_in_use(token_id, force=force)
             if force:
@@ -95,7 +95,7 @@ class TokenRevocation:
         result = Deletion()
         refresh_token: str | None = None
         try:
-            _, refresh_token = await broker.begin_refresh(token_id)  # takes the lease
+            _, refresh_token = await broker.grants.begin(token_id)  # takes the lease
         except DecryptionError:
             result.warning = "the stored token could not be decrypted, so it was not revoked"
         try:

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import metrics
-from ..broker import DEFAULT_MIN_TTL, TokenBroker
+from ..access_token import DEFAULT_MIN_TTL
+from ..broker import TokenBroker
 from ..models import ACTIVE, RETRYING, TokenRecord
 from .policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
 from .scheduler import Clock, RefreshScheduler
