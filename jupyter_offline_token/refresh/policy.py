@@ -1,5 +1,5 @@
-"""When a token may next be tried: the backoff policy, the outcome of one attempt, and the
-RefreshGate through which on-demand attempts ask the one owner of retry state.
+"""When a token may next be tried: the backoff and attempt policy, the outcome of one attempt,
+and the RefreshGate through which on-demand attempts ask the one owner of retry state.
 
 Pure values and protocols: no asyncio, no vault, no OAuth.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -113,3 +114,69 @@ class ScheduleEntryState:
     retry_count: int = 0
     last_error: str | None = None
     failing_since: float | None = None
+
+
+class AttemptPolicy:
+    """When a token may next be tried, for background and on-demand attempts alike: at most one
+    attempt per ``min_interval`` seconds (on the monotonic clock, which a suspend does not
+    advance), and after the n-th transient failure in a row the backoff's delay, or the
+    provider's Retry-After (capped at ``max_retry_after``) when that is longer.
+
+    The scheduler (the RefreshGate) holds one and asks it; nothing else keeps attempt times.
+    """
+
+    def __init__(
+        self,
+        *,
+        backoff: BackoffPolicy,
+        min_interval: float,
+        max_retry_after: float,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backoff = backoff
+        self.min_interval = min_interval
+        self.max_retry_after = max_retry_after
+        self._wall = wall
+        self._monotonic = monotonic
+        self._rng = rng
+        self._last_attempt: dict[str, float] = {}  # token -> monotonic start of its last attempt
+
+    def started(self, token_id: str) -> None:
+        """An attempt (or a failure seen outside the scheduler) happens now."""
+        self._last_attempt[token_id] = self._monotonic()
+
+    def forget(self, token_id: str) -> None:
+        self._last_attempt.pop(token_id, None)
+
+    def earliest_allowed(self, token_id: str) -> float:
+        """Wall time before which ``token_id`` may not be attempted (the rate limit)."""
+        last = self._last_attempt.get(token_id)
+        if last is None:
+            return -math.inf
+        remaining = last + self.min_interval - self._monotonic()
+        return self._wall() + remaining if remaining > 0 else -math.inf
+
+    def retry_delay(self, retry_count: int, retry_after: float | None) -> float:
+        """Seconds before retry number ``retry_count``: backoff, never under the rate limit,
+        longer if the provider asked (Retry-After, capped)."""
+        delay = max(self.backoff.delay(retry_count, self._rng), self.min_interval)
+        hint = finite_or_none(retry_after)
+        if hint is not None and hint > 0:
+            delay = max(delay, min(hint, self.max_retry_after))
+        return delay
+
+    def prune(self, *, tracked: int | None = None) -> None:
+        """Drop attempt times older than the rate limit; with ``tracked`` (the tokens the caller
+        still follows), only once the map has grown well past it."""
+        if tracked is not None and len(self._last_attempt) <= 2 * tracked + 64:
+            return
+        horizon = self._monotonic() - self.min_interval
+        self._last_attempt = {t: m for t, m in self._last_attempt.items() if m > horizon}
+
+
+def finite_or_none(value: float | None) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
-from .policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
+from .policy import (
+    AttemptPolicy,
+    BackoffPolicy,
+    RefreshOutcome,
+    ScheduleEntryState,
+    finite_or_none,
+)
 
 LOOP_TASK_NAME = "offline-token-refresh-scheduler"
 ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
@@ -113,15 +119,11 @@ class RefreshScheduler:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
         self._refresh = refresh
         self.clock: Clock = clock or SystemClock()
-        self.backoff = backoff or BackoffPolicy()
-        self.min_refresh_interval = float(min_refresh_interval)
         self.max_concurrency = max_concurrency
         self.max_sleep = float(max_sleep)
         self.clock_check_interval = float(clock_check_interval)
         self.wake_threshold = float(wake_threshold)
-        self.max_retry_after = float(max_retry_after)
         self._on_change = on_change
-        self._rng = rng
         self.log = log or logging.getLogger(__name__)
 
         self._entries: dict[str, _Entry] = {}  # scheduled or retrying (including in flight)
@@ -132,11 +134,24 @@ class RefreshScheduler:
         self._inflight: dict[str, asyncio.Task[None]] = {}  # token -> running refresh callback
         self._tasks: set[asyncio.Task[None]] = set()  # attempt tasks until fully finished
         self._retrying: set[str] = set()  # tokens whose refresh_state is "retrying"
-        self._last_attempt: dict[str, float] = {}  # token -> monotonic start of its last attempt
+        # When a token may next be tried (rate limit, backoff, Retry-After): one policy object.
+        self.attempts = AttemptPolicy(
+            backoff=backoff or BackoffPolicy(),
+            min_interval=float(min_refresh_interval),
+            max_retry_after=float(max_retry_after),
+            wall=self.clock.time,
+            monotonic=self.clock.monotonic,
+            rng=rng,
+        )
         self._loop_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._sleep_until: float | None = None  # wall time the sleeping loop plans to wake
         self._clock_offset: float | None = None  # wall - monotonic at the last check
+
+    @property
+    def min_refresh_interval(self) -> float:
+        """At most one attempt per token within this many seconds (the attempt policy's)."""
+        return self.attempts.min_interval
 
     # --- public interface ------------------------------------------------------------------
 
@@ -221,7 +236,7 @@ class RefreshScheduler:
             entry = _Entry(state=ScheduleEntryState(token_id, SCHEDULED), reason="retry")
             self._entries[token_id] = entry
         # The failed request was an attempt: the rate limit counts from it.
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.started(token_id)
         self._record_transient(entry, error, retry_after, None)
         self._track(entry.state)
         state = dataclasses.replace(entry.state)
@@ -240,7 +255,7 @@ class RefreshScheduler:
 
     def attempt_started(self, token_id: str) -> None:
         """An on-demand attempt goes to the provider now: the rate limit counts from it."""
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.started(token_id)
 
     def check_clock(self) -> None:
         """Notice a wall-clock jump (a wake) or a passed due time and run due entries at once."""
@@ -325,17 +340,9 @@ class RefreshScheduler:
 
     # --- heap ------------------------------------------------------------------------------
 
-    def _earliest_allowed(self, token_id: str) -> float:
-        """Wall time before which ``token_id`` may not be attempted (rate limit)."""
-        last = self._last_attempt.get(token_id)
-        if last is None:
-            return -math.inf
-        remaining = last + self.min_refresh_interval - self.clock.monotonic()
-        return self.clock.time() + remaining if remaining > 0 else -math.inf
-
     def _push(self, entry: _Entry, due: float) -> None:
         token_id = entry.state.token_id
-        due = max(due, self._earliest_allowed(token_id))
+        due = max(due, self.attempts.earliest_allowed(token_id))
         entry.due = due
         entry.state.next_attempt_at = due
         if token_id in self._inflight:
@@ -365,11 +372,7 @@ class RefreshScheduler:
             if e.queued and e.due is not None
         ]
         heapq.heapify(self._heap)
-        self._prune_last_attempts()
-
-    def _prune_last_attempts(self) -> None:
-        horizon = self.clock.monotonic() - self.min_refresh_interval
-        self._last_attempt = {t: m for t, m in self._last_attempt.items() if m > horizon}
+        self.attempts.prune()
 
     def _next_due(self) -> float | None:
         while self._heap:
@@ -397,7 +400,7 @@ class RefreshScheduler:
             heapq.heappop(self._heap)
             entry.queued = False
             self._queued -= 1
-            if self._earliest_allowed(item[2]) > now:
+            if self.attempts.earliest_allowed(item[2]) > now:
                 self._push(entry, item[0])  # rate limited: deferred, not dropped
                 continue
             self._start_attempt(entry)
@@ -406,9 +409,8 @@ class RefreshScheduler:
 
     def _start_attempt(self, entry: _Entry) -> None:
         token_id = entry.state.token_id
-        if len(self._last_attempt) > 2 * (len(self._entries) + len(self._failed)) + 64:
-            self._prune_last_attempts()
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.prune(tracked=len(self._entries) + len(self._failed))
+        self.attempts.started(token_id)
         entry.due = None
         task = asyncio.get_running_loop().create_task(
             self._attempt(entry, entry.reason), name=f"{ATTEMPT_TASK_PREFIX}{token_id}"
@@ -470,7 +472,7 @@ class RefreshScheduler:
         if outcome.kind == "gone":
             del self._entries[token_id]
             self._retrying.discard(token_id)
-            self._last_attempt.pop(token_id, None)
+            self.attempts.forget(token_id)
             self.log.debug("token %s is gone: unscheduled", token_id)
             return
         if outcome.kind == "permanent":
@@ -491,7 +493,7 @@ class RefreshScheduler:
             st.retry_count = 0
             st.failing_since = None
             st.last_error = None
-            proactive = _finite_or_none(outcome.next_refresh_at)
+            proactive = finite_or_none(outcome.next_refresh_at)
             if proactive is None and outcome.next_refresh_at is not None:
                 self.log.error("refresh of token %s gave a non-finite next_refresh_at", token_id)
             if proactive is not None and (requested is None or proactive < requested):
@@ -520,7 +522,7 @@ class RefreshScheduler:
             st.failing_since = now
         st.last_error = error or "transient refresh failure"
         st.refresh_state = RETRYING
-        delay = self._retry_delay(st.retry_count, retry_after)
+        delay = self.attempts.retry_delay(st.retry_count, retry_after)
         if requested is None or now + delay < requested:
             entry.reason = "retry"
             requested = now + delay
@@ -543,13 +545,6 @@ class RefreshScheduler:
             self._retrying.add(state.token_id)
         else:
             self._retrying.discard(state.token_id)
-
-    def _retry_delay(self, retry_count: int, retry_after: float | None) -> float:
-        delay = max(self.backoff.delay(retry_count, self._rng), self.min_refresh_interval)
-        hint = _finite_or_none(retry_after)
-        if hint is not None and hint > 0:
-            delay = max(delay, min(hint, self.max_retry_after))
-        return delay
 
     async def _notify(self, state: ScheduleEntryState) -> None:
         if self._on_change is None:
@@ -651,12 +646,6 @@ def _require_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _where(exc: BaseException) -> str:
