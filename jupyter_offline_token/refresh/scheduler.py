@@ -30,6 +30,7 @@ from .policy import (
     ScheduleEntryState,
     finite_or_none,
 )
+from .wake import WakeableSleep
 
 LOOP_TASK_NAME = "offline-token-refresh-scheduler"
 ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
@@ -81,15 +82,13 @@ class RefreshScheduler:
     """Runs ``refresh(token_id, reason)`` for every token when it is due, from one heap.
 
     Due times are wall-clock epoch seconds. One background task sleeps until the earliest due
-    time (never longer than ``max_sleep``). asyncio sleeps follow the monotonic clock, which stops
-    during a laptop's suspend, so the sleep is cut in steps of ``clock_check_interval`` seconds
-    that only compare the two clocks (cheap): a jump of wall against monotonic time reveals a
-    wake and every past-due entry runs at once; ``check_clock()`` does the same check on demand
-    (every access-token request and engine entry point calls it). At most ``max_concurrency``
-    refresh callbacks run at a time (due-time order); one token is never attempted twice within
-    ``min_refresh_interval`` seconds. It is also the :class:`RefreshGate` of on-demand attempts:
-    the one owner of every token's retry state. Not thread-safe: call it from the event loop's
-    thread.
+    time (never longer than ``max_sleep``), in steps of ``clock_check_interval`` seconds that
+    notice a laptop's wake (:class:`WakeableSleep`): then every past-due entry runs at once;
+    ``check_clock()`` does the same check on demand (every access-token request and engine entry
+    point calls it). At most ``max_concurrency`` refresh callbacks run at a time (due-time
+    order); when a token may next be tried (rate limit, backoff, Retry-After) is decided by its
+    :class:`AttemptPolicy`. It is also the :class:`RefreshGate` of on-demand attempts: the one
+    owner of every token's retry state. Not thread-safe: call it from the event loop's thread.
     """
 
     def __init__(
@@ -121,8 +120,6 @@ class RefreshScheduler:
         self.clock: Clock = clock or SystemClock()
         self.max_concurrency = max_concurrency
         self.max_sleep = float(max_sleep)
-        self.clock_check_interval = float(clock_check_interval)
-        self.wake_threshold = float(wake_threshold)
         self._on_change = on_change
         self.log = log or logging.getLogger(__name__)
 
@@ -144,9 +141,13 @@ class RefreshScheduler:
             rng=rng,
         )
         self._loop_task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._sleep_until: float | None = None  # wall time the sleeping loop plans to wake
-        self._clock_offset: float | None = None  # wall - monotonic at the last check
+        self._sleep = WakeableSleep(
+            self.clock,
+            check_interval=float(clock_check_interval),
+            threshold=float(wake_threshold),
+            log=self.log,
+            task_name=LOOP_TASK_NAME,
+        )
 
     @property
     def min_refresh_interval(self) -> float:
@@ -259,9 +260,10 @@ class RefreshScheduler:
 
     def check_clock(self) -> None:
         """Notice a wall-clock jump (a wake) or a passed due time and run due entries at once."""
-        jumped = self._check_clock_jump()
-        if jumped or (self._sleep_until is not None and self.clock.time() >= self._sleep_until):
-            self._wakeup()
+        jumped = self._sleep.check_jump(len(self._entries))
+        until = self._sleep.sleep_until
+        if jumped or (until is not None and self.clock.time() >= until):
+            self._sleep.wakeup()
 
     @property
     def in_flight(self) -> int:
@@ -281,7 +283,7 @@ class RefreshScheduler:
         """Start the background loop (idempotent)."""
         if self.running:
             return
-        self._clock_offset = None
+        self._sleep.reset()
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=LOOP_TASK_NAME)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -329,7 +331,7 @@ class RefreshScheduler:
     async def run_due(self) -> int:
         """Run every entry due now (bounded by ``max_concurrency``) and wait for those attempts
         to finish, outcomes applied. Returns the number of attempts made."""
-        self._check_clock_jump()
+        self._sleep.check_jump(len(self._entries))
         horizon = self.clock.time()
         attempts = 0
         while True:
@@ -353,8 +355,9 @@ class RefreshScheduler:
         entry.seq = next(self._seq)
         heapq.heappush(self._heap, (due, entry.seq, token_id))
         self._maybe_compact()
-        if self._sleep_until is not None and due < self._sleep_until:
-            self._wakeup()
+        until = self._sleep.sleep_until
+        if until is not None and due < until:
+            self._sleep.wakeup()
 
     def _is_live(self, item: tuple[float, int, str]) -> _Entry | None:
         entry = self._entries.get(item[2])
@@ -430,7 +433,7 @@ class RefreshScheduler:
                 self._push(entry, self.clock.time() if entry.due is None else entry.due)
             raise
         self._inflight.pop(token_id, None)
-        self._wakeup()  # a concurrency slot is free
+        self._sleep.wakeup()  # a concurrency slot is free
         current = self._entries.get(token_id)
         if current is not entry:
             # Cancelled (maybe re-scheduled) meanwhile: the outcome belongs to nobody.
@@ -565,32 +568,6 @@ class RefreshScheduler:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def _wakeup(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    def _check_clock_jump(self) -> bool:
-        offset = self.clock.time() - self.clock.monotonic()
-        jumped = False
-        if self._clock_offset is not None:
-            jump = offset - self._clock_offset
-            if abs(jump) > self.wake_threshold:
-                jumped = True
-                self.log.info(
-                    "clock jumped by %+.0f s (suspend/resume?): re-evaluating %d schedules",
-                    jump,
-                    len(self._entries),
-                )
-        self._clock_offset = offset
-        return jumped
-
-    def _clock_moved(self) -> bool:
-        """Whether the wall clock jumped against the monotonic one (no log, no update)."""
-        if self._clock_offset is None:
-            return False
-        offset = self.clock.time() - self.clock.monotonic()
-        return abs(offset - self._clock_offset) > self.wake_threshold
-
     def _sleep_seconds(self) -> float:
         if len(self._inflight) >= self.max_concurrency:
             return self.max_sleep  # woken when a slot frees
@@ -599,37 +576,10 @@ class RefreshScheduler:
             return self.max_sleep
         return min(self.max_sleep, max(0.0, due - self.clock.time()))
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        """Sleep ``seconds`` in steps of ``clock_check_interval``, each ending with a cheap
-        comparison of the clocks, so a wake from suspend is seen within one step."""
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-        self._wake = wake
-        until = self.clock.time() + seconds
-        self._sleep_until = until
-        remaining = seconds
-        try:
-            while True:
-                step = min(remaining, self.clock_check_interval)
-                sleeper = loop.create_task(self.clock.sleep(step), name=f"{LOOP_TASK_NAME}-sleep")
-                try:
-                    await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if not sleeper.done():
-                        sleeper.cancel()
-                    await asyncio.wait((sleeper,))
-                remaining = until - self.clock.time()
-                if wake.done() or remaining <= 0 or self._clock_moved():
-                    return
-        finally:
-            self._wake = None
-            self._sleep_until = None
-            wake.cancel()
-
     async def _run(self) -> None:
         while True:
             try:
-                self._check_clock_jump()
+                self._sleep.check_jump(len(self._entries))
                 self._launch_due()
                 seconds = self._sleep_seconds()
             except Exception as exc:
@@ -638,7 +588,7 @@ class RefreshScheduler:
                     "refresh scheduler iteration failed: %s%s", type(exc).__name__, _where(exc)
                 )
                 seconds = self.max_sleep
-            await self._sleep_or_wake(seconds)
+            await self._sleep.sleep(seconds)
 
 
 def _require_positive(name: str, value: float) -> None:
