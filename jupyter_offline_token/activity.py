@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from .refresh import Clock, SystemClock
+from .refresh.scheduler import Clock, SystemClock
 
 log = logging.getLogger("jupyter_offline_token")
 

@@ -24,8 +24,8 @@ from .activity import ServerActivity
 from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
 from .public_url import CallbackURL
-from .refresh import BackoffPolicy
-from .refresh_engine import RefreshEngine
+from .refresh.engine import RefreshEngine
+from .refresh.policy import BackoffPolicy
 from .serverlog import attach_to_server_log
 from .services import Services
 from .stores import SQLiteTokenStore
@@ -652,7 +652,6 @@ class OfflineTokenApp(ExtensionApp):
             provider,
             settings,
             consent_timeout=self.consent_timeout,
-            min_refresh_interval=self.min_refresh_interval,
             not_configured_message=self.not_configured_message(),
         )
         engine = RefreshEngine(

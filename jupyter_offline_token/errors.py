@@ -1,20 +1,38 @@
 """Errors shared by every layer.
 
-Each carries a stable machine ``code`` and a human ``message`` that is safe to show: no error in
-this package ever holds a token, code, verifier, key or client secret in its text or repr.
+Each carries a stable machine ``code``, a ``kind`` (what went wrong in general: bad input, an
+unknown id, a wrong state, a provider fault, ...) and a human ``message`` that is safe to show:
+no error in this package ever holds a token, code, verifier, key or client secret in its text or
+repr. HTTP statuses are not here: the handler layer maps kinds to them
+(``handlers/errors.py``), in one place.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from . import rest_codes
 
 
+class ErrorKind(enum.Enum):
+    """What a domain error means, independent of the protocol that reports it."""
+
+    INVALID = "invalid"  # the caller's input is wrong
+    FORBIDDEN = "forbidden"  # the caller may not do this
+    NOT_FOUND = "not_found"  # no such entry (or not the caller's)
+    CONFLICT = "conflict"  # the entry's state forbids the operation
+    GONE = "gone"  # it existed but is over (an expired consent)
+    RATE_LIMITED = "rate_limited"  # too many at once; retry_after says when
+    PROVIDER_REJECTED = "provider_rejected"  # the provider refused, not the caller's fault
+    UNAVAILABLE = "unavailable"  # transient: the provider or a part is down; retry later
+    NOT_CONFIGURED = "not_configured"  # the server's configuration must be fixed
+
+
 class OfflineTokenError(Exception):
     """A domain error that the API maps to ``{"error": code, "message": text}``."""
 
-    status: int = 400
+    kind: ErrorKind = ErrorKind.INVALID
     code: str = rest_codes.BAD_REQUEST
 
     def __init__(
@@ -22,7 +40,7 @@ class OfflineTokenError(Exception):
         message: str,
         *,
         code: str | None = None,
-        status: int | None = None,
+        kind: ErrorKind | None = None,
         retry_after: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
@@ -30,8 +48,8 @@ class OfflineTokenError(Exception):
         self.message = message
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
+        if kind is not None:
+            self.kind = kind
         self.retry_after = retry_after
         self.extra = dict(extra or {})
 
@@ -45,19 +63,24 @@ class OfflineTokenError(Exception):
 
 
 class InvalidRequest(OfflineTokenError):
-    status = 400
+    kind = ErrorKind.INVALID
     code = rest_codes.INVALID_REQUEST
 
 
+class Forbidden(OfflineTokenError):
+    kind = ErrorKind.FORBIDDEN
+    code = rest_codes.FORBIDDEN
+
+
 class NotFound(OfflineTokenError):
-    status = 404
+    kind = ErrorKind.NOT_FOUND
     code = rest_codes.NOT_FOUND
 
 
 class Conflict(OfflineTokenError):
-    """The entry exists but is in a state that forbids the operation (409)."""
+    """The entry exists but is in a state that forbids the operation."""
 
-    status = 409
+    kind = ErrorKind.CONFLICT
     code = rest_codes.CONFLICT
 
 
@@ -78,29 +101,29 @@ class EntryGone(NotFound, KeyError):
 
 
 class TooManyPendingConsents(OfflineTokenError):
-    """The owner already has ``max_pending_consents`` consents waiting to be granted (429);
+    """The owner already has ``max_pending_consents`` consents waiting to be granted;
     ``retry_after`` says when the oldest of them expires."""
 
-    status = 429
+    kind = ErrorKind.RATE_LIMITED
     code = rest_codes.TOO_MANY_PENDING_CONSENTS
 
 
 class NotConfigured(OfflineTokenError):
-    status = 503
+    kind = ErrorKind.NOT_CONFIGURED
     code = rest_codes.NOT_CONFIGURED
 
 
 class ProviderUnavailable(OfflineTokenError):
-    """A transient fault at the provider: try again later (503 with Retry-After)."""
+    """A transient fault at the provider: try again later (``retry_after``)."""
 
-    status = 503
+    kind = ErrorKind.UNAVAILABLE
     code = rest_codes.PROVIDER_UNAVAILABLE
 
 
 class ProviderRejected(OfflineTokenError):
-    """The provider answered with an error that is not the caller's fault (502)."""
+    """The provider answered with an error that is not the caller's fault."""
 
-    status = 502
+    kind = ErrorKind.PROVIDER_REJECTED
     code = rest_codes.PROVIDER_ERROR
 
 

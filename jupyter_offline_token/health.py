@@ -26,9 +26,13 @@ ACTION_WAIT = "wait"
 ACTION_REQUEST_CONSENT = "request_consent"
 ACTION_FIX_CONFIGURATION = "fix_configuration"
 
-# last_error_kind values the broker may pass
+# The kind of a failure (a token's ``last_error_kind``): what must happen next, decided by
+# failure_kind() from the code the broker stores, never from an error's text.
 KIND_CONFIGURATION = "configuration"  # invalid_client / unauthorized_client: the admin must act
 KIND_DECRYPT = "decrypt"  # the vault cannot decrypt the entry: wrong key or tampered
+KIND_GRANT_REJECTED = "grant_rejected"  # the provider refused the refresh token: consent again
+KIND_CONSENT = "consent"  # the consent itself failed (denied, code refused, ...): consent again
+FAILURE_KINDS = (KIND_CONFIGURATION, KIND_DECRYPT, KIND_GRANT_REJECTED, KIND_CONSENT)
 
 # last_error of an entry whose stored token cannot be decrypted
 DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
@@ -36,13 +40,17 @@ DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
 _MAX_ERROR_CHARS = 200
 
 
-def error_kind(last_error: str | None) -> str | None:
-    """The kind of a stored ``last_error``, from the code the broker stores (not from text)."""
-    if last_error == DECRYPT_FAILED:
+def failure_kind(error_code: str | None) -> str | None:
+    """The one decision of a failure's kind, from the code the broker stores as ``last_error``
+    (an OAuth error code or DECRYPT_FAILED), never from a sentence. None: no failure, or one
+    whose action is the default (request consent again)."""
+    if not error_code:
+        return None
+    if error_code == DECRYPT_FAILED:
         return KIND_DECRYPT
-    if last_error in CONFIGURATION_ERRORS:
+    if error_code in CONFIGURATION_ERRORS:
         return KIND_CONFIGURATION
-    return None
+    return KIND_GRANT_REJECTED
 
 
 def failure_detail(error: str | None, kind: str | None) -> str:
@@ -81,7 +89,7 @@ def token_health(
     """
     error = _short(last_error)
     if last_error_kind is None:
-        last_error_kind = error_kind(last_error)
+        last_error_kind = failure_kind(last_error)
     if status == PENDING:
         return _health(LEVEL_PENDING, "waiting for the user to grant consent", ACTION_NONE)
     if status == EXPIRED:

@@ -7,15 +7,15 @@ import logging
 from typing import Any
 
 from .broker import TokenBroker
-from .errors import OfflineTokenError, VaultError
-from .refresh_engine import RefreshEngine
+from .errors import ErrorKind, OfflineTokenError, VaultError
+from .refresh.engine import RefreshEngine
 from .stores import SQLiteTokenStore
 
 log = logging.getLogger("jupyter_offline_token")
 
 
 class VaultUnavailable(OfflineTokenError):
-    status = 503
+    kind = ErrorKind.UNAVAILABLE
     code = "vault_unavailable"
 
 

@@ -11,6 +11,10 @@ import pytest
 from conftest import consent_location
 from fault_injection import FaultInjector
 
+from jupyter_offline_token.consent import ConsentFailure
+from jupyter_offline_token.errors import ErrorKind, OfflineTokenError
+from jupyter_offline_token.handlers.callback import CONSENT_PAGES
+from jupyter_offline_token.handlers.errors import STATUS_BY_KIND
 from jupyter_offline_token.oidc import ProviderClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,3 +140,31 @@ async def test_unreachable_provider_is_a_503(api, idp, offline_app):
     assert "could not be reached" in page
     _, token = await api.get("tokens", token_id)
     assert token["status"] == "failed"  # the code was spent: a new consent is needed
+
+
+def test_every_consent_failure_has_its_page_and_every_error_kind_its_status():
+    """The callback's table and the API's one kind -> status mapping are complete, and keep the
+    statuses the callback answered before kinds existed."""
+    assert set(CONSENT_PAGES) == set(ConsentFailure)
+    assert all(hint for _, hint in CONSENT_PAGES.values())
+    statuses = {failure.name: status for failure, (status, _) in CONSENT_PAGES.items()}
+    assert statuses == {
+        "MISSING_STATE": 400,
+        "UNKNOWN_STATE": 400,
+        "FOREIGN_STATE": 403,
+        "STATE_USED": 409,
+        "EXPIRED": 410,
+        "MISSING_CODE": 400,
+        "DECRYPT_FAILED": 503,
+        "DENIED": 403,
+        "PROVIDER_ERROR": 502,
+        "CODE_REJECTED": 400,
+        "CLIENT_REJECTED": 502,
+        "EXCHANGE_FAILED": 502,
+        "INVALID_ID_TOKEN": 502,
+        "PROVIDER_UNAVAILABLE": 503,
+        "NO_REFRESH_TOKEN": 502,
+    }
+    assert set(STATUS_BY_KIND) == set(ErrorKind)
+    assert not hasattr(OfflineTokenError("x"), "status")  # statuses live in handlers only
+    assert all(400 <= status < 600 for status in STATUS_BY_KIND.values())

@@ -6,7 +6,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jupyter_offline_token.health import level_counts, overall_level, token_health
+from jupyter_offline_token.handlers.tokens import token_json
+from jupyter_offline_token.health import (
+    DECRYPT_FAILED,
+    failure_kind,
+    level_counts,
+    overall_level,
+    token_health,
+)
+from jupyter_offline_token.models import TokenRecord
 
 NOW = datetime(2024, 5, 2, 12, 10, 0, tzinfo=timezone.utc).timestamp()
 
@@ -201,3 +209,33 @@ def test_failed_detail_is_composed_once_around_the_stored_code():
         status="failed", refresh_state="failed", last_error="cannot decrypt: wrong key or tampered"
     )
     assert decrypt["action"] == "fix_configuration" and "encryption_keys" in decrypt["detail"]
+
+
+def test_failure_kind_is_decided_from_the_stored_code_alone():
+    assert failure_kind(None) is None and failure_kind("") is None
+    assert failure_kind(DECRYPT_FAILED) == "decrypt"
+    for code in ("invalid_client", "unauthorized_client", "unsupported_grant_type"):
+        assert failure_kind(code) == "configuration"
+    assert failure_kind("invalid_grant") == "grant_rejected"
+    # A sentence is never searched: text that mentions configuration is not a configuration code.
+    assert failure_kind("please fix the client configuration") == "grant_rejected"
+
+
+def test_token_json_reports_a_refused_client_as_a_configuration_problem():
+    def record(last_error):
+        return TokenRecord(
+            id="00000000-0000-4000-8000-000000000001",
+            owner="u",
+            label="",
+            status="failed",
+            issuer="https://idp",
+            client_id="c",
+            scopes=["openid"],
+            created_at=NOW,
+            updated_at=NOW,
+            last_error=last_error,
+            refresh_state="failed",
+        )
+
+    assert token_json(record("invalid_client"), now=NOW)["health"]["action"] == "fix_configuration"
+    assert token_json(record("invalid_grant"), now=NOW)["health"]["action"] == "request_consent"

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from jupyter_offline_token.errors import Conflict
+from jupyter_offline_token.handlers.errors import http_status
 from jupyter_offline_token.public_url import CallbackURL, browser_origin
 
 BASE = "/user/alice/"
@@ -41,7 +42,7 @@ def test_under_a_hub_without_public_url_a_browser_origin_or_409():
     assert callback.under_hub and callback.hub_origin is None
     with pytest.raises(Conflict) as refused:
         callback.redirect_uri(request_origin="http://127.0.0.1:9999")
-    assert refused.value.status == 409
+    assert http_status(refused.value) == 409
     assert refused.value.code == "redirect_uri_unknown"
     assert "OfflineTokenApp.redirect_uri" in refused.value.message
     # This request's browser origin, else the last one seen.

@@ -16,8 +16,8 @@ from conftest import TEST_KEY, grant, metric
 from fake_clock import FakeClock, run_async
 
 from jupyter_offline_token.broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
-from jupyter_offline_token.refresh import BackoffPolicy
-from jupyter_offline_token.refresh_engine import RefreshEngine
+from jupyter_offline_token.refresh.engine import RefreshEngine
+from jupyter_offline_token.refresh.policy import BackoffPolicy
 from jupyter_offline_token.stores import SQLiteTokenStore
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -14,13 +15,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 from fake_clock import FakeClock, run_async
 
-from jupyter_offline_token.refresh import (
-    ATTEMPT_TASK_PREFIX,
-    LOOP_TASK_NAME,
+from jupyter_offline_token.refresh.policy import (
+    AttemptPolicy,
     BackoffPolicy,
     RefreshOutcome,
-    RefreshScheduler,
     ScheduleEntryState,
+)
+from jupyter_offline_token.refresh.scheduler import (
+    ATTEMPT_TASK_PREFIX,
+    LOOP_TASK_NAME,
+    RefreshScheduler,
     SystemClock,
 )
 
@@ -898,3 +902,27 @@ async def test_an_on_demand_attempt_counts_for_the_rate_limit(make_scheduler, cl
     assert await sched.run_due() == 0
     await clock.advance(8)
     assert await sched.run_due() == 1
+
+
+def test_attempt_policy_alone_decides_when_a_token_may_next_be_tried(clock):
+    """Rate limit on the monotonic clock (a wall jump does not lift it), backoff never under
+    it, a provider's Retry-After lengthens it up to the cap; a forgotten token is free."""
+    policy = AttemptPolicy(
+        backoff=NO_JITTER,
+        min_interval=10.0,
+        max_retry_after=600.0,
+        wall=clock.time,
+        monotonic=clock.monotonic,
+    )
+    assert policy.earliest_allowed("t1") == -math.inf
+    policy.started("t1")
+    assert policy.earliest_allowed("t1") == T0 + 10.0
+    clock.jump_wall(3600)  # a wake: the wall clock moved, the monotonic one did not
+    assert policy.earliest_allowed("t1") == T0 + 3600 + 10.0
+    policy.forget("t1")
+    assert policy.earliest_allowed("t1") == -math.inf
+    assert [policy.retry_delay(n, None) for n in (1, 2, 6, 7)] == [10.0, 20.0, 300.0, 300.0]
+    assert policy.retry_delay(1, 7.0) == 10.0  # never under the rate limit
+    assert policy.retry_delay(1, 45.0) == 45.0
+    assert policy.retry_delay(1, 86400.0) == 600.0  # capped
+    assert policy.retry_delay(1, math.nan) == 10.0

@@ -17,8 +17,9 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from .. import rest_codes
-from ..errors import InvalidRequest, NotConfigured, OfflineTokenError
+from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError
 from ..public_url import CallbackURL, browser_origin
+from .errors import http_status
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -35,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def forbidden(message: str) -> OfflineTokenError:
-    return OfflineTokenError(message, code=rest_codes.FORBIDDEN, status=403)
+    return Forbidden(message)
 
 
 def authenticated_or_task(method: F) -> F:
@@ -294,14 +295,15 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         if isinstance(e, OfflineTokenError):
             if self._finished:
                 return
+            status = http_status(e)
             self.clear()
-            self.set_status(e.status)
+            self.set_status(status)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.set_header("Cache-Control", "no-store")
             if e.retry_after is not None:
                 self.set_header("Retry-After", str(max(1, round(e.retry_after))))
-            log_fn = log.warning if e.status >= 500 else log.info
-            log_fn("%s %s -> %s %s", self.request.method, self.request.path, e.status, e.code)
+            log_fn = log.warning if status >= 500 else log.info
+            log_fn("%s %s -> %s %s", self.request.method, self.request.path, status, e.code)
             self.finish(json.dumps(e.to_json()))
             return
         super()._handle_request_exception(e)

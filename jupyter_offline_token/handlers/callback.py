@@ -10,10 +10,58 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from ..broker import ConsentFailed
+from ..consent import ConsentFailed, ConsentFailure
 from ..errors import OfflineTokenError
 from ..models import TokenRecord
 from .base import AUTH_RESOURCE
+from .errors import http_status
+
+_AGAIN = "Request offline access again from your notebook or the dashboard."
+_USED = "Each link works once. Request offline access again if you need a new token."
+_RETRY = "Request offline access again; if it keeps failing, tell your administrator."
+
+# The page for each way a consent can fail: HTTP status and the hint that says what to do.
+CONSENT_PAGES: dict[ConsentFailure, tuple[int, str]] = {
+    ConsentFailure.MISSING_STATE: (400, "Start again from your notebook or the dashboard."),
+    ConsentFailure.UNKNOWN_STATE: (400, _AGAIN),
+    ConsentFailure.FOREIGN_STATE: (
+        403,
+        "Sign in to Jupyter as the user who asked for offline access.",
+    ),
+    ConsentFailure.STATE_USED: (409, _USED),
+    ConsentFailure.EXPIRED: (
+        410,
+        "Request offline access again and complete it within the time limit.",
+    ),
+    ConsentFailure.MISSING_CODE: (
+        400,
+        "Try the consent link again; if it keeps happening, tell your administrator.",
+    ),
+    ConsentFailure.DECRYPT_FAILED: (
+        503,
+        "The vault's encryption key changed; request offline access again.",
+    ),
+    ConsentFailure.DENIED: (403, "Request offline access again and choose Allow at the provider."),
+    ConsentFailure.PROVIDER_ERROR: (502, _RETRY),
+    ConsentFailure.CODE_REJECTED: (400, _AGAIN),
+    ConsentFailure.CLIENT_REJECTED: (
+        502,
+        "Tell your administrator: the provider rejected this server's client configuration.",
+    ),
+    ConsentFailure.EXCHANGE_FAILED: (502, _RETRY),
+    ConsentFailure.INVALID_ID_TOKEN: (
+        502,
+        "Tell your administrator: the issuer or client configuration may be wrong.",
+    ),
+    ConsentFailure.PROVIDER_UNAVAILABLE: (
+        503,
+        "Wait a moment, then request offline access again.",
+    ),
+    ConsentFailure.NO_REFRESH_TOKEN: (
+        502,
+        "Your administrator must allow the offline_access scope for this client.",
+    ),
+}
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -78,18 +126,14 @@ class CallbackHandler(ExtensionHandlerMixin, JupyterHandler):
                 error_description=description,
             )
         except ConsentFailed as exc:
+            status, hint = CONSENT_PAGES[exc.failure]
             self._page(
-                exc.status,
-                "Offline access was not granted",
-                exc.message,
-                exc.hint,
-                "bad",
-                exc.record,
+                status, "Offline access was not granted", exc.message, hint, "bad", exc.record
             )
             return
         except OfflineTokenError as exc:
             self._page(
-                exc.status,
+                http_status(exc),
                 "Offline access could not be completed",
                 exc.message,
                 "Try again in a moment, or ask your administrator.",

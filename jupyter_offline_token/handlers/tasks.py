@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..errors import OfflineTokenError
+from ..errors import NotConfigured
 from ..tasks.models import TERMINAL
 from .base import OfflineTokenHandler, authenticated_or_task
 from .task_requests import CreateTask, LinkTask, PatchTask, status_filter
@@ -26,9 +26,7 @@ class TaskBaseHandler(OfflineTokenHandler):
         await self.services.ready()
         service = self.services.extras.get("tasks")
         if service is None:
-            raise OfflineTokenError(
-                "tasks are not enabled on this server", code="not_configured", status=503
-            )
+            raise NotConfigured("tasks are not enabled on this server")
         return service
 
 

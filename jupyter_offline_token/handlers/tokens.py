@@ -9,9 +9,8 @@ from urllib.parse import urlsplit
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..broker import DECRYPT_FAILED
 from ..errors import InvalidRequest
-from ..health import overall_level, token_health
+from ..health import failure_kind, overall_level, token_health
 from ..models import TOKEN_STATUSES, TokenRecord, iso
 from ..paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor
 from ..public_url import browser_origin
@@ -39,11 +38,6 @@ def token_json(
 ) -> dict[str, Any]:
     """The public view of an entry: metadata, status and health; never a secret."""
     now = time.time() if now is None else now
-    last_error_kind = None
-    if record.last_error == DECRYPT_FAILED:
-        last_error_kind = "decrypt"
-    elif record.last_error and "fix the client configuration" in record.last_error:
-        last_error_kind = "configuration"
     body: dict[str, Any] = {
         "persistent_token_id": record.id,
         "label": record.label,
@@ -68,7 +62,7 @@ def token_json(
             retry_count=record.retry_count,
             failing_since=failing_since,
             now=now,
-            last_error_kind=last_error_kind,
+            last_error_kind=failure_kind(record.last_error),
             last_refresh_at=record.last_refresh_at,
         ),
     }

@@ -17,10 +17,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import metrics
-from .broker import DEFAULT_MIN_TTL, TokenBroker
-from .models import ACTIVE, RETRYING, TokenRecord
-from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
+from .. import metrics
+from ..access_token import DEFAULT_MIN_TTL
+from ..broker import TokenBroker
+from ..models import ACTIVE, RETRYING, TokenRecord
+from .policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
+from .scheduler import Clock, RefreshScheduler
 
 log = logging.getLogger("jupyter_offline_token.refresh")
 

@@ -20,18 +20,20 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from .models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
-
-OutcomeKind = Literal["success", "transient", "permanent", "gone", "deferred"]
-_OUTCOME_KINDS = ("success", "transient", "permanent", "gone", "deferred")
+from ..models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
+from .policy import (
+    AttemptPolicy,
+    BackoffPolicy,
+    RefreshOutcome,
+    ScheduleEntryState,
+    finite_or_none,
+)
+from .wake import WakeableSleep
 
 LOOP_TASK_NAME = "offline-token-refresh-scheduler"
 ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
-
-# Jitter only spreads retries over time; it protects nothing, so a non-crypto generator is right.
-_JITTER_RNG = random.Random()  # noqa: S311
 _CANCEL_GRACE = 1.0  # seconds a cancelled refresh gets to unwind at shutdown
 
 
@@ -62,103 +64,6 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
-@dataclass(frozen=True)
-class RefreshOutcome:
-    """What one refresh attempt returned to the scheduler.
-
-    ``next_refresh_at`` (success): wall time of the next proactive refresh, ``None`` = do not
-    reschedule. ``retry_after`` (transient): the provider's hint in seconds (429 Retry-After).
-    ``error``: safe text (never a secret) for health and ``last_error``. ``deferred``: no attempt
-    was made (a failure reported meanwhile moved the retry later); nothing is counted.
-    """
-
-    kind: OutcomeKind
-    next_refresh_at: float | None = None
-    retry_after: float | None = None
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in _OUTCOME_KINDS:
-            raise ValueError(
-                f"RefreshOutcome.kind must be one of {_OUTCOME_KINDS}, not {self.kind!r}"
-            )
-
-
-class RefreshGate(Protocol):
-    """The one owner of a token's retry state, asked by the broker before an on-demand attempt.
-
-    Background attempts are the scheduler's own; an on-demand attempt (an access-token request
-    that finds no usable cached token) asks ``retry_wait`` first, tells ``attempt_started`` when
-    it goes to the provider, and reports a transient failure with ``report_transient``. So at most
-    one attempt per ``min_refresh_interval`` holds for both kinds together while the provider
-    fails, and the answer to a refused caller is the true time of the next attempt.
-    """
-
-    def retry_wait(self, token_id: str) -> float:
-        """Seconds until the token may be tried again (0: now)."""
-        ...
-
-    def attempt_started(self, token_id: str) -> None: ...
-
-    async def report_transient(
-        self, token_id: str, error: str | None = None, *, retry_after: float | None = None
-    ) -> ScheduleEntryState | None: ...
-
-    def check_clock(self) -> None:
-        """Cheap: notice a wall-clock jump (a laptop's wake) and re-evaluate schedules at once."""
-        ...
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    """Exponential backoff: ``base * 2**(n-1)`` seconds for the n-th retry, capped, with jitter.
-
-    With the defaults: 10, 20, 40, 80, 160, 300, 300, ... seconds, each scaled by a random factor
-    in ``[1 - jitter, 1 + jitter]`` and never above ``cap * (1 + jitter)``.
-    """
-
-    base: float = 10.0
-    cap: float = 300.0
-    jitter: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.base) and self.base > 0):
-            raise ValueError(
-                f"backoff base must be a positive number of seconds, not {self.base!r}"
-            )
-        if not (math.isfinite(self.cap) and self.cap >= self.base):
-            raise ValueError(f"backoff cap must be a number of seconds >= base, not {self.cap!r}")
-        if not (0 <= self.jitter < 1):
-            raise ValueError(f"backoff jitter must be a fraction in [0, 1), not {self.jitter!r}")
-
-    def delay(self, retry_count: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``retry_count`` (1 = the first retry)."""
-        if retry_count < 1:
-            raise ValueError(f"retry_count starts at 1, got {retry_count!r}")
-        # The exponent is bounded so a token failing for months cannot overflow a float.
-        raw = min(self.cap, self.base * 2.0 ** min(retry_count - 1, 62))
-        if self.jitter:
-            raw *= 1.0 + (rng or _JITTER_RNG).uniform(-self.jitter, self.jitter)
-        return max(0.0, min(raw, self.cap * (1.0 + self.jitter)))
-
-
-@dataclass
-class ScheduleEntryState:
-    """What health and the REST API show for one scheduled token.
-
-    ``refresh_state`` is ``scheduled``, ``retrying`` or ``failed``; ``idle`` only appears in the
-    ``on_change`` notification sent when a successful refresh leaves nothing to schedule.
-    ``failing_since`` is the wall time of the first transient failure of the current run.
-    """
-
-    token_id: str
-    refresh_state: str
-    next_attempt_at: float | None = None
-    retry_count: int = 0
-    last_error: str | None = None
-    failing_since: float | None = None
-
-
 @dataclass(eq=False)
 class _Entry:
     """A live (scheduled or retrying) token. ``seq`` identifies its current heap item."""
@@ -177,15 +82,13 @@ class RefreshScheduler:
     """Runs ``refresh(token_id, reason)`` for every token when it is due, from one heap.
 
     Due times are wall-clock epoch seconds. One background task sleeps until the earliest due
-    time (never longer than ``max_sleep``). asyncio sleeps follow the monotonic clock, which stops
-    during a laptop's suspend, so the sleep is cut in steps of ``clock_check_interval`` seconds
-    that only compare the two clocks (cheap): a jump of wall against monotonic time reveals a
-    wake and every past-due entry runs at once; ``check_clock()`` does the same check on demand
-    (every access-token request and engine entry point calls it). At most ``max_concurrency``
-    refresh callbacks run at a time (due-time order); one token is never attempted twice within
-    ``min_refresh_interval`` seconds. It is also the :class:`RefreshGate` of on-demand attempts:
-    the one owner of every token's retry state. Not thread-safe: call it from the event loop's
-    thread.
+    time (never longer than ``max_sleep``), in steps of ``clock_check_interval`` seconds that
+    notice a laptop's wake (:class:`WakeableSleep`): then every past-due entry runs at once;
+    ``check_clock()`` does the same check on demand (every access-token request and engine entry
+    point calls it). At most ``max_concurrency`` refresh callbacks run at a time (due-time
+    order); when a token may next be tried (rate limit, backoff, Retry-After) is decided by its
+    :class:`AttemptPolicy`. It is also the :class:`RefreshGate` of on-demand attempts: the one
+    owner of every token's retry state. Not thread-safe: call it from the event loop's thread.
     """
 
     def __init__(
@@ -215,15 +118,9 @@ class RefreshScheduler:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
         self._refresh = refresh
         self.clock: Clock = clock or SystemClock()
-        self.backoff = backoff or BackoffPolicy()
-        self.min_refresh_interval = float(min_refresh_interval)
         self.max_concurrency = max_concurrency
         self.max_sleep = float(max_sleep)
-        self.clock_check_interval = float(clock_check_interval)
-        self.wake_threshold = float(wake_threshold)
-        self.max_retry_after = float(max_retry_after)
         self._on_change = on_change
-        self._rng = rng
         self.log = log or logging.getLogger(__name__)
 
         self._entries: dict[str, _Entry] = {}  # scheduled or retrying (including in flight)
@@ -234,11 +131,28 @@ class RefreshScheduler:
         self._inflight: dict[str, asyncio.Task[None]] = {}  # token -> running refresh callback
         self._tasks: set[asyncio.Task[None]] = set()  # attempt tasks until fully finished
         self._retrying: set[str] = set()  # tokens whose refresh_state is "retrying"
-        self._last_attempt: dict[str, float] = {}  # token -> monotonic start of its last attempt
+        # When a token may next be tried (rate limit, backoff, Retry-After): one policy object.
+        self.attempts = AttemptPolicy(
+            backoff=backoff or BackoffPolicy(),
+            min_interval=float(min_refresh_interval),
+            max_retry_after=float(max_retry_after),
+            wall=self.clock.time,
+            monotonic=self.clock.monotonic,
+            rng=rng,
+        )
         self._loop_task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._sleep_until: float | None = None  # wall time the sleeping loop plans to wake
-        self._clock_offset: float | None = None  # wall - monotonic at the last check
+        self._sleep = WakeableSleep(
+            self.clock,
+            check_interval=float(clock_check_interval),
+            threshold=float(wake_threshold),
+            log=self.log,
+            task_name=LOOP_TASK_NAME,
+        )
+
+    @property
+    def min_refresh_interval(self) -> float:
+        """At most one attempt per token within this many seconds (the attempt policy's)."""
+        return self.attempts.min_interval
 
     # --- public interface ------------------------------------------------------------------
 
@@ -323,7 +237,7 @@ class RefreshScheduler:
             entry = _Entry(state=ScheduleEntryState(token_id, SCHEDULED), reason="retry")
             self._entries[token_id] = entry
         # The failed request was an attempt: the rate limit counts from it.
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.started(token_id)
         self._record_transient(entry, error, retry_after, None)
         self._track(entry.state)
         state = dataclasses.replace(entry.state)
@@ -342,13 +256,14 @@ class RefreshScheduler:
 
     def attempt_started(self, token_id: str) -> None:
         """An on-demand attempt goes to the provider now: the rate limit counts from it."""
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.started(token_id)
 
     def check_clock(self) -> None:
         """Notice a wall-clock jump (a wake) or a passed due time and run due entries at once."""
-        jumped = self._check_clock_jump()
-        if jumped or (self._sleep_until is not None and self.clock.time() >= self._sleep_until):
-            self._wakeup()
+        jumped = self._sleep.check_jump(len(self._entries))
+        until = self._sleep.sleep_until
+        if jumped or (until is not None and self.clock.time() >= until):
+            self._sleep.wakeup()
 
     @property
     def in_flight(self) -> int:
@@ -368,7 +283,7 @@ class RefreshScheduler:
         """Start the background loop (idempotent)."""
         if self.running:
             return
-        self._clock_offset = None
+        self._sleep.reset()
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=LOOP_TASK_NAME)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -416,7 +331,7 @@ class RefreshScheduler:
     async def run_due(self) -> int:
         """Run every entry due now (bounded by ``max_concurrency``) and wait for those attempts
         to finish, outcomes applied. Returns the number of attempts made."""
-        self._check_clock_jump()
+        self._sleep.check_jump(len(self._entries))
         horizon = self.clock.time()
         attempts = 0
         while True:
@@ -427,17 +342,9 @@ class RefreshScheduler:
 
     # --- heap ------------------------------------------------------------------------------
 
-    def _earliest_allowed(self, token_id: str) -> float:
-        """Wall time before which ``token_id`` may not be attempted (rate limit)."""
-        last = self._last_attempt.get(token_id)
-        if last is None:
-            return -math.inf
-        remaining = last + self.min_refresh_interval - self.clock.monotonic()
-        return self.clock.time() + remaining if remaining > 0 else -math.inf
-
     def _push(self, entry: _Entry, due: float) -> None:
         token_id = entry.state.token_id
-        due = max(due, self._earliest_allowed(token_id))
+        due = max(due, self.attempts.earliest_allowed(token_id))
         entry.due = due
         entry.state.next_attempt_at = due
         if token_id in self._inflight:
@@ -448,8 +355,9 @@ class RefreshScheduler:
         entry.seq = next(self._seq)
         heapq.heappush(self._heap, (due, entry.seq, token_id))
         self._maybe_compact()
-        if self._sleep_until is not None and due < self._sleep_until:
-            self._wakeup()
+        until = self._sleep.sleep_until
+        if until is not None and due < until:
+            self._sleep.wakeup()
 
     def _is_live(self, item: tuple[float, int, str]) -> _Entry | None:
         entry = self._entries.get(item[2])
@@ -467,11 +375,7 @@ class RefreshScheduler:
             if e.queued and e.due is not None
         ]
         heapq.heapify(self._heap)
-        self._prune_last_attempts()
-
-    def _prune_last_attempts(self) -> None:
-        horizon = self.clock.monotonic() - self.min_refresh_interval
-        self._last_attempt = {t: m for t, m in self._last_attempt.items() if m > horizon}
+        self.attempts.prune()
 
     def _next_due(self) -> float | None:
         while self._heap:
@@ -499,7 +403,7 @@ class RefreshScheduler:
             heapq.heappop(self._heap)
             entry.queued = False
             self._queued -= 1
-            if self._earliest_allowed(item[2]) > now:
+            if self.attempts.earliest_allowed(item[2]) > now:
                 self._push(entry, item[0])  # rate limited: deferred, not dropped
                 continue
             self._start_attempt(entry)
@@ -508,9 +412,8 @@ class RefreshScheduler:
 
     def _start_attempt(self, entry: _Entry) -> None:
         token_id = entry.state.token_id
-        if len(self._last_attempt) > 2 * (len(self._entries) + len(self._failed)) + 64:
-            self._prune_last_attempts()
-        self._last_attempt[token_id] = self.clock.monotonic()
+        self.attempts.prune(tracked=len(self._entries) + len(self._failed))
+        self.attempts.started(token_id)
         entry.due = None
         task = asyncio.get_running_loop().create_task(
             self._attempt(entry, entry.reason), name=f"{ATTEMPT_TASK_PREFIX}{token_id}"
@@ -530,7 +433,7 @@ class RefreshScheduler:
                 self._push(entry, self.clock.time() if entry.due is None else entry.due)
             raise
         self._inflight.pop(token_id, None)
-        self._wakeup()  # a concurrency slot is free
+        self._sleep.wakeup()  # a concurrency slot is free
         current = self._entries.get(token_id)
         if current is not entry:
             # Cancelled (maybe re-scheduled) meanwhile: the outcome belongs to nobody.
@@ -572,7 +475,7 @@ class RefreshScheduler:
         if outcome.kind == "gone":
             del self._entries[token_id]
             self._retrying.discard(token_id)
-            self._last_attempt.pop(token_id, None)
+            self.attempts.forget(token_id)
             self.log.debug("token %s is gone: unscheduled", token_id)
             return
         if outcome.kind == "permanent":
@@ -593,7 +496,7 @@ class RefreshScheduler:
             st.retry_count = 0
             st.failing_since = None
             st.last_error = None
-            proactive = _finite_or_none(outcome.next_refresh_at)
+            proactive = finite_or_none(outcome.next_refresh_at)
             if proactive is None and outcome.next_refresh_at is not None:
                 self.log.error("refresh of token %s gave a non-finite next_refresh_at", token_id)
             if proactive is not None and (requested is None or proactive < requested):
@@ -622,7 +525,7 @@ class RefreshScheduler:
             st.failing_since = now
         st.last_error = error or "transient refresh failure"
         st.refresh_state = RETRYING
-        delay = self._retry_delay(st.retry_count, retry_after)
+        delay = self.attempts.retry_delay(st.retry_count, retry_after)
         if requested is None or now + delay < requested:
             entry.reason = "retry"
             requested = now + delay
@@ -646,13 +549,6 @@ class RefreshScheduler:
         else:
             self._retrying.discard(state.token_id)
 
-    def _retry_delay(self, retry_count: int, retry_after: float | None) -> float:
-        delay = max(self.backoff.delay(retry_count, self._rng), self.min_refresh_interval)
-        hint = _finite_or_none(retry_after)
-        if hint is not None and hint > 0:
-            delay = max(delay, min(hint, self.max_retry_after))
-        return delay
-
     async def _notify(self, state: ScheduleEntryState) -> None:
         if self._on_change is None:
             return
@@ -672,32 +568,6 @@ class RefreshScheduler:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def _wakeup(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    def _check_clock_jump(self) -> bool:
-        offset = self.clock.time() - self.clock.monotonic()
-        jumped = False
-        if self._clock_offset is not None:
-            jump = offset - self._clock_offset
-            if abs(jump) > self.wake_threshold:
-                jumped = True
-                self.log.info(
-                    "clock jumped by %+.0f s (suspend/resume?): re-evaluating %d schedules",
-                    jump,
-                    len(self._entries),
-                )
-        self._clock_offset = offset
-        return jumped
-
-    def _clock_moved(self) -> bool:
-        """Whether the wall clock jumped against the monotonic one (no log, no update)."""
-        if self._clock_offset is None:
-            return False
-        offset = self.clock.time() - self.clock.monotonic()
-        return abs(offset - self._clock_offset) > self.wake_threshold
-
     def _sleep_seconds(self) -> float:
         if len(self._inflight) >= self.max_concurrency:
             return self.max_sleep  # woken when a slot frees
@@ -706,37 +576,10 @@ class RefreshScheduler:
             return self.max_sleep
         return min(self.max_sleep, max(0.0, due - self.clock.time()))
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        """Sleep ``seconds`` in steps of ``clock_check_interval``, each ending with a cheap
-        comparison of the clocks, so a wake from suspend is seen within one step."""
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-        self._wake = wake
-        until = self.clock.time() + seconds
-        self._sleep_until = until
-        remaining = seconds
-        try:
-            while True:
-                step = min(remaining, self.clock_check_interval)
-                sleeper = loop.create_task(self.clock.sleep(step), name=f"{LOOP_TASK_NAME}-sleep")
-                try:
-                    await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if not sleeper.done():
-                        sleeper.cancel()
-                    await asyncio.wait((sleeper,))
-                remaining = until - self.clock.time()
-                if wake.done() or remaining <= 0 or self._clock_moved():
-                    return
-        finally:
-            self._wake = None
-            self._sleep_until = None
-            wake.cancel()
-
     async def _run(self) -> None:
         while True:
             try:
-                self._check_clock_jump()
+                self._sleep.check_jump(len(self._entries))
                 self._launch_due()
                 seconds = self._sleep_seconds()
             except Exception as exc:
@@ -745,7 +588,7 @@ class RefreshScheduler:
                     "refresh scheduler iteration failed: %s%s", type(exc).__name__, _where(exc)
                 )
                 seconds = self.max_sleep
-            await self._sleep_or_wake(seconds)
+            await self._sleep.sleep(seconds)
 
 
 def _require_positive(name: str, value: float) -> None:
@@ -753,12 +596,6 @@ def _require_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _where(exc: BaseException) -> str:
