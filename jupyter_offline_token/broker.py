@@ -21,7 +21,7 @@ from typing import Any
 from . import metrics
 from .access_token import DEFAULT_MIN_TTL, AccessToken
 from .consent import REQUIRED_SCOPES, ConsentFlow
-from .errors import NotConfigured, NotFound, OfflineTokenError, ProviderUnavailable
+from .errors import EntryGone, NotConfigured, NotFound, OfflineTokenError, ProviderUnavailable
 from .grant import ProviderFault, RefreshGrants, raise_unusable
 from .models import ACTIVE, FAILED, REFRESH_FAILED, AuditEvent, TokenRecord
 from .oidc import ProviderClient
@@ -238,9 +238,8 @@ class TokenBroker:
         self._cache.pop(record.id, None)
         now = self.clock()
         try:
-            # The store records ``kind`` as last_error_kind once mark_failed takes it.
-            await self.vault.mark_failed(record.id, error=reason, now=now)
-        except KeyError:
+            await self.vault.mark_failed(record.id, error=reason, kind=kind, now=now)
+        except EntryGone:
             return
         await self.audit(record, "fail", "failed", reason)
         failed = record.replace(status=FAILED, last_error=reason, refresh_state=REFRESH_FAILED)

@@ -15,7 +15,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from . import health
+from . import health, models
 from .access_token import access_token_from, idle_expiry
 from .errors import (
     DecryptionError,
@@ -238,7 +238,7 @@ class ConsentFlow:
                 health.DECRYPT_FAILED,
                 ConsentFailure.DECRYPT_FAILED,
                 "The stored consent request cannot be decrypted.",
-                kind=health.KIND_DECRYPT,
+                kind=models.KIND_DECRYPT,
             ) from None
         if secrets is None:
             raise _state_used(record)
@@ -354,7 +354,7 @@ class ConsentFlow:
         failure: ConsentFailure,
         message: str,
         *,
-        kind: str = health.KIND_CONSENT,
+        kind: str = models.KIND_CONSENT,
     ) -> ConsentFailed:
         """Mark the entry failed with ``reason`` (and the failure ``kind`` health reports),
         then build the page's error."""

@@ -84,20 +84,13 @@ class Conflict(OfflineTokenError):
     code = rest_codes.CONFLICT
 
 
-class EntryGone(NotFound, KeyError):
+class EntryGone(NotFound):
     """A token store entry does not exist, or no longer does: another coroutine or
-    process deleted it. A NotFound (404) where it reaches a handler.
-
-    Transition: it is also a KeyError, the signal stores used before, so callers still written
-    as ``except KeyError`` keep working; that base goes once every caller names EntryGone.
-    """
+    process deleted it. A NotFound (404) where it reaches a handler."""
 
     def __init__(self, entry_id: str, what: str = "vault entry") -> None:
         super().__init__(f"no {what} {entry_id!r}")
         self.entry_id = entry_id
-
-    def __str__(self) -> str:  # KeyError's own would quote the message
-        return self.message
 
 
 class TooManyPendingConsents(OfflineTokenError):

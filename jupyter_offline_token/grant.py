@@ -14,11 +14,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import health, metrics
+from . import health, metrics, models
 from .access_token import AccessToken, access_token_from, idle_expiry
 from .errors import (
     Conflict,
     DecryptionError,
+    EntryGone,
     NotFound,
     PermanentProviderError,
     ProviderUnavailable,
@@ -71,7 +72,7 @@ class RefreshGrants:
             failed = await broker.vault.get(token_id)
             if failed is not None:
                 # Also releases the lease.
-                await broker.fail(failed, health.DECRYPT_FAILED, kind=health.KIND_DECRYPT)
+                await broker.fail(failed, health.DECRYPT_FAILED, kind=models.KIND_DECRYPT)
             raise Conflict(
                 f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
                 "request consent again",
@@ -116,7 +117,7 @@ class RefreshGrants:
             if refresh_token is None:
                 lease_released = True
                 await broker.fail(
-                    record, "no refresh token stored", kind=health.KIND_GRANT_REJECTED
+                    record, "no refresh token stored", kind=models.KIND_GRANT_REJECTED
                 )
                 raise Conflict(
                     f"offline token {token_id} has no refresh token: request consent again",
@@ -134,7 +135,7 @@ class RefreshGrants:
             # Durable before anything from this response leaves the process.
             try:
                 updated = await self._record(provider, record, response, rotated, reason)
-            except KeyError:
+            except EntryGone:
                 lease_released = True
                 raise NotFound(f"offline token {token_id} was deleted during its refresh") from None
             lease_released = True
@@ -148,13 +149,13 @@ class RefreshGrants:
             return token
         finally:
             if not lease_released:
-                with contextlib.suppress(KeyError, VaultError):
+                with contextlib.suppress(EntryGone, VaultError):
                     await broker.vault.release_lease(token_id, broker.holder)
 
     async def _rejected(self, record: TokenRecord, exc: PermanentProviderError) -> Conflict:
         """The provider refused the refresh token for good: the entry fails."""
         metrics.refresh_total.labels(result="permanent_error").inc()
-        kind = health.failure_kind(exc.error) or health.KIND_GRANT_REJECTED
+        kind = health.failure_kind(exc.error) or models.KIND_GRANT_REJECTED
         # last_error keeps the provider's code alone: health composes the sentence around it
         # (and tells a client problem from a dead grant by that code).
         await self.broker.fail(record, exc.error, kind=kind)
@@ -205,7 +206,7 @@ class RefreshGrants:
                     detail=f"{reason}{', rotated' if rotated else ''}",
                 ),
             )
-        except KeyError:
+        except EntryGone:
             if rotated:
                 with contextlib.suppress(Exception):
                     await provider.revoke(rotated)
@@ -223,7 +224,7 @@ class RefreshGrants:
                 got = await broker.vault.begin_refresh(
                     token_id, broker.holder, broker.lease_ttl, broker.clock()
                 )
-            except KeyError:
+            except EntryGone:
                 raise NotFound(f"no offline token {token_id!r}") from None
             if got is not None:
                 return got

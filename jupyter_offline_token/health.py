@@ -12,7 +12,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import CONFIGURATION_ERRORS
-from .models import ACTIVE, EXPIRED, FAILED, PENDING, REFRESH_FAILED, RETRYING, REVOKED, iso
+from .models import (
+    ACTIVE,
+    EXPIRED,
+    FAILED,
+    KIND_CONFIGURATION,
+    KIND_DECRYPT,
+    KIND_GRANT_REJECTED,
+    PENDING,
+    REFRESH_FAILED,
+    RETRYING,
+    REVOKED,
+    iso,
+)
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -28,11 +40,6 @@ ACTION_FIX_CONFIGURATION = "fix_configuration"
 
 # The kind of a failure (a token's ``last_error_kind``): what must happen next, decided by
 # failure_kind() from the code the broker stores, never from an error's text.
-KIND_CONFIGURATION = "configuration"  # invalid_client / unauthorized_client: the admin must act
-KIND_DECRYPT = "decrypt"  # the vault cannot decrypt the entry: wrong key or tampered
-KIND_GRANT_REJECTED = "grant_rejected"  # the provider refused the refresh token: consent again
-KIND_CONSENT = "consent"  # the consent itself failed (denied, code refused, ...): consent again
-FAILURE_KINDS = (KIND_CONFIGURATION, KIND_DECRYPT, KIND_GRANT_REJECTED, KIND_CONSENT)
 
 # last_error of an entry whose stored token cannot be decrypted
 DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"

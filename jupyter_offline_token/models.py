@@ -29,6 +29,15 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+# The kind of a failed entry (``last_error_kind``): what must happen next. Decided from codes by
+# health.failure_kind() and the broker, stored by the token store, never guessed from text.
+KIND_CONFIGURATION = "configuration"  # invalid_client / unauthorized_client: the admin must act
+KIND_DECRYPT = "decrypt"  # the vault cannot decrypt the entry: wrong key or tampered
+KIND_GRANT_REJECTED = "grant_rejected"  # the provider refused the refresh token: consent again
+KIND_CONSENT = "consent"  # the consent itself failed (denied, code refused, ...): consent again
+FAILURE_KINDS = (KIND_CONFIGURATION, KIND_DECRYPT, KIND_GRANT_REJECTED, KIND_CONSENT)
+
+
 @dataclass
 class TokenRecord:
     """One vault entry's metadata. ``id`` is the public ``persistent_token_id``.
@@ -53,7 +62,7 @@ class TokenRecord:
     last_refresh_at: float | None = None
     refresh_count: int = 0
     last_error: str | None = None
-    last_error_kind: str | None = None  # stores.base.ERROR_KINDS; None = unknown
+    last_error_kind: str | None = None  # one of FAILURE_KINDS; None = unknown
     refresh_state: str = IDLE
     next_attempt_at: float | None = None
     retry_count: int = 0

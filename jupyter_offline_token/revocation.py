@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     Conflict,
     DecryptionError,
+    EntryGone,
     PermanentProviderError,
     ProviderRejected,
     ProviderUnavailable,
@@ -118,7 +119,7 @@ class TokenRevocation:
             ) from None
         finally:
             if not result.revoked:
-                with contextlib.suppress(KeyError, VaultError):
+                with contextlib.suppress(EntryGone, VaultError):
                     await broker.vault.release_lease(token_id, broker.holder)
         await self.warn_shared(record, result)
         return result

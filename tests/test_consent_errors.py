@@ -8,8 +8,8 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from conftest import consent_location
 from fault_injection import FaultInjector
+from server_fixtures import consent_location
 
 from jupyter_offline_token.consent import ConsentFailure
 from jupyter_offline_token.errors import ErrorKind, OfflineTokenError

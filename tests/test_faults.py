@@ -9,8 +9,8 @@ import re
 import time
 
 import pytest
-from conftest import grant, metric
 from fault_injection import FaultInjector
+from server_fixtures import grant, metric
 
 from jupyter_offline_token.oidc import ProviderClient
 

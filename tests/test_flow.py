@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-from conftest import consent_location, grant
+from server_fixtures import consent_location, grant
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,8 +12,8 @@ import logging
 import time
 
 import pytest
-from conftest import TEST_KEY, grant, metric
 from fake_clock import FakeClock, run_async
+from server_fixtures import TEST_KEY, grant, metric
 
 from jupyter_offline_token.broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
 from jupyter_offline_token.refresh.engine import RefreshEngine

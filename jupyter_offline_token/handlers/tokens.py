@@ -62,7 +62,7 @@ def token_json(
             retry_count=record.retry_count,
             failing_since=failing_since,
             now=now,
-            last_error_kind=failure_kind(record.last_error),
+            last_error_kind=record.last_error_kind or failure_kind(record.last_error),
             last_refresh_at=record.last_refresh_at,
         ),
     }

@@ -20,6 +20,7 @@ from typing import Any
 from .. import metrics
 from ..access_token import DEFAULT_MIN_TTL
 from ..broker import TokenBroker
+from ..errors import EntryGone
 from ..models import ACTIVE, RETRYING, TokenRecord
 from .policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
 from .scheduler import Clock, RefreshScheduler
@@ -158,7 +159,7 @@ class RefreshEngine:
         refresh_state = "idle" if state.refresh_state == "idle" else state.refresh_state
         if refresh_state == "failed":
             return  # the broker already marked the entry failed with the reason
-        with contextlib.suppress(KeyError):
+        with contextlib.suppress(EntryGone):
             await self.vault.update_refresh_state(
                 state.token_id,
                 refresh_state=refresh_state,

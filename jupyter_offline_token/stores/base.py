@@ -26,12 +26,12 @@ from collections.abc import Callable
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import MetaHasTraits
 
-from ..models import AuditEvent, ConsentSecrets, TokenRecord
+from ..models import FAILURE_KINDS, AuditEvent, ConsentSecrets, TokenRecord
 from ..paging import Cursor, Page
 from ..tasks.models import TaskRecord
 
 # last_error_kind values (TokenRecord.last_error_kind); None = unknown.
-ERROR_KINDS = ("configuration", "decrypt", "grant_rejected", "consent")
+ERROR_KINDS = FAILURE_KINDS
 
 
 class _Meta(ABCMeta, MetaHasTraits):

@@ -445,11 +445,11 @@ async def test_warm_and_stale_ids_select_without_loading_records(vault: TokenSto
 # --- added with the interface (issue 10) ---------------------------------------------------------
 
 
-async def test_entry_gone_is_named_and_still_a_key_error(vault: TokenStore) -> None:
+async def test_entry_gone_is_named_and_a_not_found(vault: TokenStore) -> None:
     with pytest.raises(EntryGone) as info:
         await vault.set_keep_warm("no-such-id", True, now=1.0)
-    # Transition (issue 10 item 6): callers written as ``except KeyError`` keep working.
-    assert isinstance(info.value, KeyError) and isinstance(info.value, NotFound)
+    # Not a bare KeyError (issue 10 item 6): a NotFound, so one that reaches a handler is a 404.
+    assert not isinstance(info.value, KeyError) and isinstance(info.value, NotFound)
     assert info.value.entry_id == "no-such-id"
     assert str(info.value) == "no vault entry 'no-such-id'"
     with pytest.raises(EntryGone):
