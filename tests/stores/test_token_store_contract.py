@@ -23,7 +23,13 @@ from store_helpers import (
     make_pending,
 )
 
-from jupyter_offline_token.errors import EntryGone, NotFound, TooManyPendingConsents, VaultError
+from jupyter_offline_token.errors import (
+    EntryGone,
+    ErrorKind,
+    NotFound,
+    TooManyPendingConsents,
+    VaultError,
+)
 from jupyter_offline_token.models import (
     ACTIVE,
     EXPIRED,
@@ -565,7 +571,7 @@ async def test_pending_cap_counts_only_unexpired_entries_of_the_owner(backend: A
         await create("a", now + 10)
         with pytest.raises(TooManyPendingConsents) as refused:
             await create("a", now + 20)
-        assert refused.value.status == 429 and refused.value.retry_after == 580
+        assert refused.value.kind is ErrorKind.RATE_LIMITED and refused.value.retry_after == 580
         await create("b", now + 20)  # another owner has a cap of its own
         await create("a", now + 601)  # the first one expired (even before a sweep marks it)
         counts = await vault.count_by_status("a")
