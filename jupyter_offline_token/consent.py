@@ -15,12 +15,12 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from . import health, models
+from . import health, models, rest_codes
 from .access_token import access_token_from, idle_expiry
 from .errors import (
     DecryptionError,
     IdTokenInvalid,
-    InvalidRequest,
+    NotConfigured,
     OfflineTokenError,
     PermanentProviderError,
     ProviderError,
@@ -41,6 +41,11 @@ _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$")
 REQUIRED_SCOPES = ("openid", "offline_access")
 
 
+def is_scope_token(scope: str) -> bool:
+    """One RFC 6749 scope: a single word of printable ASCII, at most 128 characters."""
+    return bool(_SCOPE_TOKEN.match(scope))
+
+
 def hash_state(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
@@ -48,22 +53,23 @@ def hash_state(state: str) -> str:
 class ConsentFailure(enum.Enum):
     """Why a consent could not be completed; the value is the error's ``code``."""
 
-    MISSING_STATE = "missing_state"
-    UNKNOWN_STATE = "unknown_state"
-    FOREIGN_STATE = "foreign_state"  # another Jupyter user's consent: not consumed
-    STATE_USED = "state_used"
-    EXPIRED = "consent_expired"
-    MISSING_CODE = "missing_code"  # neither a code nor an error
-    DECRYPT_FAILED = "decrypt_failed"
-    DENIED = "access_denied"  # the user declined at the provider
-    PROVIDER_ERROR = "provider_error"  # the provider redirected back with another error
-    CODE_REJECTED = "code_rejected"  # invalid_grant: unknown, used or expired code
-    CLIENT_REJECTED = "client_rejected"  # invalid_client & co: the administrator must act
-    EXCHANGE_FAILED = "exchange_failed"  # any other refusal of the code exchange
-    INVALID_ID_TOKEN = "invalid_id_token"  # noqa: S105 (an error code)
-    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    MISSING_STATE = rest_codes.MISSING_STATE
+    UNKNOWN_STATE = rest_codes.UNKNOWN_STATE
+    FOREIGN_STATE = rest_codes.FOREIGN_STATE  # another Jupyter user's consent: not consumed
+    STATE_USED = rest_codes.STATE_USED
+    EXPIRED = rest_codes.CONSENT_EXPIRED
+    MISSING_CODE = rest_codes.MISSING_CODE  # neither a code nor an error
+    DECRYPT_FAILED = rest_codes.DECRYPT_FAILED
+    DENIED = rest_codes.ACCESS_DENIED  # the user declined at the provider
+    PROVIDER_ERROR = rest_codes.PROVIDER_ERROR  # the provider redirected back with another error
+    CODE_REJECTED = rest_codes.CODE_REJECTED  # invalid_grant: unknown, used or expired code
+    # invalid_client & co: the administrator must act
+    CLIENT_REJECTED = rest_codes.CLIENT_REJECTED
+    EXCHANGE_FAILED = rest_codes.EXCHANGE_FAILED  # any other refusal of the code exchange
+    INVALID_ID_TOKEN = rest_codes.INVALID_ID_TOKEN
+    PROVIDER_UNAVAILABLE = rest_codes.PROVIDER_UNAVAILABLE
     # offline_access is not allowed for this client
-    NO_REFRESH_TOKEN = "no_refresh_token"  # noqa: S105 (an error code)
+    NO_REFRESH_TOKEN = rest_codes.NO_REFRESH_TOKEN
 
 
 class ConsentFailed(OfflineTokenError):
@@ -85,16 +91,19 @@ class ConsentFlow:
 
     # --- creating ------------------------------------------------------------------------------
     def normalize_scopes(self, scopes: list[str] | None) -> list[str]:
+        """The scopes to request: the required ones, then ``scopes`` (already checked by the
+        request model) or, if None, the configured ones."""
         _, settings = self.broker.require_provider()
-        requested = list(settings.scopes if scopes is None else scopes)
-        for scope in requested:
-            if not isinstance(scope, str) or not _SCOPE_TOKEN.match(scope):
-                raise InvalidRequest(
-                    f"invalid scope {scope!r}: scopes are single words of printable ASCII",
-                    code="invalid_scope",
+        if scopes is None:
+            scopes = list(settings.scopes)
+            bad = [s for s in scopes if not is_scope_token(s)]
+            if bad:
+                raise NotConfigured(
+                    f"c.OfflineTokenApp.scopes has an invalid scope {bad[0]!r}: scopes are "
+                    "single words of printable ASCII"
                 )
         result: list[str] = []
-        for scope in [*REQUIRED_SCOPES, *requested]:
+        for scope in [*REQUIRED_SCOPES, *scopes]:
             if scope not in result:
                 result.append(scope)
         return result

@@ -83,6 +83,7 @@ DECRYPT_FAILED = "decrypt_failed"
 INVALID_ID_TOKEN = "invalid_id_token"
 NO_REFRESH_TOKEN = "no_refresh_token"
 CODE_REJECTED = "code_rejected"
+CLIENT_REJECTED = "client_rejected"
 EXCHANGE_FAILED = "exchange_failed"
 
 CODES: dict[str, ErrorCode] = {
@@ -170,6 +171,9 @@ CODES: dict[str, ErrorCode] = {
     INVALID_ID_TOKEN: ErrorCode(502, "the provider's id_token failed validation"),
     NO_REFRESH_TOKEN: ErrorCode(502, "the provider granted no offline token"),
     CODE_REJECTED: ErrorCode(400, "the provider rejected the authorization code"),
+    CLIENT_REJECTED: ErrorCode(
+        502, "the provider rejected the server's client configuration at the code exchange"
+    ),
     EXCHANGE_FAILED: ErrorCode(502, "the code exchange failed"),
 }
 

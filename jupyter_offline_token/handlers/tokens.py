@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..errors import InvalidRequest
 from ..health import failure_kind, overall_level, token_health
-from ..models import TOKEN_STATUSES, TokenRecord, iso
-from ..paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor
+from ..models import TokenRecord, iso
 from ..public_url import browser_origin
-from .base import Field, OfflineTokenHandler, authenticated_or_task, in_range, max_len
+from .base import OfflineTokenHandler, authenticated_or_task
+from .token_requests import (
+    AccessTokenRequest,
+    AuditQuery,
+    CreateConsent,
+    DeleteTokenQuery,
+    HealthQuery,
+    TokensQuery,
+)
 
-CONSENT_FIELDS = {
-    "label": Field(str, check=max_len(200)),
-    "task_id": Field(str, check=max_len(64)),
-    "scopes": Field(list, check=lambda v: None if len(v) <= 32 else "has more than 32 scopes"),
-    "return_to": Field(str, check=max_len(2048)),
-    "keep_warm": Field(bool),
-}
-ACCESS_FIELDS = {
-    "min_ttl": Field(int, check=in_range(0, 86400)),
-    "keep_warm": Field(bool),
-}
+# handlers/tasks.py pages its list the same way and imports it from here.
+from .token_requests import page_query as page_query
 
 
 def token_json(
@@ -70,64 +66,24 @@ def token_json(
     return body
 
 
-def page_query(handler: OfflineTokenHandler) -> tuple[int, Cursor | None]:
-    """``limit`` (default DEFAULT_PAGE_SIZE) and ``cursor`` of a list request. ``offset`` is
-    refused (400): a deep offset costs what skipping every row before it costs."""
-    offset = handler.get_query_argument("offset", None)
-    if offset is not None and offset != "0":
-        raise InvalidRequest(
-            "query parameter 'offset' is not supported: lists page by cursor; pass the "
-            "previous page's next_cursor as 'cursor'",
-            code="invalid_query",
-        )
-    limit = handler.query_int("limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
-    raw = handler.get_query_argument("cursor", None)
-    return limit or DEFAULT_PAGE_SIZE, Cursor.decode(raw) if raw is not None else None
-
-
-def check_return_to(value: str, base_url: str) -> str:
-    """Only a path on this server under its base_url; anything else is an open redirect."""
-    parts = urlsplit(value)
-    if (
-        parts.scheme
-        or parts.netloc
-        or not value.startswith("/")
-        or value.startswith("//")
-        or "\\" in value
-        or any(ord(c) < 0x21 for c in value)
-        or not value.startswith(base_url)
-    ):
-        raise InvalidRequest(
-            f"return_to must be a path on this server starting with {base_url!r}",
-            code="invalid_return_to",
-        )
-    return value
-
-
 class ConsentsHandler(OfflineTokenHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body(CONSENT_FIELDS)
+        request = CreateConsent.parse(self.request.body or b"", base_url=self.base_url)
         broker = await self.services.ready()
-        return_to = body.get("return_to")
-        if return_to is not None:
-            return_to = check_return_to(return_to, self.base_url)
-        scopes = body.get("scopes")
-        if scopes is not None and not all(isinstance(s, str) for s in scopes):
-            raise InvalidRequest("field 'scopes' must be an array of strings", code="invalid_field")
-        task_id = body.get("task_id")
+        task_id = request.task_id
         check_task = self.services.extras.get("check_task_for_consent")
         if task_id is not None and check_task is not None:
             await check_task(self.owner, task_id)
         record, url = await broker.create_consent(
             self.owner,
             redirect_uri=self.redirect_uri(),
-            label=body.get("label", ""),
+            label=request.label,
             task_id=task_id,
-            scopes=scopes,
-            return_to=return_to,
-            keep_warm=body.get("keep_warm", False),
+            scopes=request.scopes,
+            return_to=request.return_to,
+            keep_warm=request.keep_warm,
         )
         self.write_json(
             {
@@ -152,14 +108,11 @@ class TokensHandler(OfflineTokenHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        status = self.get_query_argument("status", None)
-        if status is not None and status not in TOKEN_STATUSES:
-            raise InvalidRequest(
-                f"status must be one of {', '.join(TOKEN_STATUSES)}", code="invalid_query"
-            )
-        limit, cursor = page_query(self)
+        query = TokensQuery.parse(self)
         broker = await self.services.ready()
-        page = await broker.list_token_page(self.owner, status=status, limit=limit, cursor=cursor)
+        page = await broker.list_token_page(
+            self.owner, status=query.status, limit=query.page.limit, cursor=query.page.cursor
+        )
         records = page.items
         linked = await self._linked_tasks([r.id for r in records])
         now = time.time()
@@ -202,10 +155,11 @@ class TokenHandler(TokensHandler):
     @web.authenticated
     @authorized
     async def delete(self, token_id: str) -> None:
-        revoke = self.query_flag("revoke", True)
-        force = self.query_flag("force", False)
+        query = DeleteTokenQuery.parse(self)
         broker = await self.services.ready()
-        result = await broker.delete_token(self.owner, token_id, revoke=revoke, force=force)
+        result = await broker.delete_token(
+            self.owner, token_id, revoke=query.revoke, force=query.force
+        )
         if result["warning"]:
             self.write_json(result)
         else:
@@ -218,12 +172,10 @@ class AccessTokenHandler(OfflineTokenHandler):
 
     @authenticated_or_task
     async def post(self, token_id: str) -> None:
-        body = self.body(ACCESS_FIELDS)
+        request = AccessTokenRequest.parse(self.request.body or b"")
         broker = await self.services.ready()
-        token = await broker.get_access_token(
-            self.owner, token_id, min_ttl=float(body.get("min_ttl", 30))
-        )
-        keep_warm = body.get("keep_warm")
+        token = await broker.get_access_token(self.owner, token_id, min_ttl=request.min_ttl)
+        keep_warm = request.keep_warm
         # A task's token is kept warm while it runs; a task may not change the user's setting.
         if keep_warm is not None and self.task_principal is None:
             await self.services.extras["set_keep_warm"](token_id, keep_warm)
@@ -234,9 +186,10 @@ class AuditHandler(OfflineTokenHandler):
     @web.authenticated
     @authorized
     async def get(self, token_id: str) -> None:
+        query = AuditQuery.parse(self)
         broker = await self.services.ready()
         await broker.get_token(self.owner, token_id)
-        events = await broker.vault.list_audit(token_id, limit=200)
+        events = await broker.vault.list_audit(token_id, limit=query.limit)
         self.write_json(
             {
                 "events": [
@@ -262,7 +215,7 @@ class HealthHandler(OfflineTokenHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        limit, cursor = page_query(self)
+        query = HealthQuery.parse(self)
         configured = self.services.broker.configured
         broker = await self.services.ready()
         now = time.time()
@@ -280,7 +233,9 @@ class HealthHandler(OfflineTokenHandler):
                 now=now,
             )["level"]
             counts[level] = counts.get(level, 0) + n
-        page = await broker.list_token_page(self.owner, limit=limit, cursor=cursor, attention=True)
+        page = await broker.list_token_page(
+            self.owner, limit=query.page.limit, cursor=query.page.cursor, attention=True
+        )
         tokens = []
         for record in page.items:
             view = token_json(record, now=now, failing_since=self.failing_since(record.id))
