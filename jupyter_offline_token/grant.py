@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import health, metrics, models
+from . import health, metrics, models, rest_codes
 from .access_token import AccessToken, access_token_from, idle_expiry
 from .errors import (
     Conflict,
@@ -76,7 +76,7 @@ class RefreshGrants:
             raise Conflict(
                 f"offline token {token_id} cannot be decrypted (wrong key or tampered): "
                 "request consent again",
-                code="token_failed",
+                code=rest_codes.TOKEN_FAILED,
             ) from None
         # From here the provider may rotate the refresh token: the rest runs as its own task that
         # neither a shutdown nor a client hanging up can cut short, so a rotated token always
@@ -121,7 +121,7 @@ class RefreshGrants:
                 )
                 raise Conflict(
                     f"offline token {token_id} has no refresh token: request consent again",
-                    code="token_failed",
+                    code=rest_codes.TOKEN_FAILED,
                 )
             try:
                 response = await provider.refresh(refresh_token)
@@ -161,7 +161,7 @@ class RefreshGrants:
         await self.broker.fail(record, exc.error, kind=kind)
         return Conflict(
             f"offline token {record.id} no longer works: " + health.failure_detail(exc.error, kind),
-            code="token_failed",
+            code=rest_codes.TOKEN_FAILED,
         )
 
     async def _transient(self, record: TokenRecord, exc: TransientProviderError) -> ProviderFault:
@@ -243,20 +243,20 @@ def raise_unusable(record: TokenRecord) -> None:
     if record.status == PENDING:
         raise Conflict(
             f"offline token {record.id} is waiting for the user to grant consent",
-            code="waiting_consent",
+            code=rest_codes.WAITING_CONSENT,
         )
     if record.status == FAILED:
         raise Conflict(
             f"offline token {record.id} failed ({record.last_error or 'unknown reason'}): "
             "request consent again",
-            code="token_failed",
+            code=rest_codes.TOKEN_FAILED,
         )
     if record.status == REVOKED:
-        raise Conflict(f"offline token {record.id} was revoked", code="token_revoked")
+        raise Conflict(f"offline token {record.id} was revoked", code=rest_codes.TOKEN_REVOKED)
     if record.status == EXPIRED:
         raise Conflict(
             f"the consent for offline token {record.id} was never completed and expired: "
             "request consent again",
-            code="consent_expired",
+            code=rest_codes.CONSENT_EXPIRED,
         )
-    raise Conflict(f"offline token {record.id} is {record.status}", code="token_failed")
+    raise Conflict(f"offline token {record.id} is {record.status}", code=rest_codes.TOKEN_FAILED)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from . import rest_codes
 from .errors import InvalidRequest
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class Cursor:
         """The cursor in ``text``; InvalidRequest (400 invalid_cursor) for anything else."""
         bad = InvalidRequest(
             "query parameter 'cursor' is not a cursor from a previous page's next_cursor",
-            code="invalid_cursor",
+            code=rest_codes.INVALID_CURSOR,
         )
         if not isinstance(text, str) or not text or len(text) > _MAX_CURSOR_CHARS:
             raise bad

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from . import rest_codes
 from .errors import Conflict
 
 CALLBACK_PATH = "offline-token/callback"
@@ -98,6 +99,6 @@ class CallbackURL:
                 f"<public hub URL>{self.base_url.lstrip('/')}{CALLBACK_PATH}, or "
                 "c.JupyterHub.public_url in the hub's config; or open the offline-token "
                 "dashboard of this server in your browser once, then try again",
-                code="redirect_uri_unknown",
+                code=rest_codes.REDIRECT_URI_UNKNOWN,
             )
         return f"{origin}{self.base_url}{CALLBACK_PATH}"

@@ -3,8 +3,8 @@
 The server raises errors with these constants and the kernel side maps them back to typed
 exceptions from :data:`CODES`, so the two sides cannot disagree on a spelling. The module imports
 nothing (no tornado, no httpx): a kernel, a task process or a Dask worker can import it.
-``tests/test_rest_codes.py`` fails when the server passes a ``code="..."`` literal that is not
-listed here.
+``tests/test_rest_codes.py`` fails when the server passes any ``code="..."`` literal: the server
+names every code by its constant here.
 """
 
 from __future__ import annotations

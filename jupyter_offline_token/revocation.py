@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import rest_codes
 from .errors import (
     Conflict,
     DecryptionError,
@@ -84,7 +85,7 @@ class TokenRevocation:
             raise Conflict(
                 f"offline token {token_id} is used by running task(s) {', '.join(running)}: "
                 "cancel them first or delete with force=true",
-                code="token_in_use",
+                code=rest_codes.TOKEN_IN_USE,
                 extra={"tasks": running},
             )
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from . import rest_codes
 from .broker import TokenBroker
 from .errors import ErrorKind, OfflineTokenError, VaultError
 from .refresh.engine import RefreshEngine
@@ -16,7 +17,7 @@ log = logging.getLogger("jupyter_offline_token")
 
 class VaultUnavailable(OfflineTokenError):
     kind = ErrorKind.UNAVAILABLE
-    code = "vault_unavailable"
+    code = rest_codes.VAULT_UNAVAILABLE
 
 
 class Services:

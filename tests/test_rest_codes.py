@@ -1,5 +1,6 @@
-"""rest_codes.py is the one list of the REST API's error codes: the server uses no other, the
-kernel side maps each to a real class, and the module stays importable without the server."""
+"""rest_codes.py is the one list of the REST API's error codes: the server names each by its
+constant (no literal), the kernel side maps each to a real class, and the module stays importable
+without the server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from jupyter_offline_token import rest_codes
+from jupyter_offline_token.consent import ConsentFailure
 from jupyter_offline_token.kernel import errors as kernel_errors
 
 PACKAGE = Path(rest_codes.__file__).parent
@@ -50,14 +52,20 @@ def _literal_codes(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def test_the_server_passes_only_listed_codes():
-    unknown = [
+def test_the_server_names_every_code_by_its_constant():
+    """No ``code="..."`` literal anywhere on the server, listed or not: a code is spelled once,
+    in rest_codes, so a rename cannot miss a site and a typo cannot pass unnoticed."""
+    literals = [
         f"{path.relative_to(PACKAGE)}:{line}: {code!r}"
         for path in _server_modules()
         for line, code in _literal_codes(path)
-        if code not in rest_codes.CODES
     ]
-    assert not unknown, "error codes missing from rest_codes.CODES:\n" + "\n".join(unknown)
+    assert not literals, "use the rest_codes constant instead of:\n" + "\n".join(literals)
+
+
+def test_every_consent_failure_is_a_listed_code():
+    """The callback page's codes come from ConsentFailure's values, not from a ``code=``."""
+    assert {f.value for f in ConsentFailure} <= set(rest_codes.CODES)
 
 
 def test_the_scan_sees_literals_and_constants_apart(tmp_path):

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import rest_codes
 from ..errors import InvalidRequest
 from ..tasks.models import (
     COMMAND,
@@ -83,18 +84,20 @@ class CreateTask:
         body = parse_body(raw, cls.FIELDS, allow_empty=False)
         name = body["name"].strip()
         if not name:
-            raise InvalidRequest("field 'name' must not be empty", code="invalid_field")
+            raise InvalidRequest("field 'name' must not be empty", code=rest_codes.INVALID_FIELD)
         kind = body.get("kind", KERNEL)
         if "command" in body and kind != COMMAND:
-            raise InvalidRequest("field 'command' is only for kind 'command'", code="invalid_field")
+            raise InvalidRequest(
+                "field 'command' is only for kind 'command'", code=rest_codes.INVALID_FIELD
+            )
         if "notebook" in body and kind != NOTEBOOK:
             raise InvalidRequest(
-                "field 'notebook' is only for kind 'notebook'", code="invalid_field"
+                "field 'notebook' is only for kind 'notebook'", code=rest_codes.INVALID_FIELD
             )
         if kind == NOTEBOOK and not body.get("notebook"):
             raise InvalidRequest(
                 "a notebook task needs 'notebook': a path inside the server's root directory",
-                code="missing_field",
+                code=rest_codes.MISSING_FIELD,
             )
         parameters = _parameters(body.get("parameters", {}))
         if kind == DEMO:
@@ -102,7 +105,7 @@ class CreateTask:
         token_id = body.get("persistent_token_id")
         if token_id == "":
             raise InvalidRequest(
-                "field 'persistent_token_id' must be a token id", code="invalid_field"
+                "field 'persistent_token_id' must be a token id", code=rest_codes.INVALID_FIELD
             )
         return cls(
             name=name,
@@ -128,7 +131,7 @@ class LinkTask:
         body = parse_body(raw, cls.FIELDS, allow_empty=False)
         if not body["persistent_token_id"]:
             raise InvalidRequest(
-                "field 'persistent_token_id' must be a token id", code="invalid_field"
+                "field 'persistent_token_id' must be a token id", code=rest_codes.INVALID_FIELD
             )
         return cls(body["persistent_token_id"])
 
@@ -155,10 +158,12 @@ class PatchTask:
     def parse(cls, raw: bytes) -> PatchTask:
         body = parse_body(raw, cls.FIELDS, allow_empty=False)
         if not body:
-            raise InvalidRequest("nothing to update", code="missing_field")
+            raise InvalidRequest("nothing to update", code=rest_codes.MISSING_FIELD)
         progress = body.get("progress")
         if progress is not None and not math.isfinite(progress):
-            raise InvalidRequest("field 'progress' must be between 0 and 100", code="invalid_field")
+            raise InvalidRequest(
+                "field 'progress' must be between 0 and 100", code=rest_codes.INVALID_FIELD
+            )
         return cls(
             progress=float(progress) if progress is not None else None,
             message=body.get("message"),
@@ -171,7 +176,9 @@ class PatchTask:
 def status_filter(raw: str | None) -> str | None:
     """The ``status`` query of ``GET tasks``: one of the task statuses, or none."""
     if raw is not None and raw not in STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_query")
+        raise InvalidRequest(
+            f"status must be one of {', '.join(STATUSES)}", code=rest_codes.INVALID_QUERY
+        )
     return raw
 
 
@@ -179,26 +186,27 @@ def _argv(command: Any) -> list[str]:
     if command is None:
         raise InvalidRequest(
             'a command task needs \'command\': an argv list such as ["python", "train.py"]',
-            code="missing_field",
+            code=rest_codes.MISSING_FIELD,
         )
     if not all(isinstance(a, str) for a in command):
         raise InvalidRequest(
-            "field 'command' must be an array of strings (argv; no shell)", code="invalid_field"
+            "field 'command' must be an array of strings (argv; no shell)",
+            code=rest_codes.INVALID_FIELD,
         )
     if not command or not command[0]:
         raise InvalidRequest(
             "field 'command' must not be empty: its first item is the program",
-            code="invalid_field",
+            code=rest_codes.INVALID_FIELD,
         )
     if len(command) > MAX_ARGV:
         raise InvalidRequest(
-            f"field 'command' has more than {MAX_ARGV} items", code="invalid_field"
+            f"field 'command' has more than {MAX_ARGV} items", code=rest_codes.INVALID_FIELD
         )
     if any(len(arg) > MAX_ARG_CHARS or "\x00" in arg for arg in command):
         raise InvalidRequest(
             f"each command item must be valid text of at most {MAX_ARG_CHARS} characters "
             "without NUL",
-            code="invalid_field",
+            code=rest_codes.INVALID_FIELD,
         )
     return list(command)
 
@@ -208,22 +216,24 @@ def _parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     if _depth(parameters) > MAX_PARAMETERS_DEPTH:
         raise InvalidRequest(
             f"field 'parameters' is nested deeper than {MAX_PARAMETERS_DEPTH} levels",
-            code="invalid_field",
+            code=rest_codes.INVALID_FIELD,
         )
     try:
         text = json.dumps(parameters, allow_nan=False, ensure_ascii=False)
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidRequest(
-            "field 'parameters' must hold valid Unicode text only", code="invalid_field"
+            "field 'parameters' must hold valid Unicode text only", code=rest_codes.INVALID_FIELD
         ) from None
     except (ValueError, TypeError, RecursionError):
         raise InvalidRequest(
-            "field 'parameters' must be JSON with finite numbers only", code="invalid_field"
+            "field 'parameters' must be JSON with finite numbers only",
+            code=rest_codes.INVALID_FIELD,
         ) from None
     if size > MAX_PARAMETERS_BYTES:
         raise InvalidRequest(
-            f"field 'parameters' is larger than {MAX_PARAMETERS_BYTES} bytes", code="invalid_field"
+            f"field 'parameters' is larger than {MAX_PARAMETERS_BYTES} bytes",
+            code=rest_codes.INVALID_FIELD,
         )
     return dict(parameters)
 

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from .. import rest_codes
 from ..errors import Conflict
 from ..stores import TaskStore
 from .models import TaskRecord
@@ -82,7 +83,9 @@ class TaskUpdates:
         """Like :meth:`try_update`, but Conflict when a racing change won."""
         updated = await self.try_update(task_id, expect=expect, **changes)
         if updated is None:
-            raise Conflict(f"task {task_id} changed meanwhile; try again", code="task_changed")
+            raise Conflict(
+                f"task {task_id} changed meanwhile; try again", code=rest_codes.TASK_CHANGED
+            )
         return updated
 
 

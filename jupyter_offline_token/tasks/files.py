@@ -13,6 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
+from .. import rest_codes
 from ..errors import InvalidRequest
 
 LOG_FILE = "output.log"
@@ -99,7 +100,7 @@ def resolve_notebook(root_dir: Path, notebook: str) -> Path:
     escape = InvalidRequest(
         f"notebook {_shorten(notebook)!r} must be a relative path to a .ipynb file inside the "
         "server's root directory",
-        code="invalid_notebook",
+        code=rest_codes.INVALID_NOTEBOOK,
     )
     if "\x00" in notebook or len(notebook) > 4096 or "\\" in notebook:
         raise escape
@@ -117,12 +118,13 @@ def resolve_notebook(root_dir: Path, notebook: str) -> Path:
     except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, no access
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unusable path"
         raise InvalidRequest(
-            f"cannot use notebook {_shorten(notebook)!r}: {reason}", code="invalid_notebook"
+            f"cannot use notebook {_shorten(notebook)!r}: {reason}",
+            code=rest_codes.INVALID_NOTEBOOK,
         ) from None
     if not found:
         raise InvalidRequest(
             f"no notebook {_shorten(notebook)!r} in the server's root directory",
-            code="invalid_notebook",
+            code=rest_codes.INVALID_NOTEBOOK,
         )
     return real
 

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import rest_codes
 from ..errors import InvalidRequest
 from ..models import ACTIVE, EXPIRED, FAILED, PENDING, REVOKED, iso
 
@@ -57,7 +58,7 @@ def demo_interval(parameters: dict[str, Any]) -> float:
     ):
         raise InvalidRequest(
             "parameter 'interval' of a demo task must be a number of seconds in (0, 3600]",
-            code="invalid_field",
+            code=rest_codes.INVALID_FIELD,
         )
     return float(interval)
 

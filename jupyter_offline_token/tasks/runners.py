@@ -26,6 +26,7 @@ from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import MetaHasTraits
 
+from .. import rest_codes
 from ..errors import OfflineTokenError
 from .files import EXECUTED_NOTEBOOK
 from .models import (
@@ -343,7 +344,9 @@ class LocalTaskRunner(TaskRunner):
             assert task.command is not None
             return list(task.command)
         if task.kind != NOTEBOOK or launch.notebook_path is None:
-            raise OfflineTokenError(f"a {task.kind} task has no process", code="invalid_kind")
+            raise OfflineTokenError(
+                f"a {task.kind} task has no process", code=rest_codes.INVALID_KIND
+            )
         return [
             self.python,
             "-m",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import rest_codes
 from ..broker import TokenBroker
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..paging import Cursor, Page
@@ -304,7 +305,7 @@ class TaskService:
             if task.status == RUNNING or task.queued:
                 raise Conflict(
                     f"task {task_id} is {task.status}: cancel it before linking another token",
-                    code="task_running",
+                    code=rest_codes.TASK_RUNNING,
                 )
             return await self.updates.update(
                 task.id, expect=(task.status,), persistent_token_id=token_id
@@ -316,7 +317,7 @@ class TaskService:
             if task.status == RUNNING or task.queued or task.id in self.supervisor.active:
                 raise Conflict(
                     f"task {task_id} is {'queued' if task.queued else 'running'}: cancel it first",
-                    code="task_running",
+                    code=rest_codes.TASK_RUNNING,
                 )
             await self.store.delete(task.id)
         await self.files.remove(task.id)
@@ -330,12 +331,12 @@ class TaskService:
             if task.status == RUNNING or task.queued:
                 raise Conflict(
                     f"task {task_id} is already {'queued' if task.queued else 'running'}",
-                    code="already_running",
+                    code=rest_codes.ALREADY_RUNNING,
                 )
             if task.id in self.supervisor.active:
                 raise Conflict(
                     f"task {task_id} is still stopping its previous run; try again shortly",
-                    code="already_running",
+                    code=rest_codes.ALREADY_RUNNING,
                 )
             await self._check_startable(task)
             if task.kind == KERNEL:
@@ -432,7 +433,7 @@ class TaskService:
                 raise Conflict(
                     f"task {task_id} is a {task.kind} task: its process decides how it ends; "
                     "cancel it instead",
-                    code="use_cancel",
+                    code=rest_codes.USE_CANCEL,
                 )
             entry = self.supervisor.active.get(task.id)
             if ending and supervised and entry is not None:
@@ -461,9 +462,11 @@ class TaskService:
     async def _running(self, owner: str | None, task_id: str) -> TaskRecord:
         task = await self.get(owner, task_id)
         if task.terminal:
-            raise Conflict(f"task {task_id} already {task.status}", code="task_finished")
+            raise Conflict(f"task {task_id} already {task.status}", code=rest_codes.TASK_FINISHED)
         if task.status != RUNNING:
-            raise Conflict(f"task {task_id} is not running: execute it first", code="not_running")
+            raise Conflict(
+                f"task {task_id} is not running: execute it first", code=rest_codes.NOT_RUNNING
+            )
         return task
 
     async def cancel(self, owner: str | None, task_id: str) -> TaskRecord:
@@ -483,7 +486,9 @@ class TaskService:
                 await self.queue.renumber(self.updates)
                 return updated
             if task.status != RUNNING:
-                raise Conflict(f"task {task_id} is {task.status}, not running", code="not_running")
+                raise Conflict(
+                    f"task {task_id} is {task.status}, not running", code=rest_codes.NOT_RUNNING
+                )
             updated = await self.updates.update(
                 task.id,
                 expect=(RUNNING,),

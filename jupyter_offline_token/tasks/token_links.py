@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .. import rest_codes
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..models import ACTIVE, PENDING, TokenRecord
 from .credentials import TaskPrincipal, hash_secret
@@ -36,26 +37,26 @@ class TokenLinks:
             raise Conflict(
                 f"task {task.id} has no offline token: request consent with this task_id, or "
                 "link an active token",
-                code="needs_consent",
+                code=rest_codes.NEEDS_CONSENT,
             )
         try:
             token = await self.service.broker.get_token(task.owner, task.persistent_token_id)
         except NotFound:
             raise Conflict(
                 f"the offline token of task {task.id} no longer exists: request consent again",
-                code="needs_consent",
+                code=rest_codes.NEEDS_CONSENT,
             ) from None
         if token.status == PENDING:
             raise Conflict(
                 f"offline token {token.id} is waiting for the user to grant consent",
-                code="waiting_consent",
+                code=rest_codes.WAITING_CONSENT,
             )
         if token.status != ACTIVE:
             raise Conflict(
                 f"offline token {token.id} is {token.status}"
                 + (f" ({token.last_error})" if token.last_error else "")
                 + ": request consent again",
-                code="token_failed",
+                code=rest_codes.TOKEN_FAILED,
             )
         return token
 
