@@ -417,7 +417,9 @@ class TokenBroker:
 
 
 def _is_uuid(value: str) -> bool:
+    """True for a token id: a UUID in its canonical lowercase form, the one rule task ids
+    follow too (tasks.models.is_task_id). Any other text names no entry: a 404, no lookup."""
     try:
-        return str(uuid.UUID(value)) == value.lower()
+        return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False

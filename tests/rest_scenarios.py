@@ -126,6 +126,8 @@ SCENARIOS: list[Step] = [
     _bad_body("consents", b'{"scopes": [1]}', rc.INVALID_FIELD),
     _bad_body("consents", b'{"scopes": ["has space"]}', rc.INVALID_SCOPE),
     _bad_body("consents", b'{"return_to": "https://elsewhere.test/"}', rc.INVALID_RETURN_TO),
+    _bad_body("consents", b'{"return_to": "https://x.test/", "scopes": [1]}', rc.INVALID_RETURN_TO),
+    _bad_body("consents", b'{"scopes": ["openid", "a\\\\b"]}', rc.INVALID_SCOPE),
     Step(
         "a consent for an unknown task",
         "POST",
@@ -226,6 +228,13 @@ SCENARIOS: list[Step] = [
     ),
     Step(
         "health limit 0", path="health", params={"limit": "0"}, status=400, error=rc.INVALID_QUERY
+    ),
+    Step(
+        "a forged health cursor",
+        path="health",
+        params={"cursor": "not-a-cursor!"},
+        status=400,
+        error=rc.INVALID_CURSOR,
     ),
     Step("a method the route does not take", "PUT", "tokens", 405, rc.METHOD_NOT_ALLOWED, raw=b""),
     # --- tasks ---------------------------------------------------------------------------------

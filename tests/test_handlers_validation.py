@@ -94,3 +94,46 @@ async def test_token_list_pages_newest_first(api, idp):
     for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"limit": "99999999"}):
         status, err = await api.get("tokens", params=bad)
         assert status == 400 and err["error"] == "invalid_query", bad
+
+
+async def test_bad_queries_are_400_and_change_nothing(api, idp):
+    """The query models of the token routes (tokens, token DELETE, health), through the server's
+    own query parsing."""
+    token_id = await grant(api, idp)
+    before = await _snapshot(api)
+    for path, params, code in (
+        (("tokens",), {"cursor": "not-a-cursor"}, "invalid_cursor"),
+        (("tokens",), {"status": "Active"}, "invalid_query"),
+        (("health",), {"offset": "3"}, "invalid_query"),
+        (("health",), {"limit": "1001"}, "invalid_query"),
+        (("health",), {"cursor": "!!"}, "invalid_cursor"),
+    ):
+        status, err = await api.get(*path, params=params)
+        assert status == 400 and err["error"] == code, (path, params, err)
+    for params in ({"force": "maybe"}, {"revoke": ""}, {"revoke": "2"}):
+        status, err = await api.delete("tokens", token_id, params=params)
+        assert status == 400 and err["error"] == "invalid_query", (params, err)
+    status, _ = await api.get("tokens", params={"status": "active", "offset": "0"})
+    assert status == 200
+    # Only the canonical spelling names an entry, as for tasks: another spelling is a 404.
+    status, err = await api.get("tokens", token_id.upper())
+    assert status == 404 and err["error"] == "not_found"
+    assert await _snapshot(api) == before
+
+
+class TestConfiguredScopes:
+    """The configured scopes are configuration, not the caller's input: a bad one is a 503
+    naming the setting (scopes the request names are checked by the request model)."""
+
+    @pytest.fixture
+    def offline_token_config(self, offline_token_config):
+        return {**offline_token_config, "scopes": ["openid", "has space"]}
+
+    async def test_a_bad_configured_scope_names_the_setting(self, api):
+        before = await _snapshot(api)
+        status, err = await api.post("consents", body={"label": "x"})
+        assert status == 503 and err["error"] == "not_configured", err
+        assert "c.OfflineTokenApp.scopes" in err["message"] and "has space" in err["message"]
+        assert await _snapshot(api) == before
+        status, created = await api.post("consents", body={"scopes": ["openid"]})
+        assert status == 201, created
