@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import rest_codes
+from ..access_token import DEFAULT_MIN_TTL
 from ..consent import is_scope_token
 from ..errors import InvalidRequest
 from ..models import TOKEN_STATUSES
@@ -26,7 +27,6 @@ MAX_TASK_ID = 64
 MAX_SCOPES = 32
 MAX_RETURN_TO = 2048
 MAX_MIN_TTL = 86400
-DEFAULT_MIN_TTL = 30
 AUDIT_EVENTS = 200
 
 
