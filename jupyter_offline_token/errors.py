@@ -120,7 +120,7 @@ class ProviderRejected(OfflineTokenError):
     code = rest_codes.PROVIDER_ERROR
 
 
-# --- adapter-level errors (raised by oidc.py and vault/, mapped by the broker) ---------------
+# --- adapter-level errors (raised by oidc/ and vault/, mapped by the broker) ---------------
 
 
 class ProviderError(Exception):

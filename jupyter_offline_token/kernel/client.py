@@ -1,6 +1,7 @@
 """``OfflineTokenClient``: a thin synchronous httpx wrapper over the extension's REST API.
 
-Every method is one HTTP call; failures become the typed errors of :mod:`.errors`. The higher
+Every method is one HTTP call over :class:`~.connection.ServerConnection` (credentials,
+transport, error mapping); failures become the typed errors of :mod:`.errors`. The higher
 level objects (:class:`~.tokens.OfflineToken`, :class:`~.tasks.Task`) are built on it. The client
 never logs or reprs its credential, and the only secret it returns is the access token, wrapped in
 :class:`AccessToken` whose repr hides the value.
@@ -8,7 +9,6 @@ never logs or reprs its credential, and the only secret it returns is the access
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from .discovery import ServerInfo, find_server
-from .errors import (
-    AuthenticationFailed,
-    OfflineTokenClientError,
-    ServerUnreachable,
-    error_from_response,
-)
+from .connection import ServerConnection
+from .errors import OfflineTokenClientError
 
 API = "api/offline-token/"
 MAX_MIN_TTL = 86400  # the server accepts min_ttl in [0, 86400]
@@ -101,7 +94,7 @@ def _drop_none(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-class OfflineTokenClient:
+class OfflineTokenClient(ServerConnection):
     """Synchronous client for ``api/offline-token/*`` on one Jupyter server.
 
     ``server`` is a :class:`~.discovery.ServerInfo`, a URL (then ``token`` is the Jupyter server
@@ -114,153 +107,6 @@ class OfflineTokenClient:
         for entry in client.list_tokens():
             print(entry["persistent_token_id"], entry["status"])
     """
-
-    def __init__(
-        self,
-        server: ServerInfo | str | None = None,
-        *,
-        token: str | None = None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        async_transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        if server is None:
-            server = find_server()
-        elif isinstance(server, str):
-            server = ServerInfo(
-                server, authorization=f"token {token}" if token else None, source="explicit URL"
-            )
-        self.server = server
-        self.timeout = timeout
-        if transport is None and server.uds:
-            transport = httpx.HTTPTransport(uds=server.uds)
-        if async_transport is None:
-            if isinstance(transport, httpx.AsyncBaseTransport):
-                async_transport = transport
-            elif server.uds:
-                async_transport = httpx.AsyncHTTPTransport(uds=server.uds)
-        self._transport = transport
-        self._async_transport = async_transport
-        self._http: httpx.Client | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"OfflineTokenClient(url={self.server.url!r}, source={self.server.source!r})"
-
-    # --- plumbing ------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        from .. import __version__
-
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": f"jupyter-offline-token/{__version__}",
-        }
-        if self.server.authorization:
-            headers["Authorization"] = self.server.authorization
-        return headers
-
-    @property
-    def http(self) -> httpx.Client:
-        """The shared ``httpx.Client`` (created on first use)."""
-        with self._lock:
-            if self._http is None:
-                self._http = httpx.Client(
-                    base_url=self.server.url,
-                    headers=self._headers(),
-                    timeout=self.timeout,
-                    transport=self._transport,
-                )
-            return self._http
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        with self._lock:
-            if self._http is not None:
-                self._http.close()
-                self._http = None
-
-    def __enter__(self) -> OfflineTokenClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check(self, response: httpx.Response) -> httpx.Response:
-        if 300 <= response.status_code < 400:
-            raise AuthenticationFailed(
-                f"the server answered with a redirect (HTTP {response.status_code}), usually to a "
-                "login page: set JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN to the server's token",
-                status=response.status_code,
-            )
-        if response.is_error:
-            raise error_from_response(response)
-        return response
-
-    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
-        return ServerUnreachable(
-            f"cannot reach the Jupyter server at {self.server.url} ({type(exc).__name__}); "
-            f"found via {self.server.source or 'configuration'}. Is it still running?"
-        )
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """Send one request to ``<server>/<path>``; raise the typed error on failure.
-
-        Example::
-
-            client.request("GET", "api/offline-token/health").json()
-        """
-        try:
-            response = self.http.request(
-                method, path, json=json_body, params=dict(params) if params else None
-            )
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-        return self._check(response)
-
-    async def arequest(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """Async twin of :meth:`request` (a short-lived ``httpx.AsyncClient``).
-
-        Example::
-
-            response = await client.arequest("GET", "api/offline-token/health")
-        """
-        async with httpx.AsyncClient(
-            base_url=self.server.url,
-            headers=self._headers(),
-            timeout=self.timeout,
-            transport=self._async_transport,
-        ) as http:
-            try:
-                response = await http.request(
-                    method, path, json=json_body, params=dict(params) if params else None
-                )
-            except httpx.TransportError as exc:
-                raise self._unreachable(exc) from None
-        return self._check(response)
-
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise OfflineTokenClientError(
-                f"the server sent a non-JSON answer (HTTP {response.status_code})",
-                status=response.status_code,
-            ) from None
 
     # --- tokens --------------------------------------------------------------------------------
     def create_consent(
@@ -539,50 +385,7 @@ class OfflineTokenClient:
             for state in client.task_events(task_id):
                 print(state["progress"], state["message"])
         """
-        path = self._task_path(task_id, "/events")
-        headers = {"Accept": "text/event-stream"}
-        timeout = httpx.Timeout(self.timeout, read=max(60.0, self.timeout))
-        try:
-            with self.http.stream("GET", path, headers=headers, timeout=timeout) as response:
-                if response.is_error or 300 <= response.status_code < 400:
-                    response.read()
-                    self._check(response)
-                yield from _parse_sse(response.iter_lines())
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-
-
-def _parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """The ``task`` events of a text/event-stream, decoded from JSON."""
-    event = "message"
-    data: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\r")
-        if not line:
-            if data and event == "task":
-                try:
-                    decoded = json.loads("\n".join(data))
-                except ValueError:
-                    decoded = None
-                if isinstance(decoded, dict):
-                    yield decoded
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-    if data and event == "task":
-        try:
-            decoded = json.loads("\n".join(data))
-        except ValueError:
-            return
-        if isinstance(decoded, dict):
-            yield decoded
+        yield from self.sse(self._task_path(task_id, "/events"), "task")
 
 
 _default_client: OfflineTokenClient | None = None

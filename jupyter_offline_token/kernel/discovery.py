@@ -207,61 +207,79 @@ def find_server(
         print(info.url, info.source)
     """
     env = os.environ if environ is None else environ
-    getppid = getppid or os.getppid
     tried: list[str] = []
     override = _token_header(env.get(ENV_SERVER_TOKEN) or None)
-    hub_token = _token_header(env.get("JUPYTERHUB_API_TOKEN") or None)
-
-    url = env.get(ENV_URL, "").strip()
-    if url:
-        secret = env.get(ENV_TASK_SECRET) or None
-        if secret:
-            return ServerInfo(
-                _connectable(url),
-                authorization=f"OfflineTokenTask {secret}",
-                source=f"{ENV_URL} with the task credential",
-                task_id=env.get(ENV_TASK_ID) or None,
-                token_id=env.get(ENV_TOKEN_ID) or None,
-            )
-        return ServerInfo(
-            _connectable(url),
-            authorization=override or hub_token,
-            source=ENV_URL,
-            task_id=env.get(ENV_TASK_ID) or None,
-            token_id=env.get(ENV_TOKEN_ID) or None,
-        )
+    authorization = override or _token_header(env.get("JUPYTERHUB_API_TOKEN") or None)
+    info = _from_url_variable(env, authorization)
+    if info is not None:
+        return info
     tried.append(f"{ENV_URL}: not set")
-
-    hub_url = env.get("JUPYTERHUB_SERVICE_URL", "").strip()
-    hub_prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "").strip()
-    if hub_url:
-        if hub_prefix and urlsplit(hub_url).path in ("", "/"):
-            hub_url = hub_url.rstrip("/") + "/" + hub_prefix.lstrip("/")
-        return ServerInfo(
-            _connectable(hub_url),
-            authorization=override or hub_token,
-            source="JUPYTERHUB_SERVICE_URL",
-        )
+    info = _from_hub_service_url(env, authorization)
+    if info is not None:
+        return info
     tried.append("JUPYTERHUB_SERVICE_URL: not set")
-
-    server = _from_runtime_files(runtime_dir(env), tried, getppid, pid_alive)
+    server = _from_runtime_files(runtime_dir(env), tried, getppid or os.getppid, pid_alive)
     if server is not None:
         return ServerInfo(
             server.url,
-            authorization=override or _token_header(server.token) or hub_token,
+            authorization=override or _token_header(server.token) or authorization,
             source=f"runtime file {server.path}",
             uds=server.uds,
         )
-
-    if hub_prefix:
-        prefix = "/" + hub_prefix.strip("/") + "/" if hub_prefix.strip("/") else "/"
-        return ServerInfo(
-            HUB_DEFAULT_HOST + prefix,
-            authorization=override or hub_token,
-            source=f"JUPYTERHUB_SERVICE_PREFIX on {HUB_DEFAULT_HOST} (JupyterHub's default port)",
-        )
+    info = _from_hub_prefix(env, authorization)
+    if info is not None:
+        return info
     tried.append("JUPYTERHUB_SERVICE_PREFIX: not set")
     raise ServerNotFound(tried)
+
+
+def _from_url_variable(env: Mapping[str, str], authorization: str | None) -> ServerInfo | None:
+    """``JUPYTER_OFFLINE_TOKEN_URL`` (set for task processes), with the task credential if any."""
+    url = env.get(ENV_URL, "").strip()
+    if not url:
+        return None
+    secret = env.get(ENV_TASK_SECRET) or None
+    if secret:
+        return ServerInfo(
+            _connectable(url),
+            authorization=f"OfflineTokenTask {secret}",
+            source=f"{ENV_URL} with the task credential",
+            task_id=env.get(ENV_TASK_ID) or None,
+            token_id=env.get(ENV_TOKEN_ID) or None,
+        )
+    return ServerInfo(
+        _connectable(url),
+        authorization=authorization,
+        source=ENV_URL,
+        task_id=env.get(ENV_TASK_ID) or None,
+        token_id=env.get(ENV_TOKEN_ID) or None,
+    )
+
+
+def _from_hub_service_url(env: Mapping[str, str], authorization: str | None) -> ServerInfo | None:
+    """``JUPYTERHUB_SERVICE_URL``, completed with the service prefix when it has no path."""
+    hub_url = env.get("JUPYTERHUB_SERVICE_URL", "").strip()
+    if not hub_url:
+        return None
+    hub_prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "").strip()
+    if hub_prefix and urlsplit(hub_url).path in ("", "/"):
+        hub_url = hub_url.rstrip("/") + "/" + hub_prefix.lstrip("/")
+    return ServerInfo(
+        _connectable(hub_url), authorization=authorization, source="JUPYTERHUB_SERVICE_URL"
+    )
+
+
+def _from_hub_prefix(env: Mapping[str, str], authorization: str | None) -> ServerInfo | None:
+    """``JUPYTERHUB_SERVICE_PREFIX`` alone: the single-user server on JupyterHub's default port."""
+    hub_prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "").strip()
+    if not hub_prefix:
+        return None
+    prefix = "/" + hub_prefix.strip("/") + "/" if hub_prefix.strip("/") else "/"
+    return ServerInfo(
+        HUB_DEFAULT_HOST + prefix,
+        authorization=authorization,
+        source=f"JUPYTERHUB_SERVICE_PREFIX on {HUB_DEFAULT_HOST} (JupyterHub's default port)",
+    )
 
 
 def task_environment(environ: Mapping[str, str] | None = None) -> tuple[str, str | None] | None:

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
-import inspect
-import itertools
 import logging
 import math
 import random
-import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ..models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
+from .attempt import OnChange, call_refresh, notify_change, where
+from .clock import Clock, SystemClock, wait_for_tasks
+from .heap import DueHeap
 from .policy import (
     AttemptPolicy,
     BackoffPolicy,
@@ -32,50 +29,21 @@ from .policy import (
 )
 from .wake import WakeableSleep
 
+# Clock and SystemClock are re-exported: callers import them from here (and from refresh/).
+__all__ = ["ATTEMPT_TASK_PREFIX", "LOOP_TASK_NAME", "Clock", "RefreshScheduler", "SystemClock"]
+
 LOOP_TASK_NAME = "offline-token-refresh-scheduler"
 ATTEMPT_TASK_PREFIX = "offline-token-refresh:"
 _CANCEL_GRACE = 1.0  # seconds a cancelled refresh gets to unwind at shutdown
 
 
-class Clock(Protocol):
-    """Where the scheduler reads time and sleeps; swapped for a fake clock in tests."""
-
-    def time(self) -> float:
-        """Wall clock, epoch seconds (due times are expressed in it)."""
-        ...
-
-    def monotonic(self) -> float:
-        """Monotonic seconds (rate limits; stops while the machine is suspended)."""
-        ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clocks: ``time.time``, ``time.monotonic`` and ``asyncio.sleep``."""
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
 @dataclass(eq=False)
 class _Entry:
-    """A live (scheduled or retrying) token. ``seq`` identifies its current heap item."""
+    """A live (scheduled or retrying) token; queued in the heap unless its attempt runs."""
 
     state: ScheduleEntryState
     reason: str
     due: float | None = None  # pending due time; None while an attempt runs and nothing is asked
-    seq: int = -1
-    queued: bool = False  # its current item (due, seq) is in the heap
-
-
-OnChange = Callable[[ScheduleEntryState], "Awaitable[None] | None"]
 
 
 class RefreshScheduler:
@@ -125,9 +93,7 @@ class RefreshScheduler:
 
         self._entries: dict[str, _Entry] = {}  # scheduled or retrying (including in flight)
         self._failed: dict[str, ScheduleEntryState] = {}  # readable until cancel()/schedule()
-        self._heap: list[tuple[float, int, str]] = []  # (due, seq, token_id); lazy deletion
-        self._queued = 0  # live items in the heap; the rest are stale
-        self._seq = itertools.count()
+        self._due = DueHeap()  # queued entries' due times (not those whose attempt runs)
         self._inflight: dict[str, asyncio.Task[None]] = {}  # token -> running refresh callback
         self._tasks: set[asyncio.Task[None]] = set()  # attempt tasks until fully finished
         self._retrying: set[str] = set()  # tokens whose refresh_state is "retrying"
@@ -186,11 +152,9 @@ class RefreshScheduler:
         """Forget ``token_id``. An attempt already running finishes, but its outcome is dropped."""
         self._failed.pop(token_id, None)
         self._retrying.discard(token_id)
-        entry = self._entries.pop(token_id, None)
-        if entry is not None and entry.queued:
-            entry.queued = False
-            self._queued -= 1
-            self._maybe_compact()
+        if self._entries.pop(token_id, None) is not None and token_id in self._due:
+            self._due.discard(token_id)
+            self._compact()
 
     def state(self, token_id: str) -> ScheduleEntryState | None:
         entry = self._entries.get(token_id)
@@ -241,7 +205,7 @@ class RefreshScheduler:
         self._record_transient(entry, error, retry_after, None)
         self._track(entry.state)
         state = dataclasses.replace(entry.state)
-        await self._notify(dataclasses.replace(state))
+        await notify_change(self._on_change, dataclasses.replace(state), self.log)
         return state
 
     def retry_wait(self, token_id: str) -> float:
@@ -273,7 +237,7 @@ class RefreshScheduler:
     @property
     def heap_size(self) -> int:
         """Items in the heap, live and stale (for tests and diagnostics)."""
-        return len(self._heap)
+        return self._due.size
 
     @property
     def running(self) -> bool:
@@ -297,7 +261,7 @@ class RefreshScheduler:
             if not task.cancelled() and task.exception() is not None:
                 exc = task.exception()
                 self.log.error("refresh scheduler loop had died: %s", type(exc).__name__)
-        pending = await self._wait_for(set(self._tasks), timeout)
+        pending = await wait_for_tasks(self.clock, set(self._tasks), timeout)
         if not pending:
             return
         self.log.warning(
@@ -307,26 +271,9 @@ class RefreshScheduler:
         )
         for t in pending:
             t.cancel()
-        pending = await self._wait_for(pending, _CANCEL_GRACE)
+        pending = await wait_for_tasks(self.clock, pending, _CANCEL_GRACE)
         if pending:
             self.log.error("%d token refresh(es) ignored cancellation at shutdown", len(pending))
-
-    async def _wait_for(
-        self, tasks: set[asyncio.Task[None]], seconds: float
-    ) -> set[asyncio.Task[None]]:
-        """Wait until ``tasks`` finish or ``seconds`` pass on the clock; return the unfinished."""
-        if not tasks:
-            return tasks
-        sleeper = asyncio.get_running_loop().create_task(self.clock.sleep(max(0.0, seconds)))
-        try:
-            while tasks and not sleeper.done():
-                done, _ = await asyncio.wait({*tasks, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-                tasks = tasks - done
-        finally:
-            if not sleeper.done():
-                sleeper.cancel()
-            await asyncio.wait((sleeper,))
-        return tasks
 
     async def run_due(self) -> int:
         """Run every entry due now (bounded by ``max_concurrency``) and wait for those attempts
@@ -349,40 +296,15 @@ class RefreshScheduler:
         entry.state.next_attempt_at = due
         if token_id in self._inflight:
             return  # parked: picked up when the running attempt finishes
-        if not entry.queued:
-            entry.queued = True
-            self._queued += 1
-        entry.seq = next(self._seq)
-        heapq.heappush(self._heap, (due, entry.seq, token_id))
-        self._maybe_compact()
+        self._due.push(token_id, due)
+        self._compact()
         until = self._sleep.sleep_until
         if until is not None and due < until:
             self._sleep.wakeup()
 
-    def _is_live(self, item: tuple[float, int, str]) -> _Entry | None:
-        entry = self._entries.get(item[2])
-        if entry is not None and entry.queued and entry.seq == item[1]:
-            return entry
-        return None
-
-    def _maybe_compact(self) -> None:
-        stale = len(self._heap) - self._queued
-        if stale <= 2 * self._queued:
-            return
-        self._heap = [
-            (e.due, e.seq, token_id)
-            for token_id, e in self._entries.items()
-            if e.queued and e.due is not None
-        ]
-        heapq.heapify(self._heap)
-        self.attempts.prune()
-
-    def _next_due(self) -> float | None:
-        while self._heap:
-            if self._is_live(self._heap[0]) is not None:
-                return self._heap[0][0]
-            heapq.heappop(self._heap)
-        return None
+    def _compact(self) -> None:
+        if self._due.compact_if_sparse():
+            self.attempts.prune()
 
     # --- attempts ----------------------------------------------------------------------------
 
@@ -392,19 +314,15 @@ class RefreshScheduler:
         if horizon is None:
             horizon = now
         started = 0
-        while self._heap and len(self._inflight) < self.max_concurrency:
-            item = self._heap[0]
-            entry = self._is_live(item)
-            if entry is None:
-                heapq.heappop(self._heap)
-                continue
-            if item[0] > horizon:
+        while len(self._inflight) < self.max_concurrency:
+            top = self._due.peek()
+            if top is None or top[0] > horizon:
                 break
-            heapq.heappop(self._heap)
-            entry.queued = False
-            self._queued -= 1
-            if self.attempts.earliest_allowed(item[2]) > now:
-                self._push(entry, item[0])  # rate limited: deferred, not dropped
+            self._due.pop()
+            due, token_id = top
+            entry = self._entries[token_id]
+            if self.attempts.earliest_allowed(token_id) > now:
+                self._push(entry, due)  # rate limited: deferred, not dropped
                 continue
             self._start_attempt(entry)
             started += 1
@@ -425,7 +343,7 @@ class RefreshScheduler:
     async def _attempt(self, entry: _Entry, reason: str) -> None:
         token_id = entry.state.token_id
         try:
-            outcome = await self._call_refresh(token_id, reason)
+            outcome = await call_refresh(self._refresh, token_id, reason, self.log)
         except asyncio.CancelledError:
             # Shutdown: keep the entry due so a restarted loop tries again.
             self._inflight.pop(token_id, None)
@@ -437,32 +355,10 @@ class RefreshScheduler:
         current = self._entries.get(token_id)
         if current is not entry:
             # Cancelled (maybe re-scheduled) meanwhile: the outcome belongs to nobody.
-            if current is not None and current.due is not None and not current.queued:
+            if current is not None and current.due is not None and token_id not in self._due:
                 self._push(current, current.due)
             return
         await self._apply(entry, outcome)
-
-    async def _call_refresh(self, token_id: str, reason: str) -> RefreshOutcome:
-        try:
-            outcome = await self._refresh(token_id, reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.log.warning(
-                "refresh of token %s raised %s%s; treating it as a transient failure",
-                token_id,
-                type(exc).__name__,
-                _where(exc),
-            )
-            return RefreshOutcome("transient", error=f"internal error ({type(exc).__name__})")
-        if not isinstance(outcome, RefreshOutcome):
-            self.log.error(
-                "refresh of token %s returned %s, not a RefreshOutcome; treating it as transient",
-                token_id,
-                type(outcome).__name__,
-            )
-            return RefreshOutcome("transient", error="internal error (invalid refresh result)")
-        return outcome
 
     async def _apply(self, entry: _Entry, outcome: RefreshOutcome) -> None:
         token_id = entry.state.token_id
@@ -512,7 +408,7 @@ class RefreshScheduler:
         else:
             self._record_transient(entry, outcome.error, outcome.retry_after, requested)
         self._track(st)
-        await self._notify(dataclasses.replace(st))
+        await notify_change(self._on_change, dataclasses.replace(st), self.log)
 
     def _record_transient(
         self, entry: _Entry, error: str | None, retry_after: float | None, requested: float | None
@@ -549,32 +445,15 @@ class RefreshScheduler:
         else:
             self._retrying.discard(state.token_id)
 
-    async def _notify(self, state: ScheduleEntryState) -> None:
-        if self._on_change is None:
-            return
-        try:
-            result = self._on_change(state)
-            if inspect.isawaitable(result):
-                await result
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.log.warning(
-                "on_change for token %s raised %s%s; ignored",
-                state.token_id,
-                type(exc).__name__,
-                _where(exc),
-            )
-
     # --- the loop ------------------------------------------------------------------------------
 
     def _sleep_seconds(self) -> float:
         if len(self._inflight) >= self.max_concurrency:
             return self.max_sleep  # woken when a slot frees
-        due = self._next_due()
-        if due is None:
+        top = self._due.peek()
+        if top is None:
             return self.max_sleep
-        return min(self.max_sleep, max(0.0, due - self.clock.time()))
+        return min(self.max_sleep, max(0.0, top[0] - self.clock.time()))
 
     async def _run(self) -> None:
         while True:
@@ -585,7 +464,7 @@ class RefreshScheduler:
             except Exception as exc:
                 # A bug here must not end proactive refresh for every token: log and go on.
                 self.log.error(
-                    "refresh scheduler iteration failed: %s%s", type(exc).__name__, _where(exc)
+                    "refresh scheduler iteration failed: %s%s", type(exc).__name__, where(exc)
                 )
                 seconds = self.max_sleep
             await self._sleep.sleep(seconds)
@@ -596,13 +475,3 @@ def _require_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _where(exc: BaseException) -> str:
-    """`` at file.py:12 in func`` for the innermost frame: enough to find a bug, no message text
-    (an exception's message may quote data the log must not hold)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .scheduler import Clock
+    from .clock import Clock
 
 
 class WakeableSleep:

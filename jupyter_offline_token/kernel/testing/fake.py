@@ -26,6 +26,7 @@ from .rules import (
     Reject,
     error_response,
     is_local_path,
+    keyset_page,
     now_iso,
     parse_body,
     query_flag,
@@ -271,36 +272,61 @@ class FakeOfflineTokenAPI(TaskRoutes):
 
     def _create_consent(self, request: httpx.Request) -> httpx.Response:
         body = parse_body(request, CONSENT_FIELDS)
+        self._check_consent_request(body)
+        token_id = self._new_pending_entry(body)
+        state = secrets.token_urlsafe(16)
+        self._states[state] = token_id
+        return httpx.Response(
+            201,
+            json={
+                "persistent_token_id": token_id,
+                "consent_url": f"{self.consent_url_base}?response_type=code&state={state}",
+                "status": "pending",
+                "expires_at": self.tokens[token_id]["consent_expires_at"],
+            },
+        )
+
+    def _check_consent_request(self, body: dict[str, Any]) -> None:
+        """The server's checks of a consent request, in its order; raise ``Reject``."""
         return_to = body.get("return_to")
         if return_to is not None and not is_local_path(return_to, self._path):
-            return error_response(
-                400,
-                rc.INVALID_RETURN_TO,
-                f"return_to must be a path on this server starting with {self._path!r}",
+            raise Reject(
+                error_response(
+                    400,
+                    rc.INVALID_RETURN_TO,
+                    f"return_to must be a path on this server starting with {self._path!r}",
+                )
             )
         scopes = body.get("scopes") or []
         if not all(isinstance(scope, str) for scope in scopes):
-            return error_response(
-                400, rc.INVALID_FIELD, "field 'scopes' must be an array of strings"
+            raise Reject(
+                error_response(400, rc.INVALID_FIELD, "field 'scopes' must be an array of strings")
             )
         if body.get("task_id") is not None:
             self._task(body["task_id"])
         for scope in scopes:
             if not SCOPE_TOKEN.match(scope):
-                return error_response(
-                    400,
-                    rc.INVALID_SCOPE,
-                    f"invalid scope {scope!r}: scopes are single words of printable ASCII",
+                raise Reject(
+                    error_response(
+                        400,
+                        rc.INVALID_SCOPE,
+                        f"invalid scope {scope!r}: scopes are single words of printable ASCII",
+                    )
                 )
         pending = sum(1 for e in self.tokens.values() if e["status"] == "pending")
         if pending >= self.max_pending_consents:
-            return error_response(
-                429,
-                rc.TOO_MANY_PENDING_CONSENTS,
-                f"{pending} consents of this user are still waiting to be granted (at most "
-                f"{self.max_pending_consents}, OfflineTokenApp.max_pending_consents)",
-                headers={"Retry-After": "600"},
+            raise Reject(
+                error_response(
+                    429,
+                    rc.TOO_MANY_PENDING_CONSENTS,
+                    f"{pending} consents of this user are still waiting to be granted (at most "
+                    f"{self.max_pending_consents}, OfflineTokenApp.max_pending_consents)",
+                    headers={"Retry-After": "600"},
+                )
             )
+
+    def _new_pending_entry(self, body: dict[str, Any]) -> str:
+        """Store a pending entry for a checked consent request; return its id."""
         token_id = str(uuid.uuid4())
         now = now_iso()
         self._order[token_id] = next(self._sequence)
@@ -321,52 +347,12 @@ class FakeOfflineTokenAPI(TaskRoutes):
             "consent_expires_at": now,
             "idle_expires_at": None,
         }
-        state = secrets.token_urlsafe(16)
-        self._states[state] = token_id
-        return httpx.Response(
-            201,
-            json={
-                "persistent_token_id": token_id,
-                "consent_url": f"{self.consent_url_base}?response_type=code&state={state}",
-                "status": "pending",
-                "expires_at": now,
-            },
-        )
+        return token_id
 
     def _page(
         self, request: httpx.Request, items: list[dict[str, Any]], key: str
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Keyset paging as on the server: newest first, ``limit`` (default ``page_size``, at
-        most 1000) after ``cursor``; ``offset`` other than 0 is a 400."""
-        params = request.url.params
-        if params.get("offset", "0") != "0":
-            raise Reject(
-                error_response(400, rc.INVALID_QUERY, "query parameter 'offset' is not supported")
-            )
-        raw_limit = params.get("limit")
-        limit = self.page_size
-        if raw_limit is not None:
-            limit = int(raw_limit) if raw_limit.isdigit() else 0
-            if not 1 <= limit <= 1000:
-                raise Reject(
-                    error_response(
-                        400,
-                        rc.INVALID_QUERY,
-                        "query parameter 'limit' must be an integer from 1 to 1000",
-                    )
-                )
-        ordered = sorted(items, key=lambda item: self._order.get(item[key], 0), reverse=True)
-        cursor = params.get("cursor")
-        if cursor is not None:
-            if not cursor.startswith("f") or not cursor[1:].isdigit():
-                raise Reject(
-                    error_response(400, rc.INVALID_CURSOR, "not a cursor from next_cursor")
-                )
-            below = int(cursor[1:])
-            ordered = [i for i in ordered if self._order.get(i[key], 0) < below]
-        page = ordered[:limit]
-        more = len(ordered) > limit
-        return page, f"f{self._order.get(page[-1][key], 0)}" if more else None
+        return keyset_page(request, items, key, order=self._order, page_size=self.page_size)
 
     def _list_tokens(self, request: httpx.Request) -> httpx.Response:
         status = status_filter(request, TOKEN_STATUSES)

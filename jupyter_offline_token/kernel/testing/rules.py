@@ -179,3 +179,42 @@ PATCH_FIELDS = {
     "result": Field(str, check=max_len(16000)),
     "error": Field(str, check=max_len(16000)),
 }
+
+
+def keyset_page(
+    request: httpx.Request,
+    items: list[dict[str, Any]],
+    key: str,
+    *,
+    order: dict[str, int],
+    page_size: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Keyset paging as on the server: newest first (highest ``order[item[key]]``), ``limit``
+    (default ``page_size``, at most 1000) after ``cursor``; ``offset`` other than 0 is a 400."""
+    params = request.url.params
+    if params.get("offset", "0") != "0":
+        raise Reject(
+            error_response(400, rc.INVALID_QUERY, "query parameter 'offset' is not supported")
+        )
+    raw_limit = params.get("limit")
+    limit = page_size
+    if raw_limit is not None:
+        limit = int(raw_limit) if raw_limit.isdigit() else 0
+        if not 1 <= limit <= 1000:
+            raise Reject(
+                error_response(
+                    400,
+                    rc.INVALID_QUERY,
+                    "query parameter 'limit' must be an integer from 1 to 1000",
+                )
+            )
+    ordered = sorted(items, key=lambda item: order.get(item[key], 0), reverse=True)
+    cursor = params.get("cursor")
+    if cursor is not None:
+        if not cursor.startswith("f") or not cursor[1:].isdigit():
+            raise Reject(error_response(400, rc.INVALID_CURSOR, "not a cursor from next_cursor"))
+        below = int(cursor[1:])
+        ordered = [i for i in ordered if order.get(i[key], 0) < below]
+    page = ordered[:limit]
+    more = len(ordered) > limit
+    return page, f"f{order.get(page[-1][key], 0)}" if more else None
