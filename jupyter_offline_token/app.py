@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Float, Int, List, Unicode, default, validate
+from traitlets import Enum, Float, Int, List, Type, Unicode, default, validate
 from traitlets.config import Config
 from traitlets.traitlets import TraitError
 
@@ -28,8 +28,9 @@ from .refresh import BackoffPolicy
 from .refresh_engine import RefreshEngine
 from .serverlog import attach_to_server_log
 from .services import Services
-from .stores import SQLiteTokenStore
+from .stores import SQLiteTaskStore, SQLiteTokenStore, TaskStore, TokenStore
 from .tasks import install as install_tasks
+from .tasks.runners import LocalTaskRunner, TaskRunner
 
 HERE = Path(__file__).parent
 
@@ -129,6 +130,34 @@ class OfflineTokenApp(ExtensionApp):
     )
     http_timeout = Float(
         15.0, config=True, help="Timeout in seconds of each request to the provider. Default: 15."
+    )
+
+    # --- swappable parts ------------------------------------------------------------------------
+    token_store_class: Type[type[TokenStore], type[TokenStore]] = Type(
+        klass=TokenStore,  # type: ignore[type-abstract]  # an ABC is the point
+        default_value=SQLiteTokenStore,
+        config=True,
+        help="""The token store (vault entries, their encrypted secrets and audit): a subclass of
+        jupyter_offline_token.stores.TokenStore, built once at start with parent=<this app> and
+        the keyword arguments path (vault_path), encryption_keys, audit_retention and
+        max_pending_consents. Default: jupyter_offline_token.stores.SQLiteTokenStore.""",
+    )
+    task_store_class: Type[type[TaskStore], type[TaskStore]] = Type(
+        klass=TaskStore,  # type: ignore[type-abstract]
+        default_value=SQLiteTaskStore,
+        config=True,
+        help="""The task store: a subclass of jupyter_offline_token.stores.TaskStore, built once
+        at start with parent=<this app> and token_store=<the token store>. Default:
+        jupyter_offline_token.stores.SQLiteTaskStore (the tasks table in the vault's file).""",
+    )
+    task_runner_class: Type[type[TaskRunner], type[TaskRunner]] = Type(
+        klass=TaskRunner,  # type: ignore[type-abstract]
+        default_value=LocalTaskRunner,
+        config=True,
+        help="""What starts and stops the processes of command and notebook tasks: a subclass of
+        jupyter_offline_token.tasks.runners.TaskRunner, built with parent=<this app> (so it
+        reads its own config, e.g. c.LocalTaskRunner.python). Default:
+        jupyter_offline_token.tasks.runners.LocalTaskRunner (local subprocesses).""",
     )
 
     # --- vault ---------------------------------------------------------------------------------
@@ -620,8 +649,10 @@ class OfflineTokenApp(ExtensionApp):
     def build_services(self) -> Services:
         """Build the parts from settings already checked by ``check_settings``."""
         client_secret = self._client_secret_value
-        vault = SQLiteTokenStore(
-            Path(self.vault_path).expanduser(),
+        store_class: type[TokenStore] = self.token_store_class
+        vault = store_class(
+            parent=self,
+            path=Path(self.vault_path).expanduser(),
             encryption_keys=list(self._encryption_keys_value),
             audit_retention=self.audit_retention,
             max_pending_consents=self.max_pending_consents,
@@ -668,21 +699,12 @@ class OfflineTokenApp(ExtensionApp):
             sweep_interval=self.sweep_interval,
             retention=self.history_retention or None,
         )
-        services = Services(vault, broker, engine)
-        services.extras["set_keep_warm"] = engine.set_keep_warm
-        services.extras["failing_since"] = engine.failing_since
-        tasks = install_tasks(self, services)
-        tasks.on_warm_change.append(engine.task_warmth)
+        tasks = install_tasks(self, vault, broker)
         assert self.serverapp is not None
-        self.activity = ServerActivity(
-            self.serverapp.web_app.settings, interval=self.activity_interval
-        )
-        tasks.on_warm_change.append(self.activity.task_warmth)
-        services.on_stop.append(self.activity.stop)
+        activity = ServerActivity(self.serverapp.web_app.settings, interval=self.activity_interval)
+        tasks.warmth.on_warm_change.extend([engine.task_warmth, activity.task_warmth])
         engine.purge_hooks.append(tasks.purge_finished)
-        services.on_start.append(tasks.start)
-        services.on_stop.append(tasks.stop)
-        return services
+        return Services(vault=vault, broker=broker, engine=engine, tasks=tasks, activity=activity)
 
     def initialize_settings(self) -> None:
         """Check the settings and build the parts. Never raises: on a bad setting (or a part
@@ -756,7 +778,7 @@ class OfflineTokenApp(ExtensionApp):
         self.log.info(
             "jupyter-offline-token %s: vault %s, provider %s",
             __version__,
-            services.vault.path,
+            self.vault_path,
             self.issuer or "(not configured)",
         )
 

@@ -52,6 +52,7 @@ from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
 from .refresh import RefreshGate, RefreshOutcome
 from .stores import TokenStore
+from .token_events import TokenEvents, TokenUsage
 
 log = logging.getLogger("jupyter_offline_token.broker")
 
@@ -167,19 +168,22 @@ class TokenBroker:
         self._gate: RefreshGate | None = None
         self._inflight: dict[str, asyncio.Future[AccessToken]] = {}  # grants under way
         self._closing = False
-        # Hooks for the task service and the refresh scheduler (set by the app).
-        self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
-        self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_cache_hit: Callable[[str], None] | None = None
-        self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
-        # Called with the token id before a forced delete revokes it (cancel its tasks first).
-        self.before_force_delete: list[Callable[[str], Awaitable[Any]]] = []
+        # The refresh engine and the task service follow the entries (see token_events).
+        self._listeners: list[TokenEvents] = []
+        self._usage: TokenUsage | None = None
 
     # --- helpers -------------------------------------------------------------------------------
     def use_gate(self, gate: RefreshGate) -> None:
         """Let ``gate`` (the refresh scheduler) decide when a token may next be tried."""
         self._gate = gate
+
+    def add_listener(self, listener: TokenEvents) -> None:
+        """Tell ``listener`` about every entry change, after the listeners added before it."""
+        self._listeners.append(listener)
+
+    def use_token_usage(self, usage: TokenUsage) -> None:
+        """Ask ``usage`` (the task service) which tasks hold a token before deleting it."""
+        self._usage = usage
 
     @contextlib.asynccontextmanager
     async def _token_lock(self, token_id: str) -> AsyncIterator[None]:
@@ -243,12 +247,12 @@ class TokenBroker:
         except Exception as exc:  # audit must never break the operation it records
             log.warning("could not write audit event %s/%s: %s", action, result, type(exc).__name__)
 
-    async def _notify(self, hooks: list[Any], *args: Any) -> None:
-        for hook in hooks:
+    async def _notify(self, event: Callable[[TokenEvents], Awaitable[None]]) -> None:
+        for listener in self._listeners:
             try:
-                await hook(*args)
+                await event(listener)
             except Exception:
-                log.exception("offline-token hook %s failed", getattr(hook, "__name__", hook))
+                log.exception("offline-token listener %s failed", type(listener).__name__)
 
     # --- consent -------------------------------------------------------------------------------
     def normalize_scopes(self, scopes: list[str] | None) -> list[str]:
@@ -314,7 +318,7 @@ class TokenBroker:
             await self.vault.set_keep_warm(record.id, True, now=now)
             record = record.replace(keep_warm=True)
         await self.audit(record, "consent", "requested", f"scopes: {' '.join(scope_list)}")
-        await self._notify(self.on_status_change, record)
+        await self._notify(lambda listener: listener.token_status_changed(record))
         return record, url
 
     async def complete_consent(
@@ -463,8 +467,8 @@ class TokenBroker:
         self._cache[record.id] = _cached(response, now, owner=record.owner)
         await self.audit(active, "activate", "ok", f"subject {subject or '?'}")
         log.info("offline token %s activated for %s", record.id, owner)
-        await self._notify(self.on_activated, active)
-        await self._notify(self.on_status_change, active)
+        await self._notify(lambda listener: listener.token_activated(active))
+        await self._notify(lambda listener: listener.token_status_changed(active))
         return active
 
     @property
@@ -522,7 +526,7 @@ class TokenBroker:
             return
         await self.audit(record, "fail", "failed", reason)
         failed = record.replace(status=FAILED, last_error=reason, refresh_state=REFRESH_FAILED)
-        await self._notify(self.on_status_change, failed)
+        await self._notify(lambda listener: listener.token_status_changed(failed))
 
     # --- reading -------------------------------------------------------------------------------
     async def get_token(self, owner: str | None, token_id: str) -> TokenRecord:
@@ -636,8 +640,8 @@ class TokenBroker:
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
         metrics.access_from_cache.inc()
-        if self.on_cache_hit is not None:
-            self.on_cache_hit(token_id)
+        for listener in self._listeners:
+            listener.token_served_from_cache(token_id)
         return cached
 
     async def refresh(self, token_id: str, reason: str = "proactive") -> RefreshOutcome:
@@ -760,9 +764,9 @@ class TokenBroker:
             self._cache[token_id] = token
             metrics.refresh_total.labels(result="success").inc()
             metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
-            await self._notify(self.on_refreshed, updated, token)
+            await self._notify(lambda listener: listener.token_refreshed(updated, token))
             if record.refresh_state != IDLE:
-                await self._notify(self.on_status_change, updated)
+                await self._notify(lambda listener: listener.token_status_changed(updated))
             return token
         finally:
             if not holder_released:
@@ -850,8 +854,8 @@ class TokenBroker:
         self, owner: str | None, token_id: str, *, revoke: bool, force: bool
     ) -> dict[str, Any]:
         record = await self._owned(owner, token_id)
-        if self.tokens_in_use is not None and not force:
-            running = await self.tokens_in_use(token_id)
+        if self._usage is not None and not force:
+            running = await self._usage.tokens_in_use(token_id)
             if running:
                 raise Conflict(
                     f"offline token {token_id} is used by running task(s) {', '.join(running)}: "
@@ -859,9 +863,8 @@ class TokenBroker:
                     code="token_in_use",
                     extra={"tasks": running},
                 )
-        if force:
-            for hook in self.before_force_delete:
-                await hook(token_id)
+        if force and self._usage is not None:
+            await self._usage.cancel_for_token(token_id)
         revoked = False
         warning = ""
         shared_with: list[str] = []
@@ -911,7 +914,8 @@ class TokenBroker:
         await self.vault.delete(token_id)
         self._cache.pop(token_id, None)
         await self.audit(record, "revoke", "revoked" if revoked else "deleted", warning)
-        await self._notify(self.on_status_change, record.replace(status=REVOKED))
+        revoked_record = record.replace(status=REVOKED)
+        await self._notify(lambda listener: listener.token_status_changed(revoked_record))
         return {"deleted": True, "revoked": revoked, "warning": warning, "shared_with": shared_with}
 
     async def expire_pending(self) -> list[str]:

@@ -15,10 +15,9 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from . import metrics
-from .broker import DEFAULT_MIN_TTL, TokenBroker
+from .broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
 from .models import ACTIVE, RETRYING, TokenRecord
 from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
 
@@ -69,10 +68,7 @@ class RefreshEngine:
         self._cache_hits: Counter[str] = Counter()  # token id -> accesses served from cache
         self._sweeper: asyncio.Task[None] | None = None
         self._last_keepalive_scan = 0.0
-        broker.on_activated.append(self._after_activation)
-        broker.on_refreshed.append(self._after_refresh)
-        broker.on_status_change.append(self._after_status_change)
-        broker.on_cache_hit = self._count_cache_hit
+        broker.add_listener(self)
         broker.use_gate(self.scheduler)
 
     # --- warmth ----------------------------------------------------------------------------
@@ -167,14 +163,14 @@ class RefreshEngine:
             )
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    # --- broker hooks ----------------------------------------------------------------------
-    async def _after_activation(self, record: TokenRecord) -> None:
+    # --- broker events (token_events.TokenEvents) ------------------------------------------
+    async def token_activated(self, record: TokenRecord) -> None:
         """A consent asked for keep_warm: warm from the first access token on."""
         if record.keep_warm:
             self._keep_warm.add(record.id)
             self._warm_up(record.id)
 
-    async def _after_refresh(self, record: TokenRecord, token: Any) -> None:
+    async def token_refreshed(self, record: TokenRecord, token: AccessToken) -> None:
         """Any successful refresh ends a retry run; warm tokens get their next proactive slot."""
         state = self.scheduler.state(record.id)
         if state is not None and state.refresh_state == RETRYING:
@@ -185,13 +181,13 @@ class RefreshEngine:
             )
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    async def _after_status_change(self, record: TokenRecord) -> None:
+    async def token_status_changed(self, record: TokenRecord) -> None:
         if record.status != ACTIVE:
             self.scheduler.cancel(record.id)
             self._keep_warm.discard(record.id)
         await self._update_gauges()
 
-    def _count_cache_hit(self, token_id: str) -> None:
+    def token_served_from_cache(self, token_id: str) -> None:
         self._cache_hits[token_id] += 1
 
     # --- lifecycle -------------------------------------------------------------------------

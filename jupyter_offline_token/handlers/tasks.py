@@ -11,7 +11,6 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..errors import OfflineTokenError
 from ..tasks.models import TERMINAL
 from .base import OfflineTokenHandler, authenticated_or_task
 from .task_requests import CreateTask, LinkTask, PatchTask, status_filter
@@ -24,12 +23,7 @@ if TYPE_CHECKING:
 class TaskBaseHandler(OfflineTokenHandler):
     async def tasks(self) -> TaskService:
         await self.services.ready()
-        service = self.services.extras.get("tasks")
-        if service is None:
-            raise OfflineTokenError(
-                "tasks are not enabled on this server", code="not_configured", status=503
-            )
-        return service
+        return self.task_service
 
 
 class TasksHandler(TaskBaseHandler):

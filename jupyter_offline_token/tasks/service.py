@@ -24,7 +24,7 @@ from typing import Any
 from ..broker import TokenBroker
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..paging import Cursor, Page
-from ..stores import SQLiteTaskStore, SQLiteTokenStore
+from ..stores import SQLiteTaskStore, SQLiteTokenStore, TaskStore, TokenStore
 from .credentials import task_environment
 from .events import TaskEvents, TaskUpdates
 from .files import TaskFiles
@@ -61,9 +61,10 @@ class TaskService:
 
     def __init__(
         self,
-        vault: SQLiteTokenStore,
+        vault: TokenStore,
         broker: TokenBroker,
         *,
+        store: TaskStore | None = None,
         root_dir: str | Path,
         server_url: Callable[[], str] | str,
         max_running_tasks: int = 4,
@@ -78,15 +79,17 @@ class TaskService:
     ) -> None:
         self.vault = vault
         self.broker = broker
-        self.store = SQLiteTaskStore(vault)
+        if store is None or state_dir is None:  # defaults for the SQLite vault (tests, tools)
+            assert isinstance(vault, SQLiteTokenStore), "a task store and state_dir are required"
+            store = store if store is not None else SQLiteTaskStore(vault)
+            state_dir = state_dir if state_dir is not None else vault.path.parent / "tasks"
+        self.store = store
         self._server_url = server_url
         self._server_secrets = server_secrets or (lambda: ())
         self.keepalive_interval = keepalive_interval
         self.clock = clock
         self.runner = runner if runner is not None else LocalTaskRunner(python=python)
-        self.files = TaskFiles(
-            Path(state_dir) if state_dir else vault.path.parent / "tasks", Path(root_dir)
-        )
+        self.files = TaskFiles(Path(state_dir), Path(root_dir))
         self.events = TaskEvents()
         self.updates = TaskUpdates(self.store, self.events, clock)
         self.warmth = TaskWarmth()
@@ -110,8 +113,6 @@ class TaskService:
         self.linked_tasks = self.links.linked_tasks
         self.tokens_in_use = self.links.tokens_in_use
         self.cancel_for_token = self.links.cancel_for_token
-        self.on_token_activated = self.links.on_token_activated
-        self.on_token_status_change = self.links.on_token_status_change
         self._started = False
         self._stopping = False
 
