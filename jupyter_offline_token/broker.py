@@ -51,6 +51,7 @@ from .models import (
 from .oidc import ProviderClient, TokenResponse, new_nonce, new_pkce, new_state
 from .paging import Cursor, Page
 from .refresh import RefreshGate, RefreshOutcome
+from .settings import OfflineTokenSettings
 from .stores import TokenStore
 from .token_events import TokenEvents, TokenUsage
 
@@ -144,8 +145,7 @@ class TokenBroker:
         provider: ProviderClient | None,
         settings: ProviderSettings | None,
         *,
-        consent_timeout: float = 600.0,
-        min_refresh_interval: float = 10.0,
+        app_settings: OfflineTokenSettings | None = None,
         lease_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         not_configured_message: str = "",
@@ -153,11 +153,13 @@ class TokenBroker:
         self.vault = vault
         self.provider = provider
         self.settings = settings
-        self.consent_timeout = consent_timeout
-        self.min_refresh_interval = min_refresh_interval
-        http_timeout = settings.http_timeout if settings else 15.0
+        # consent_timeout, min_refresh_interval and http_timeout (``settings`` is the
+        # provider's); the defaults when None.
+        config = app_settings if app_settings is not None else OfflineTokenSettings()
+        self.consent_timeout = config.consent_timeout
+        self.min_refresh_interval = config.min_refresh_interval
         # Long enough to cover one grant at the provider plus the durable write.
-        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * http_timeout + 15.0
+        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * config.http_timeout + 15.0
         self.clock = clock
         self.holder = f"{uuid.uuid4().hex[:12]}:{id(self):x}"
         self._not_configured_message = not_configured_message

@@ -20,6 +20,7 @@ from . import metrics
 from .broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
 from .models import ACTIVE, RETRYING, TokenRecord
 from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
+from .settings import OfflineTokenSettings
 
 log = logging.getLogger("jupyter_offline_token.refresh")
 
@@ -32,33 +33,34 @@ class RefreshEngine:
     def __init__(
         self,
         broker: TokenBroker,
+        settings: OfflineTokenSettings | None = None,
         *,
-        refresh_margin: float = 0.8,
-        keepalive_interval: float = 86400.0,
-        min_refresh_interval: float = 10.0,
         backoff: BackoffPolicy | None = None,
-        max_concurrency: int = 4,
-        wake_threshold: float = 60.0,
-        sweep_interval: float = 60.0,
-        retention: float | None = 7 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
+        """Reads its settings (refresh_margin, keepalive_interval, min_refresh_interval,
+        backoff_*, refresh_concurrency, wake_threshold, sweep_interval, history_retention)
+        from ``settings``; the defaults when None. ``backoff`` overrides the backoff_* ones."""
+        settings = settings if settings is not None else OfflineTokenSettings()
         self.broker = broker
         self.vault = broker.vault
         # Expired, failed and revoked entries (and finished tasks, via purge_hooks) unchanged
         # for this long are deleted by the sweep; None keeps them forever.
-        self.retention = retention
+        self.retention = settings.history_retention or None
         self.purge_hooks: list[Callable[[float], Awaitable[int]]] = []
-        self.refresh_margin = refresh_margin
-        self.keepalive_interval = keepalive_interval
-        self.sweep_interval = sweep_interval
+        self.refresh_margin = settings.refresh_margin
+        self.keepalive_interval = settings.keepalive_interval
+        self.sweep_interval = settings.sweep_interval
         self.scheduler = RefreshScheduler(
             self._refresh,
             clock=clock,
-            backoff=backoff,
-            min_refresh_interval=min_refresh_interval,
-            max_concurrency=max_concurrency,
-            wake_threshold=wake_threshold,
+            backoff=backoff
+            or BackoffPolicy(
+                base=settings.backoff_base, cap=settings.backoff_max, jitter=settings.backoff_jitter
+            ),
+            min_refresh_interval=settings.min_refresh_interval,
+            max_concurrency=settings.refresh_concurrency,
+            wake_threshold=settings.wake_threshold,
             on_change=self._persist,
             log=log,
         )

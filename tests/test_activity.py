@@ -14,6 +14,7 @@ from fake_clock import FakeClock, run_async
 from test_tasks import create, until, wait_status
 
 from jupyter_offline_token.activity import ACTIVITY_SETTING, ServerActivity
+from jupyter_offline_token.settings import OfflineTokenSettings
 
 OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
@@ -43,7 +44,7 @@ async def last_activity(api: Api) -> datetime:
 async def test_the_beat_runs_only_while_a_task_runs():
     clock = FakeClock()
     settings: dict[str, Any] = {}
-    activity = ServerActivity(settings, interval=60, clock=clock)
+    activity = ServerActivity(settings, OfflineTokenSettings(activity_interval=60), clock=clock)
     await clock.settle()
     assert clock.pending_sleeps == 0 and settings == {}
 

@@ -46,9 +46,7 @@ def install(app: OfflineTokenApp, vault: TokenStore, broker: TokenBroker) -> Tas
         root_dir=serverapp.root_dir,
         server_url=lambda: str(serverapp.connection_url),
         state_dir=Path(app.vault_path).expanduser().parent / "tasks",
-        max_running_tasks=app.max_running_tasks,
-        cancel_grace=app.task_cancel_grace,
-        report_grace=app.task_report_grace,
+        settings=app,
         server_secrets=server_secrets,
         runner=runner_class(parent=app),
     )

@@ -24,6 +24,7 @@ from typing import Any
 from ..broker import TokenBroker
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..paging import Cursor, Page
+from ..settings import OfflineTokenSettings
 from ..stores import SQLiteTaskStore, SQLiteTokenStore, TaskStore, TokenStore
 from .credentials import task_environment
 from .events import TaskEvents, TaskUpdates
@@ -67,18 +68,18 @@ class TaskService:
         store: TaskStore | None = None,
         root_dir: str | Path,
         server_url: Callable[[], str] | str,
-        max_running_tasks: int = 4,
-        cancel_grace: float = 10.0,
+        settings: OfflineTokenSettings | None = None,
         state_dir: str | Path | None = None,
         server_secrets: Callable[[], Iterable[str]] | None = None,
         python: str = sys.executable,
         keepalive_interval: float = 15.0,
-        report_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
         runner: TaskRunner | None = None,
     ) -> None:
         self.vault = vault
         self.broker = broker
+        # max_running_tasks, task_cancel_grace and task_report_grace; defaults when None.
+        settings = settings if settings is not None else OfflineTokenSettings()
         if store is None or state_dir is None:  # defaults for the SQLite vault (tests, tools)
             assert isinstance(vault, SQLiteTokenStore), "a task store and state_dir are required"
             store = store if store is not None else SQLiteTaskStore(vault)
@@ -93,7 +94,7 @@ class TaskService:
         self.events = TaskEvents()
         self.updates = TaskUpdates(self.store, self.events, clock)
         self.warmth = TaskWarmth()
-        self.queue = RunQueue(max_running_tasks)
+        self.queue = RunQueue(settings.max_running_tasks)
         self._lock = asyncio.Lock()
         # The broker's side: its hooks and the handlers call these (see TokenLinks).
         self.links = TokenLinks(self, self._lock)
@@ -104,8 +105,8 @@ class TaskService:
             self.files,
             environment=self._environment,
             fetch_token=self.links.fetch_access_token,
-            cancel_grace=cancel_grace,
-            report_grace=report_grace,
+            cancel_grace=settings.task_cancel_grace,
+            report_grace=settings.task_report_grace,
         )
         self.supervisor.on_run_end = self._start_queued
         self.authenticate = self.links.authenticate
