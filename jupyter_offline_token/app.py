@@ -125,8 +125,9 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         tasks = install_tasks(self, vault, broker)
         assert self.serverapp is not None
         activity = ServerActivity(self.serverapp.web_app.settings, self)
-        tasks.warmth.on_warm_change.extend([engine.task_warmth, activity.task_warmth])
-        engine.purge_hooks.append(tasks.purge_finished)
+        tasks.warmth.add_listener(engine)
+        tasks.warmth.add_listener(activity)
+        engine.use_task_history(tasks)
         return Services(vault=vault, broker=broker, engine=engine, tasks=tasks, activity=activity)
 
     def initialize_settings(self) -> None:

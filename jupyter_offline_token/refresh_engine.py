@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 from . import metrics
 from .broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
 from .models import ACTIVE, RETRYING, TokenRecord
 from .refresh import BackoffPolicy, Clock, RefreshOutcome, RefreshScheduler, ScheduleEntryState
 from .settings import OfflineTokenSettings
+from .token_events import TaskHistory
 
 log = logging.getLogger("jupyter_offline_token.refresh")
 
@@ -44,10 +44,10 @@ class RefreshEngine:
         settings = settings if settings is not None else OfflineTokenSettings()
         self.broker = broker
         self.vault = broker.vault
-        # Expired, failed and revoked entries (and finished tasks, via purge_hooks) unchanged
+        # Expired, failed and revoked entries (and finished tasks, via use_task_history) unchanged
         # for this long are deleted by the sweep; None keeps them forever.
         self.retention = settings.history_retention or None
-        self.purge_hooks: list[Callable[[float], Awaitable[int]]] = []
+        self._task_history: TaskHistory | None = None
         self.refresh_margin = settings.refresh_margin
         self.keepalive_interval = settings.keepalive_interval
         self.sweep_interval = settings.sweep_interval
@@ -72,6 +72,10 @@ class RefreshEngine:
         self._last_keepalive_scan = 0.0
         broker.add_listener(self)
         broker.use_gate(self.scheduler)
+
+    def use_task_history(self, history: TaskHistory) -> None:
+        """Let the sweep purge ``history``'s finished tasks with the same retention."""
+        self._task_history = history
 
     # --- warmth ----------------------------------------------------------------------------
     def is_warm(self, token_id: str) -> bool:
@@ -241,7 +245,7 @@ class RefreshEngine:
         await self._flush_cache_hits()
 
     async def purge(self, now: float) -> int:
-        """Delete entries (with their audit) and, through ``purge_hooks``, finished tasks older
+        """Delete entries (with their audit) and, through the task history, finished tasks older
         than ``retention``: at most PURGE_MAX_BATCHES transactions of PURGE_BATCH rows each on
         the vault's thread per sweep, so a backlog drains over several sweeps and the event
         loop and the vault's other callers are never held up for long. Returns entries purged."""
@@ -261,11 +265,11 @@ class RefreshEngine:
             log.info(
                 "purged %d expired, failed or revoked entries older than the retention", purged
             )
-        for hook in self.purge_hooks:
+        if self._task_history is not None:
             try:
-                await hook(before)
+                await self._task_history.purge_finished(before)
             except Exception as exc:  # one failing part must not stop the rest of the sweep
-                log.warning("offline-token purge hook failed: %s", type(exc).__name__)
+                log.warning("offline-token task purge failed: %s", type(exc).__name__)
         return purged
 
     async def _update_gauges(self) -> None:

@@ -1,10 +1,12 @@
-"""The typed interfaces between the broker and the parts that follow its vault entries.
+r"""The typed interfaces between the broker and the parts that follow its vault entries.
 
 The broker changes entries (consent granted, refreshed, failed, revoked) and serves access
 tokens; the refresh engine and the task service react. Instead of attributes patched onto the
 broker, each follower implements :class:`TokenEvents` and registers once with
 ``TokenBroker.add_listener``; the task service also answers :class:`TokenUsage`, which the
-broker asks before a DELETE (``TokenBroker.use_token_usage``).
+broker asks before a DELETE (``TokenBroker.use_token_usage``). The task service in turn tells
+:class:`WarmthListener`\ s (the refresh engine, the activity beat) when a token's tasks start
+and end, and the refresh engine's sweep asks its :class:`TaskHistory` to purge old tasks.
 """
 
 from __future__ import annotations
@@ -47,4 +49,19 @@ class TokenUsage(Protocol):
 
     async def cancel_for_token(self, token_id: str) -> list[str]:
         """Cancel those tasks (a forced DELETE does this before it revokes); their ids."""
+        ...
+
+
+class WarmthListener(Protocol):
+    """Told by the task service when a token's first running task starts (``warm``) or its last
+    one ends; registered with ``TaskService.warmth.add_listener``."""
+
+    async def task_warmth(self, token_id: str, warm: bool) -> None: ...
+
+
+class TaskHistory(Protocol):
+    """Finished tasks, purged by the refresh engine's sweep (``RefreshEngine.use_task_history``)."""
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete finished tasks unchanged since ``before`` (epoch seconds); how many."""
         ...

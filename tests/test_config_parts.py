@@ -54,9 +54,7 @@ async def test_configured_classes_are_built_with_the_app_as_parent(offline_app, 
     assert status == 200, body
 
 
-@pytest.mark.parametrize(
-    "setting", ["token_store_class", "task_store_class", "task_runner_class"]
-)
+@pytest.mark.parametrize("setting", ["token_store_class", "task_store_class", "task_runner_class"])
 def test_a_class_of_the_wrong_kind_is_a_bad_setting_naming_it(setting):
     app = OfflineTokenApp(config=Config({"OfflineTokenApp": {setting: "builtins.dict"}}))
     problems = app.check_settings()

@@ -46,7 +46,7 @@ from .queue import RunQueue
 from .runners import LocalTaskRunner, TaskRunner
 from .supervisor import ActiveRun, Supervisor, supervised_elsewhere
 from .token_links import TokenLinks
-from .warmth import TaskWarmth, WarmHook
+from .warmth import TaskWarmth
 
 log = logging.getLogger("jupyter_offline_token.tasks")
 
@@ -135,11 +135,6 @@ class TaskService:
     @cancel_grace.setter
     def cancel_grace(self, value: float) -> None:
         self.supervisor.cancel_grace = float(value)
-
-    @property
-    def on_warm_change(self) -> list[WarmHook]:
-        """Hooks told when a token's first task starts running and when its last one ends."""
-        return self.warmth.on_warm_change
 
     @property
     def state_dir(self) -> Path:
