@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .refresh.scheduler import Clock, SystemClock
+from .settings import OfflineTokenSettings
 
 log = logging.getLogger("jupyter_offline_token")
 
@@ -27,12 +28,17 @@ class ServerActivity:
     """Marks the server active while tasks run: one sleeping asyncio task, only while busy."""
 
     def __init__(
-        self, settings: dict[str, Any], *, interval: float = 60.0, clock: Clock | None = None
+        self,
+        web_settings: dict[str, Any],
+        settings: OfflineTokenSettings | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
-        if not interval > 0:
-            raise ValueError("interval must be > 0")
-        self._settings = settings  # the Tornado application's settings, read by last_activity()
-        self.interval = float(interval)
+        """``web_settings``: the Tornado application's settings, read by ``last_activity()``.
+        Beats every ``settings.activity_interval`` seconds (the default when None)."""
+        self._settings = web_settings
+        settings = settings if settings is not None else OfflineTokenSettings()
+        self.interval = settings.activity_interval
         self.clock: Clock = clock or SystemClock()
         self._busy: set[str] = set()  # tokens with a running task
         self._beat: asyncio.Task[None] | None = None

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import getpass
-import ipaddress
 import os
-import stat
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Float, Int, List, Unicode, default, validate
-from traitlets.config import Config
-from traitlets.traitlets import TraitError
+from traitlets import Type
 
 from . import __version__
 from .activity import ServerActivity
@@ -25,31 +17,14 @@ from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
 from .public_url import CallbackURL
 from .refresh.engine import RefreshEngine
-from .refresh.policy import BackoffPolicy
 from .serverlog import attach_to_server_log
 from .services import Services
-from .stores import SQLiteTokenStore
+from .settings import OfflineTokenSettings
+from .stores import SQLiteTaskStore, SQLiteTokenStore, TaskStore, TokenStore
 from .tasks import install as install_tasks
+from .tasks.runners import LocalTaskRunner, TaskRunner
 
 HERE = Path(__file__).parent
-
-# Settings an admin may give through the environment (read by the @default methods below).
-ENVIRONMENT = {
-    "issuer": "JUPYTER_OFFLINE_TOKEN_ISSUER",
-    "client_id": "JUPYTER_OFFLINE_TOKEN_CLIENT_ID",
-    "client_secret": "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET",
-    "client_secret_file": "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET_FILE",
-    "redirect_uri": "JUPYTER_OFFLINE_TOKEN_REDIRECT_URI",
-    "encryption_keys": "JUPYTER_OFFLINE_TOKEN_KEYS",
-    "encryption_keys_file": "JUPYTER_OFFLINE_TOKEN_KEYS_FILE",
-}
-# Settings whose value is a secret: never echoed, and a warning when set inline in the config.
-SECRET_SETTINGS = {"client_secret": "client_secret_file", "encryption_keys": "encryption_keys_file"}
-
-
-def _env_list(name: str) -> list[str]:
-    raw = os.environ.get(name, "")
-    return [part.strip() for part in raw.split(";") if part.strip()]
 
 
 def _server_user() -> str:
@@ -59,8 +34,11 @@ def _server_user() -> str:
         return f"uid-{os.getuid()}"
 
 
-class OfflineTokenApp(ExtensionApp):
-    """Grant OpenID Connect offline access once; hand long-running work fresh access tokens."""
+class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
+    """Grant OpenID Connect offline access once; hand long-running work fresh access tokens.
+
+    Its settings (``c.OfflineTokenApp.<name>``) are declared by :class:`OfflineTokenSettings`;
+    the swappable parts are the ``*_class`` traits below."""
 
     name = "jupyter_offline_token"
     description = __doc__
@@ -70,558 +48,47 @@ class OfflineTokenApp(ExtensionApp):
     template_paths = [str(HERE / "templates")]
     _owner_scope: str | None = None
 
-    # --- provider ------------------------------------------------------------------------------
-    issuer = Unicode(
-        "",
+    # --- swappable parts ------------------------------------------------------------------------
+    token_store_class: Type[type[TokenStore], type[TokenStore]] = Type(
+        klass=TokenStore,  # type: ignore[type-abstract]  # an ABC is the point
+        default_value=SQLiteTokenStore,
         config=True,
-        help="""Issuer URL of the OpenID provider, e.g. https://keycloak.example.org/realms/lab.
-        Discovery reads <issuer>/.well-known/openid-configuration. Required to serve consents:
-        without it the server starts and the API answers 503 not_configured.
-        Default: $JUPYTER_OFFLINE_TOKEN_ISSUER.""",
+        help="""The token store (vault entries, their encrypted secrets and audit): a subclass of
+        jupyter_offline_token.stores.TokenStore, built once at start with parent=<this app> and
+        the keyword arguments path (vault_path), encryption_keys, audit_retention and
+        max_pending_consents. Default: jupyter_offline_token.stores.SQLiteTokenStore.""",
     )
-    client_id = Unicode(
-        "",
+    task_store_class: Type[type[TaskStore], type[TaskStore]] = Type(
+        klass=TaskStore,  # type: ignore[type-abstract]
+        default_value=SQLiteTaskStore,
         config=True,
-        help="""OAuth client id registered at the provider for this Jupyter server. Required with
-        issuer. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_ID.""",
+        help="""The task store: a subclass of jupyter_offline_token.stores.TaskStore, built once
+        at start with parent=<this app> and token_store=<the token store>. Default:
+        jupyter_offline_token.stores.SQLiteTaskStore (the tasks table in the vault's file).""",
     )
-    client_secret = Unicode(
-        "",
+    task_runner_class: Type[type[TaskRunner], type[TaskRunner]] = Type(
+        klass=TaskRunner,  # type: ignore[type-abstract]
+        default_value=LocalTaskRunner,
         config=True,
-        help="""Client secret of a confidential client. Empty (the default) means a public client
-        that relies on PKCE alone. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET. Prefer
-        client_secret_file or the environment: a value set inline sits in clear in the config
-        file, and in any log that prints the config.""",
-    )
-    client_secret_file = Unicode(
-        "",
-        config=True,
-        help="""Path of a file holding the client secret (surrounding whitespace ignored), read
-        once at start. Use it instead of client_secret so the secret never appears in a config
-        file or a log; the file should be readable by the server's user only (mode 600).
-        A missing, unreadable or empty file disables the extension with a message naming this
-        setting. Default: $JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET_FILE.""",
-    )
-    token_endpoint_auth_method = Enum(
-        ["client_secret_basic", "client_secret_post", "none"],
-        default_value="client_secret_basic",
-        config=True,
-        help="""How the client authenticates at the token and revocation endpoints:
-        client_secret_basic (default), client_secret_post, or none (public client; also used
-        automatically when client_secret is empty).""",
-    )
-    scopes = List(
-        Unicode(),
-        default_value=["openid", "offline_access"],
-        config=True,
-        help="""Scopes requested at consent. openid and offline_access are always added.
-        Default: ["openid", "offline_access"].""",
-    )
-    redirect_uri = Unicode(
-        "",
-        config=True,
-        help="""The callback URL registered at the provider. Empty (the default) derives it from
-        each request: <scheme>://<host><base_url>offline-token/callback. Under JupyterHub it is
-        derived from the hub's public URL ($JUPYTERHUB_PUBLIC_URL, set by JupyterHub.public_url)
-        or from the browser that opened this server's pages; when neither is known, consents
-        answer 409 redirect_uri_unknown. Set it behind proxies that rewrite the host.
-        Default: $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI.""",
-    )
-    http_timeout = Float(
-        15.0, config=True, help="Timeout in seconds of each request to the provider. Default: 15."
-    )
-
-    # --- vault ---------------------------------------------------------------------------------
-    vault_path = Unicode(
-        "",
-        config=True,
-        help="""Path of the vault's SQLite file. Default:
-        <jupyter_data_dir>/offline_token/vault.db (directory created 0700, file 0600).""",
-    )
-    encryption_keys = List(
-        Unicode(),
-        config=True,
-        help="""AES-256-GCM keys, base64url-encoded 32 bytes each. The first encrypts, all
-        decrypt: to rotate, put a new key first and keep the old ones until every entry has
-        been refreshed. Empty (the default) uses a key file generated next to the vault
-        (vault.key, mode 0600). Default: $JUPYTER_OFFLINE_TOKEN_KEYS (';'-separated).
-        Generate one with: jupyter-offline-token generate-key. Prefer encryption_keys_file or
-        the environment: a value set inline sits in clear in the config file, and in any log
-        that prints the config.""",
-    )
-    encryption_keys_file = Unicode(
-        "",
-        config=True,
-        help="""Path of a file holding the encryption keys, one per line (first encrypts, all
-        decrypt; blank lines and lines starting with # are ignored), read once at start. Use it
-        instead of encryption_keys so no key appears in a config file or a log; the file should
-        be readable by the server's user only (mode 600). A missing, unreadable or empty file,
-        or a malformed key, disables the extension with a message naming this setting.
-        Default: $JUPYTER_OFFLINE_TOKEN_KEYS_FILE.""",
-    )
-    consent_timeout = Float(
-        600.0,
-        config=True,
-        help="Seconds a consent link stays valid before the pending entry expires. Default: 600.",
-    )
-    owner_scope = Enum(
-        ["auto", "username", "server"],
-        default_value="auto",
-        config=True,
-        help="""Who owns a vault entry. 'username': each Jupyter user name owns its entries (for
-        multi-user setups such as JupyterHub, where names are stable). 'server': every
-        authenticated caller of this server is one owner, the server's OS user (for single-user
-        servers, whose token or password login gives kernels made-up anonymous names). 'auto'
-        (default): 'server' with jupyter_server's own token/password identity providers,
-        'username' with any other (JupyterHub's, or a custom one).""",
-    )
-    audit_retention = Int(
-        200, config=True, help="Audit events kept per token (oldest dropped). Default: 200."
-    )
-    max_pending_consents = Int(
-        50,
-        config=True,
-        help="""At most this many consents of one user may wait to be granted at once (unexpired
-        pending entries); one more answers 429 too_many_pending_consents, with Retry-After set
-        to when the oldest of them expires. Default: 50.""",
-    )
-    history_retention = Float(
-        7 * 86400.0,
-        config=True,
-        help="""Seconds that expired, failed and revoked entries (with their audit events) and
-        finished tasks (completed, failed, cancelled, interrupted, with their logs and executed
-        notebooks) are kept after their last change; the housekeeping sweep then deletes them
-        in small batches. 0 keeps them forever. Default: 604800 (7 days).""",
-    )
-
-    # --- refresh engine ------------------------------------------------------------------------
-    refresh_margin = Float(
-        0.8,
-        config=True,
-        help="""Warm tokens (used by a running task, or asked for with keep_warm) are refreshed
-        when this fraction of the access token's lifetime has passed, so their access-token
-        requests are always served from the cache. Between 0.1 and 0.95. Default: 0.8.""",
-    )
-    keepalive_interval = Float(
-        86400.0,
-        config=True,
-        help="""An active entry not refreshed for this many seconds is refreshed once, so the
-        provider's offline-session idle timeout (30 days in Keycloak) never lapses while the
-        entry exists. Default: 86400 (1 day).""",
-    )
-    min_refresh_interval = Float(
-        10.0,
-        config=True,
-        help="""Never more than one refresh attempt per token within this many seconds while the
-        provider is failing. Default: 10.""",
-    )
-    backoff_base = Float(
-        10.0,
-        config=True,
-        help="""First retry delay in seconds after a transient provider fault; it doubles on each
-        failure up to backoff_max, with jitter. Default: 10.""",
-    )
-    backoff_max = Float(
-        300.0, config=True, help="Longest retry delay in seconds (the cap). Default: 300."
-    )
-    backoff_jitter = Float(
-        0.1,
-        config=True,
-        help="Random spread of each retry delay, as a fraction (0.1 = ±10 %). Default: 0.1.",
-    )
-    refresh_concurrency = Int(
-        4,
-        config=True,
-        help="""Background refreshes running at once (after a restart or a laptop's wake, many
-        tokens are due together: this keeps them from stampeding the provider). Default: 4.""",
-    )
-    wake_threshold = Float(
-        60.0,
-        config=True,
-        help="""A jump of the wall clock against the monotonic clock larger than this many seconds
-        (a laptop's sleep) makes every schedule be re-evaluated at once. Default: 60.""",
-    )
-    sweep_interval = Float(
-        60.0,
-        config=True,
-        help="""Seconds between housekeeping passes: expiring stale consents, the keep-alive
-        scan, metrics gauges and the audit of cached accesses. Default: 60.""",
-    )
-
-    # --- tasks --------------------------------------------------------------------------------
-    max_running_tasks = Int(
-        4,
-        config=True,
-        help="""At most this many command, notebook and demo tasks run at once; further executes
-        wait as pending ("queued: N tasks ahead") and start in order when one ends. Kernel tasks
-        run in their kernel and are not counted. Default: 4.""",
-    )
-    task_cancel_grace = Float(
-        10.0,
-        config=True,
-        help="""Seconds a cancelled task process (or one stopped at server shutdown) gets between
-        SIGTERM and SIGKILL. Default: 10.""",
-    )
-
-    task_report_grace = Float(
-        60.0,
-        config=True,
-        help="""Seconds a command or notebook task process may keep running after reporting its
-        own end through its credential before it is stopped (SIGTERM, then SIGKILL after
-        task_cancel_grace). Default: 60.""",
-    )
-
-    activity_interval = Float(
-        60.0,
-        config=True,
-        help="""While any task runs, the server's last activity (GET api/status, which JupyterHub
-        and its idle culler read) is refreshed every this many seconds, so an idle culler does
-        not stop a server whose tasks run. Default: 60.""",
+        help="""What starts and stops the processes of command and notebook tasks: a subclass of
+        jupyter_offline_token.tasks.runners.TaskRunner, built with parent=<this app> (so it
+        reads its own config, e.g. c.LocalTaskRunner.python). Default:
+        jupyter_offline_token.tasks.runners.LocalTaskRunner (local subprocesses).""",
     )
 
     def __init__(self, **kwargs: Any) -> None:
-        # Bad settings found while loading config, by setting name; each message names it.
-        self._setting_errors: dict[str, str] = {}
-        self._start_failure: str | None = None
-        self._client_secret_value = ""
-        self._encryption_keys_value: list[str] = []
         self._server_owner: str | None = None
         self.services: Services | None = None
         super().__init__(**kwargs)
 
-    # --- defaults from the environment -----------------------------------------------------------
-    # traitlets does not run @validate on @default values: environment values go through the
-    # same checks explicitly. A bad value is recorded as a bad setting (the extension then
-    # serves 503 naming it) and the setting falls back to empty, so nothing raises mid-start.
-    def _from_env(self, name: str, raw: Any, empty: Any) -> Any:
-        checks = {
-            "issuer": self._check_issuer,
-            "redirect_uri": self._check_redirect_uri,
-            "encryption_keys": self._check_keys,
-        }
-        check = checks.get(name)
-        if check is None:
-            return raw
-        try:
-            return check({"value": raw, "trait": self.traits()[name]})
-        except TraitError as exc:
-            message = str(exc)
-            if ENVIRONMENT[name] not in message:
-                message += f" (set by ${ENVIRONMENT[name]})"
-            self._setting_errors[name] = message
-            return empty
-
-    @default("issuer")
-    def _issuer_default(self) -> str:
-        return str(self._from_env("issuer", os.environ.get(ENVIRONMENT["issuer"], ""), ""))
-
-    @default("client_id")
-    def _client_id_default(self) -> str:
-        return os.environ.get(ENVIRONMENT["client_id"], "")
-
-    @default("client_secret")
-    def _client_secret_default(self) -> str:
-        return os.environ.get(ENVIRONMENT["client_secret"], "")
-
-    @default("client_secret_file")
-    def _client_secret_file_default(self) -> str:
-        return os.environ.get(ENVIRONMENT["client_secret_file"], "")
-
-    @default("redirect_uri")
-    def _redirect_uri_default(self) -> str:
-        raw = os.environ.get(ENVIRONMENT["redirect_uri"], "")
-        return str(self._from_env("redirect_uri", raw, ""))
-
-    @default("encryption_keys")
-    def _encryption_keys_default(self) -> list[str]:
-        raw = _env_list(ENVIRONMENT["encryption_keys"])
-        keys: list[str] = self._from_env("encryption_keys", raw, [])
-        return keys
-
-    @default("encryption_keys_file")
-    def _encryption_keys_file_default(self) -> str:
-        return os.environ.get(ENVIRONMENT["encryption_keys_file"], "")
-
-    @default("vault_path")
-    def _vault_path_default(self) -> str:
-        return str(Path(jupyter_data_dir()) / "offline_token" / "vault.db")
-
-    # --- loading config ---------------------------------------------------------------------------
-    def _load_config(
-        self, cfg: Config, section_names: list[str] | None = None, traits: Any = None
-    ) -> None:
-        """Load config; one bad setting must not drop the others.
-
-        traitlets applies a config section in one batch and rolls the whole batch back when one
-        value fails validation, so a malformed key would also unset issuer and client_id. On a
-        failure the settings are applied one at a time instead: the good ones stick, each bad
-        one is recorded (``start_error`` names it) and keeps its default.
-        """
-        try:
-            super()._load_config(cfg, section_names=section_names, traits=traits)
-            return
-        except Exception:  # noqa: S110 - retried setting by setting below, errors recorded there
-            pass
-        section = type(self).__name__
-        known = self.traits(config=True) if traits is None else traits
-        for name, value in self._find_my_config(cfg).items():
-            if name not in known:
-                continue  # not a setting: the batch above already warned about it
-            try:
-                super()._load_config(
-                    Config({section: {name: value}}), section_names=section_names, traits=traits
-                )
-            except Exception as exc:
-                self._setting_errors[name] = self._describe_bad_setting(name, exc)
-                self._trait_values.pop(name, None)  # back to its default
-
-    def _describe_bad_setting(self, name: str, exc: BaseException) -> str:
-        """The error for one bad setting, naming it; a secret's value is never echoed (our own
-        validators never echo it; traitlets' type errors do)."""
-        text = str(exc)
-        ours = text.startswith(f"OfflineTokenApp.{name}")
-        if name in SECRET_SETTINGS and not ours:
-            return f"OfflineTokenApp.{name} has a value of the wrong type (not shown: a secret)"
-        return text if ours else f"OfflineTokenApp.{name}: {text}"
-
-    def check_settings(self) -> list[str]:
-        """Read every setting once (environment defaults included), run the checks that span
-        several settings, read the secret files, and warn about secrets set inline. Returns
-        the problems found, each naming its setting (``start_error`` joins them)."""
-        for name in self.class_own_traits(config=True):
-            try:
-                getattr(self, name)
-            except Exception as exc:
-                self._setting_errors.setdefault(name, self._describe_bad_setting(name, exc))
-        bad = self._setting_errors
-        if "backoff_base" not in bad and "backoff_max" not in bad:
-            if self.backoff_max < self.backoff_base:
-                bad["backoff_max"] = (
-                    f"OfflineTokenApp.backoff_max ({self.backoff_max:g}) must be >= "
-                    f"OfflineTokenApp.backoff_base ({self.backoff_base:g})"
-                )
-        self._read_secret_settings()
-        self._warn_inline_secrets()
-        return list(bad.values())
-
-    @property
-    def start_error(self) -> str | None:
-        """Why the extension is off (bad settings, or a part that failed to start), or None.
-        The API answers every route with 503 and this text."""
-        if self._setting_errors:
-            return (
-                "offline access is off because of the server configuration: "
-                + "; ".join(self._setting_errors.values())
-                + ". Fix it and restart the Jupyter server."
-            )
-        return self._start_failure
-
-    # --- secrets from files --------------------------------------------------------------------
-    def _read_secret_settings(self) -> None:
-        """Resolve client_secret / encryption_keys from their inline or file settings."""
-        for name, file_setting in SECRET_SETTINGS.items():
-            if name in self._setting_errors or file_setting in self._setting_errors:
-                continue
-            path = getattr(self, file_setting)
-            inline = getattr(self, name)
-            if not path:
-                if name == "client_secret":
-                    self._client_secret_value = inline
-                else:
-                    self._encryption_keys_value = list(inline)
-                continue
-            if inline:
-                self._setting_errors[file_setting] = (
-                    f"{_described(file_setting)} and {_described(name)} are both set: keep only one"
-                )
-                continue
-            text = self._read_secret_file(file_setting, path)
-            if text is None:
-                continue
-            if name == "client_secret":
-                self._client_secret_value = text.strip()
-            else:
-                self._encryption_keys_value = self._keys_from_file(file_setting, path, text)
-
-    def _read_secret_file(self, setting: str, raw_path: str) -> str | None:
-        """The file's text, or None after recording why it cannot be used. Never logs it."""
-        path = Path(raw_path).expanduser()
-        where = _described(setting)
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            self._setting_errors[setting] = f"{where}: the file {path} does not exist"
-            return None
-        except UnicodeDecodeError:
-            self._setting_errors[setting] = f"{where}: the file {path} is not UTF-8 text"
-            return None
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            self._setting_errors[setting] = f"{where}: cannot read the file {path} ({reason})"
-            return None
-        if not text.strip():
-            self._setting_errors[setting] = f"{where}: the file {path} is empty"
-            return None
-        if mode & 0o077:
-            self.log.warning(
-                "%s: the file %s is readable by other users (mode %03o); "
-                "restrict it to the server's user: chmod 600 %s",
-                where,
-                path,
-                mode,
-                path,
-            )
-        return text
-
-    def _keys_from_file(self, setting: str, path: str, text: str) -> list[str]:
-        keys: list[str] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            key = line.strip()
-            if not key or key.startswith("#"):
-                continue
-            if not _is_32_byte_key(key):
-                self._setting_errors[setting] = (
-                    f"{_described(setting)}: line {number} of {path} is not a "
-                    "base64url-encoded 32-byte key; generate one with "
-                    "`jupyter-offline-token generate-key`"
-                )
-                return []
-            keys.append(key)
-        if not keys:
-            self._setting_errors[setting] = f"{_described(setting)}: the file {path} has no key"
-        return keys
-
-    def _warn_inline_secrets(self) -> None:
-        """A secret in the config (a file or the command line) is readable by whoever reads
-        the file or the process list, and traitlets logs a changed config at debug level
-        ("Config changed: ..."): say so, and what to use instead. Never the value."""
-        section = self.config.get(type(self).__name__)
-        if not isinstance(section, dict):
-            return
-        for name, file_setting in SECRET_SETTINGS.items():
-            if section.get(name):
-                self.log.warning(
-                    "OfflineTokenApp.%s is set inline in the Jupyter config (a config file or "
-                    "the command line): it sits in clear there and in any log that prints the "
-                    "config (traitlets does at debug level). Use OfflineTokenApp.%s or $%s (a "
-                    "file readable by this user only), or $%s.",
-                    name,
-                    file_setting,
-                    ENVIRONMENT[file_setting],
-                    ENVIRONMENT[name],
-                )
-
-    # --- validation ----------------------------------------------------------------------------
-    @validate("issuer")
-    def _check_issuer(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip()
-        if not value:
-            return ""
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise TraitError(
-                f"OfflineTokenApp.issuer must be an http(s) URL, got {value!r} "
-                "(e.g. https://keycloak.example.org/realms/lab)"
-            )
-        if parts.query or parts.fragment:
-            raise TraitError("OfflineTokenApp.issuer must not have a query or fragment")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
-            self.log.warning(
-                "OfflineTokenApp.issuer %s uses plain http: tokens would cross the network "
-                "unencrypted; use https outside local development",
-                value,
-            )
-        return value.rstrip("/")
-
-    @validate("redirect_uri")
-    def _check_redirect_uri(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip()
-        if value and urlsplit(value).scheme not in ("http", "https"):
-            raise TraitError(f"OfflineTokenApp.redirect_uri must be an http(s) URL, got {value!r}")
-        return value
-
-    @validate("encryption_keys")
-    def _check_keys(self, proposal: Any) -> list[str]:
-        keys = [str(k).strip() for k in proposal["value"] if str(k).strip()]
-        for position, key in enumerate(keys, start=1):
-            if not _is_32_byte_key(key):
-                raise TraitError(
-                    "OfflineTokenApp.encryption_keys (or JUPYTER_OFFLINE_TOKEN_KEYS) "
-                    f"key #{position} is not a base64url-encoded 32-byte key; generate one with "
-                    "`jupyter-offline-token generate-key`"
-                )
-        return keys
-
-    @validate("refresh_margin")
-    def _check_margin(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if not 0.1 <= value <= 0.95:
-            raise TraitError(f"OfflineTokenApp.refresh_margin must be in [0.1, 0.95], got {value}")
-        return value
-
-    @validate("backoff_jitter")
-    def _check_jitter(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if not 0 <= value < 1:
-            raise TraitError(f"OfflineTokenApp.backoff_jitter must be in [0, 1), got {value}")
-        return value
-
-    @validate("task_cancel_grace", "task_report_grace")
-    def _check_grace(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if value < 0:
-            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be >= 0, got {value}")
-        return value
-
-    @validate("history_retention")
-    def _check_retention(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if not value >= 0 or value == float("inf"):
-            raise TraitError(
-                f"OfflineTokenApp.history_retention must be a number of seconds >= 0 (0 keeps "
-                f"history forever), got {value}"
-            )
-        return value
-
-    @validate("refresh_concurrency", "audit_retention", "max_running_tasks", "max_pending_consents")
-    def _check_positive_int(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 1:
-            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be >= 1, got {value}")
-        return value
-
-    @validate(
-        "consent_timeout",
-        "http_timeout",
-        "keepalive_interval",
-        "min_refresh_interval",
-        "backoff_base",
-        "backoff_max",
-        "wake_threshold",
-        "sweep_interval",
-        "activity_interval",
-    )
-    def _check_positive(self, proposal: Any) -> float:
-        value = float(proposal["value"])
-        if value <= 0:
-            raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be > 0, got {value}")
-        return value
-
     # --- wiring --------------------------------------------------------------------------------
-    def not_configured_message(self) -> str:
-        missing = [name for name in ("issuer", "client_id") if not getattr(self, name)]
-        return (
-            "offline access is not configured: set "
-            + " and ".join(f"c.OfflineTokenApp.{n} (or ${ENVIRONMENT[n]})" for n in missing)
-            + " in the Jupyter server config"
-        )
-
     def build_services(self) -> Services:
         """Build the parts from settings already checked by ``check_settings``."""
         client_secret = self._client_secret_value
-        vault = SQLiteTokenStore(
-            Path(self.vault_path).expanduser(),
+        store_class: type[TokenStore] = self.token_store_class
+        vault = store_class(
+            parent=self,
+            path=Path(self.vault_path).expanduser(),
             encryption_keys=list(self._encryption_keys_value),
             audit_retention=self.audit_retention,
             max_pending_consents=self.max_pending_consents,
@@ -651,37 +118,17 @@ class OfflineTokenApp(ExtensionApp):
             vault,
             provider,
             settings,
-            consent_timeout=self.consent_timeout,
+            app_settings=self,
             not_configured_message=self.not_configured_message(),
         )
-        engine = RefreshEngine(
-            broker,
-            refresh_margin=self.refresh_margin,
-            keepalive_interval=self.keepalive_interval,
-            min_refresh_interval=self.min_refresh_interval,
-            backoff=BackoffPolicy(
-                base=self.backoff_base, cap=self.backoff_max, jitter=self.backoff_jitter
-            ),
-            max_concurrency=self.refresh_concurrency,
-            wake_threshold=self.wake_threshold,
-            sweep_interval=self.sweep_interval,
-            retention=self.history_retention or None,
-        )
-        services = Services(vault, broker, engine)
-        services.extras["set_keep_warm"] = engine.set_keep_warm
-        services.extras["failing_since"] = engine.failing_since
-        tasks = install_tasks(self, services)
-        tasks.on_warm_change.append(engine.task_warmth)
+        engine = RefreshEngine(broker, self)
+        tasks = install_tasks(self, vault, broker)
         assert self.serverapp is not None
-        self.activity = ServerActivity(
-            self.serverapp.web_app.settings, interval=self.activity_interval
-        )
-        tasks.on_warm_change.append(self.activity.task_warmth)
-        services.on_stop.append(self.activity.stop)
-        engine.purge_hooks.append(tasks.purge_finished)
-        services.on_start.append(tasks.start)
-        services.on_stop.append(tasks.stop)
-        return services
+        activity = ServerActivity(self.serverapp.web_app.settings, self)
+        tasks.warmth.add_listener(engine)
+        tasks.warmth.add_listener(activity)
+        engine.use_task_history(tasks)
+        return Services(vault=vault, broker=broker, engine=engine, tasks=tasks, activity=activity)
 
     def initialize_settings(self) -> None:
         """Check the settings and build the parts. Never raises: on a bad setting (or a part
@@ -755,7 +202,7 @@ class OfflineTokenApp(ExtensionApp):
         self.log.info(
             "jupyter-offline-token %s: vault %s, provider %s",
             __version__,
-            services.vault.path,
+            self.vault_path,
             self.issuer or "(not configured)",
         )
 
@@ -771,28 +218,3 @@ class OfflineTokenApp(ExtensionApp):
             await self.services.close()
         except Exception:
             self.log.exception("jupyter-offline-token: error while stopping")
-
-
-def _described(setting: str) -> str:
-    """``OfflineTokenApp.<setting>`` plus its environment variable, for messages."""
-    env = ENVIRONMENT.get(setting)
-    return f"OfflineTokenApp.{setting} (or ${env})" if env else f"OfflineTokenApp.{setting}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_32_byte_key(key: str) -> bool:
-    for decode in (base64.urlsafe_b64decode, base64.b64decode):
-        try:
-            if len(decode(key + "=" * (-len(key) % 4))) == 32:
-                return True
-        except (binascii.Error, ValueError):
-            continue
-    return False

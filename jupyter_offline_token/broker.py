@@ -28,7 +28,9 @@ from .oidc import ProviderClient
 from .paging import Cursor, Page
 from .refresh.policy import RefreshGate, RefreshOutcome
 from .revocation import TokenRevocation
+from .settings import OfflineTokenSettings
 from .stores import TokenStore
+from .token_events import TokenEvents, TokenUsage
 
 __all__ = [
     "DEFAULT_MIN_TTL",
@@ -59,7 +61,7 @@ class TokenBroker:
         provider: ProviderClient | None,
         settings: ProviderSettings | None,
         *,
-        consent_timeout: float = 600.0,
+        app_settings: OfflineTokenSettings | None = None,
         lease_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         not_configured_message: str = "",
@@ -67,10 +69,12 @@ class TokenBroker:
         self.vault = vault
         self.provider = provider
         self.settings = settings
-        self.consent_timeout = consent_timeout
-        http_timeout = settings.http_timeout if settings else 15.0
+        # consent_timeout and http_timeout come from the app's settings (``settings`` is the
+        # provider's); the defaults when None.
+        config = app_settings if app_settings is not None else OfflineTokenSettings()
+        self.consent_timeout = config.consent_timeout
         # Long enough to cover one grant at the provider plus the durable write.
-        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * http_timeout + 15.0
+        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * config.http_timeout + 15.0
         self.clock = clock
         self.holder = f"{uuid.uuid4().hex[:12]}:{id(self):x}"
         self._not_configured_message = not_configured_message
@@ -79,14 +83,9 @@ class TokenBroker:
         self._lock_users: dict[str, int] = {}  # holders and waiters; the lock goes with the last
         # When a token may next be tried, and its retry state: one owner (the refresh scheduler).
         self._gate: RefreshGate | None = None
-        # Hooks for the task service and the refresh scheduler (set by the app).
-        self.on_activated: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_refreshed: list[Callable[[TokenRecord, AccessToken], Awaitable[None]]] = []
-        self.on_status_change: list[Callable[[TokenRecord], Awaitable[None]]] = []
-        self.on_cache_hit: Callable[[str], None] | None = None
-        self.tokens_in_use: Callable[[str], Awaitable[list[str]]] | None = None
-        # Called with the token id before a forced delete revokes it (cancel its tasks first).
-        self.before_force_delete: list[Callable[[str], Awaitable[Any]]] = []
+        # The refresh engine and the task service follow the entries (see token_events).
+        self._listeners: list[TokenEvents] = []
+        self._usage: TokenUsage | None = None
         self.grants = RefreshGrants(self)
         self.consents = ConsentFlow(self)
         self.revocation = TokenRevocation(self)
@@ -95,6 +94,14 @@ class TokenBroker:
     def use_gate(self, gate: RefreshGate) -> None:
         """Let ``gate`` (the refresh scheduler) decide when a token may next be tried."""
         self._gate = gate
+
+    def add_listener(self, listener: TokenEvents) -> None:
+        """Tell ``listener`` about every entry change, after the listeners added before it."""
+        self._listeners.append(listener)
+
+    def use_token_usage(self, usage: TokenUsage) -> None:
+        """Ask ``usage`` (the task service) which tasks hold a token before deleting it."""
+        self._usage = usage
 
     @contextlib.asynccontextmanager
     async def token_lock(self, token_id: str) -> AsyncIterator[None]:
@@ -158,11 +165,15 @@ class TokenBroker:
         except Exception as exc:  # audit must never break the operation it records
             log.warning("could not write audit event %s/%s: %s", action, result, type(exc).__name__)
 
+    @property
+    def token_usage(self) -> TokenUsage | None:
+        return self._usage
+
     async def notify_status_change(self, record: TokenRecord) -> None:
-        await self._notify(self.on_status_change, record)
+        await self._notify(lambda listener: listener.token_status_changed(record))
 
     async def notify_activated(self, record: TokenRecord) -> None:
-        await self._notify(self.on_activated, record)
+        await self._notify(lambda listener: listener.token_activated(record))
 
     def remember(self, token_id: str, token: AccessToken) -> None:
         """Cache a fresh access token (a consent's first one)."""
@@ -173,14 +184,14 @@ class TokenBroker:
         self._cache.pop(token_id, None)
 
     async def notify_refreshed(self, record: TokenRecord, token: AccessToken) -> None:
-        await self._notify(self.on_refreshed, record, token)
+        await self._notify(lambda listener: listener.token_refreshed(record, token))
 
-    async def _notify(self, hooks: list[Any], *args: Any) -> None:
-        for hook in hooks:
+    async def _notify(self, event: Callable[[TokenEvents], Awaitable[None]]) -> None:
+        for listener in self._listeners:
             try:
-                await hook(*args)
+                await event(listener)
             except Exception:
-                log.exception("offline-token hook %s failed", getattr(hook, "__name__", hook))
+                log.exception("offline-token listener %s failed", type(listener).__name__)
 
     # --- consent and revocation (ConsentFlow, TokenRevocation) --------------------------------
     def normalize_scopes(self, scopes: list[str] | None) -> list[str]:
@@ -243,7 +254,7 @@ class TokenBroker:
             return
         await self.audit(record, "fail", "failed", reason)
         failed = record.replace(status=FAILED, last_error=reason, refresh_state=REFRESH_FAILED)
-        await self._notify(self.on_status_change, failed)
+        await self._notify(lambda listener: listener.token_status_changed(failed))
 
     # --- reading -------------------------------------------------------------------------------
     async def get_token(self, owner: str | None, token_id: str) -> TokenRecord:
@@ -357,8 +368,8 @@ class TokenBroker:
 
     def _served_from_cache(self, token_id: str, cached: AccessToken) -> AccessToken:
         metrics.access_from_cache.inc()
-        if self.on_cache_hit is not None:
-            self.on_cache_hit(token_id)
+        for listener in self._listeners:
+            listener.token_served_from_cache(token_id)
         return cached
 
     async def refresh(self, token_id: str, reason: str = "proactive") -> RefreshOutcome:

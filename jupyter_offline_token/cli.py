@@ -13,7 +13,8 @@ def settings_reference() -> str:
     ``jupyter server --help-all`` lists the server's own classes only, not an extension's;
     this is where an admin finds ours.
     """
-    from .app import ENVIRONMENT, OfflineTokenApp
+    from .app import OfflineTokenApp
+    from .settings import ENVIRONMENT
 
     lines = [
         "OfflineTokenApp settings (jupyter-offline-token)",
@@ -24,7 +25,7 @@ def settings_reference() -> str:
         "not inline in a config file.",
         "",
     ]
-    traits = OfflineTokenApp.class_own_traits(config=True)
+    traits = OfflineTokenApp.setting_traits()
     for name in sorted(traits):
         lines.append(OfflineTokenApp.class_get_trait_help(traits[name]))
         env = ENVIRONMENT.get(name)

@@ -61,9 +61,9 @@ class TokenRevocation:
             await broker.grants.join(token_id)
             record = await broker.owned(owner, token_id)
             await self.check_in_use(token_id, force=force)
-            if force:
-                for hook in broker.before_force_delete:
-                    await hook(token_id)
+            usage = broker.token_usage
+            if force and usage is not None:
+                await usage.cancel_for_token(token_id)  # its tasks end before it is revoked
             result = Deletion()
             if revoke and record.has_secret and record.status in (ACTIVE, FAILED):
                 result = await self.revoke(record)
@@ -77,10 +77,10 @@ class TokenRevocation:
 
     async def check_in_use(self, token_id: str, *, force: bool) -> None:
         """Refuse to delete a token that running tasks use, unless ``force``."""
-        tokens_in_use = self.broker.tokens_in_use
-        if tokens_in_use is None or force:
+        usage = self.broker.token_usage
+        if usage is None or force:
             return
-        running = await tokens_in_use(token_id)
+        running = await usage.tokens_in_use(token_id)
         if running:
             raise Conflict(
                 f"offline token {token_id} is used by running task(s) {', '.join(running)}: "

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import rest_codes
-from .broker import TokenBroker
 from .errors import ErrorKind, OfflineTokenError, VaultError
-from .refresh.engine import RefreshEngine
-from .stores import SQLiteTokenStore
+
+if TYPE_CHECKING:
+    from .activity import ServerActivity
+    from .broker import TokenBroker
+    from .refresh.engine import RefreshEngine
+    from .stores import TaskStore, TokenStore
+    from .tasks.service import TaskService
 
 log = logging.getLogger("jupyter_offline_token")
 
@@ -21,20 +25,30 @@ class VaultUnavailable(OfflineTokenError):
 
 
 class Services:
-    """Opens the vault once (off the event loop) and hands out the broker.
+    """Every part, typed: the stores, the broker, the refresh engine, the task service and the
+    activity beat. Opens the stores once (off the event loop), starts and stops background work
+    in a fixed order.
 
     A vault that cannot open (wrong key, newer schema) does not stop the Jupyter server: every
     API call answers 503 ``vault_unavailable`` with the actionable message, and the log says it
     once at start.
     """
 
-    def __init__(self, vault: SQLiteTokenStore, broker: TokenBroker, engine: RefreshEngine) -> None:
+    def __init__(
+        self,
+        *,
+        vault: TokenStore,
+        broker: TokenBroker,
+        engine: RefreshEngine,
+        tasks: TaskService,
+        activity: ServerActivity,
+    ) -> None:
         self.vault = vault
+        self.task_store: TaskStore = tasks.store
         self.broker = broker
         self.engine = engine
-        self.extras: dict[str, Any] = {}
-        self.on_start: list[Any] = []  # async callables run once the vault is open
-        self.on_stop: list[Any] = []  # async callables run before the vault closes
+        self.tasks = tasks
+        self.activity = activity
         self._started = False
         self._lock = asyncio.Lock()
         self._opened = False
@@ -51,6 +65,7 @@ class Services:
             if not self._opened and self._error is None:
                 try:
                     await self.vault.open()
+                    await self.task_store.open()
                 except VaultError as exc:
                     # Every message names the setting to look at; most already do.
                     message = str(exc)
@@ -65,24 +80,24 @@ class Services:
         return self.broker
 
     async def start_background(self) -> None:
-        """Start the refresh engine and whatever else registered (tasks); once."""
+        """Start the refresh engine, then the task service; once."""
         if self._started:
             return
         self._started = True
         await self.engine.start()
-        for hook in self.on_start:
-            await hook()
+        await self.tasks.start()
 
     async def close(self) -> None:
         """Stop background work, let in-flight refreshes land in the vault, close the vault."""
         if self._started:
-            for hook in reversed(self.on_stop):
+            for name, stop in (("tasks", self.tasks.stop), ("activity", self.activity.stop)):
                 try:
-                    await hook()
+                    await stop()
                 except Exception:
-                    log.exception("offline-token shutdown hook failed")
+                    log.exception("offline-token: stopping %s failed", name)
             await self.engine.stop()
             self._started = False
         await self.broker.aclose()
+        await self.task_store.close()
         await self.vault.close()
         self._opened = False

@@ -17,8 +17,6 @@ from dev_provider import DevProvider
 from jupyter_server.auth.identity import IdentityProvider, User
 from traitlets.config import Config
 
-from jupyter_offline_token.tasks import install
-
 TEST_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"  # bytes 0..31, base64url; tests only
 
 
@@ -198,9 +196,9 @@ async def metric(api: Api, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def tasks(offline_app, jp_asyncio_loop):
-    """The task service, installed and started as the app does it; stopped after the test
+    """The task service, built and started as the app does it; stopped after the test
     (which kills whatever still runs)."""
-    service = install(offline_app, offline_app.services)
+    service = offline_app.services.tasks
     service.cancel_grace = 2.0
     jp_asyncio_loop.run_until_complete(offline_app.services.ready())
     jp_asyncio_loop.run_until_complete(service.start())

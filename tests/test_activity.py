@@ -14,6 +14,7 @@ from server_fixtures import Api, grant
 from test_tasks import create, until, wait_status
 
 from jupyter_offline_token.activity import ACTIVITY_SETTING, ServerActivity
+from jupyter_offline_token.settings import OfflineTokenSettings
 
 OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
@@ -43,7 +44,7 @@ async def last_activity(api: Api) -> datetime:
 async def test_the_beat_runs_only_while_a_task_runs():
     clock = FakeClock()
     settings: dict[str, Any] = {}
-    activity = ServerActivity(settings, interval=60, clock=clock)
+    activity = ServerActivity(settings, OfflineTokenSettings(activity_interval=60), clock=clock)
     await clock.settle()
     assert clock.pending_sleeps == 0 and settings == {}
 
@@ -72,7 +73,7 @@ async def test_api_status_moves_while_a_kernel_task_runs(
     api, tasks, idp, offline_app, jp_serverapp
 ):
     clock = FakeClock(wall=time.time())
-    offline_app.activity.clock = clock
+    offline_app.services.activity.clock = clock
     token_id = await grant(api, idp)
     task = await create(api, name="hours of work", kind="kernel", persistent_token_id=token_id)
     status, _ = await api.post("tasks", task["id"], "execute")
@@ -92,7 +93,7 @@ async def test_api_status_moves_while_a_kernel_task_runs(
 
 async def test_no_beat_is_left_once_the_task_service_stops(api, tasks, idp, offline_app):
     clock = FakeClock(wall=time.time())
-    offline_app.activity.clock = clock
+    offline_app.services.activity.clock = clock
     token_id = await grant(api, idp)
     task = await create(api, name="in a kernel", kind="kernel", persistent_token_id=token_id)
     await api.post("tasks", task["id"], "execute")
@@ -115,7 +116,7 @@ time.sleep(120)
 async def test_a_request_with_a_task_credential_is_activity(
     api, tasks, idp, offline_app, jp_serverapp, tmp_path
 ):
-    offline_app.activity.clock = FakeClock(wall=time.time())  # the beat stays still
+    offline_app.services.activity.clock = FakeClock(wall=time.time())  # the beat stays still
     token_id = await grant(api, idp)
     secret_file = tmp_path / "secret"
     task = await create(

@@ -18,6 +18,7 @@ from server_fixtures import TEST_KEY, grant, metric
 from jupyter_offline_token.broker import DEFAULT_MIN_TTL, AccessToken, TokenBroker
 from jupyter_offline_token.refresh.engine import RefreshEngine
 from jupyter_offline_token.refresh.policy import BackoffPolicy
+from jupyter_offline_token.settings import OfflineTokenSettings
 from jupyter_offline_token.stores import SQLiteTokenStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -164,7 +165,8 @@ TOKEN = "5b0c1f9e-4c1a-4e8e-9d0f-1a2b3c4d5e6f"
 def engine_on(clock: FakeClock, tmp_path, **kwargs) -> RefreshEngine:
     vault = SQLiteTokenStore(tmp_path / "vault.db", encryption_keys=[TEST_KEY])
     broker = TokenBroker(vault, None, None, clock=clock.time)
-    return RefreshEngine(broker, clock=clock, backoff=BackoffPolicy(jitter=0), **kwargs)
+    settings = OfflineTokenSettings(**kwargs)
+    return RefreshEngine(broker, settings, clock=clock, backoff=BackoffPolicy(jitter=0))
 
 
 def cache_token(engine: RefreshEngine, clock: FakeClock, lifetime: float) -> None:

@@ -19,11 +19,13 @@ from tornado import web
 from .. import rest_codes
 from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError
 from ..public_url import CallbackURL, browser_origin
+from ..services import Services
 from .errors import http_status
 
 if TYPE_CHECKING:
-    from ..services import Services
+    from ..refresh_engine import RefreshEngine
     from ..tasks.credentials import TaskPrincipal
+    from ..tasks.service import TaskService
 
 log = logging.getLogger("jupyter_offline_token.handlers")
 
@@ -197,8 +199,19 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         error = self.settings["offline_token_start_error"]()
         if error:
             raise NotConfigured(error)
-        services: Services = self.settings["offline_token_services"]
+        services = self.settings["offline_token_services"]
+        assert isinstance(services, Services)
         return services
+
+    @property
+    def engine(self) -> RefreshEngine:
+        """The refresh engine (keep_warm, retry state for health)."""
+        return self.services.engine
+
+    @property
+    def task_service(self) -> TaskService:
+        """The task service (tasks, their links to tokens, task credentials)."""
+        return self.services.tasks
 
     @property
     def callback_url(self) -> CallbackURL:
@@ -231,8 +244,7 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         if not getattr(method, _TASK_ALLOWED, False):
             raise forbidden("a task credential is not valid for this request")
         await self.services.ready()
-        authenticate = self.services.extras.get("authenticate_task")
-        principal = await authenticate(secret.strip()) if authenticate is not None else None
+        principal = await self.task_service.authenticate(secret.strip())
         if principal is None:
             raise forbidden("the task credential is not valid: unknown, or its task has ended")
         self.task_principal = principal
@@ -247,8 +259,7 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
 
     def failing_since(self, token_id: str) -> float | None:
         """When the current run of transient refresh failures began (for health details)."""
-        lookup = self.services.extras.get("failing_since")
-        return lookup(token_id) if lookup is not None else None
+        return self.engine.failing_since(token_id)
 
     def body(self, fields: dict[str, Field], *, allow_empty: bool = True) -> dict[str, Any]:
         return parse_body(self.request.body or b"", fields, allow_empty=allow_empty)

@@ -11,7 +11,6 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..errors import NotConfigured
 from ..tasks.models import TERMINAL
 from .base import OfflineTokenHandler, authenticated_or_task
 from .task_requests import CreateTask, LinkTask, PatchTask, status_filter
@@ -24,10 +23,7 @@ if TYPE_CHECKING:
 class TaskBaseHandler(OfflineTokenHandler):
     async def tasks(self) -> TaskService:
         await self.services.ready()
-        service = self.services.extras.get("tasks")
-        if service is None:
-            raise NotConfigured("tasks are not enabled on this server")
-        return service
+        return self.task_service
 
 
 class TasksHandler(TaskBaseHandler):

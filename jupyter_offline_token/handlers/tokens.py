@@ -73,9 +73,8 @@ class ConsentsHandler(OfflineTokenHandler):
         request = CreateConsent.parse(self.request.body or b"", base_url=self.base_url)
         broker = await self.services.ready()
         task_id = request.task_id
-        check_task = self.services.extras.get("check_task_for_consent")
-        if task_id is not None and check_task is not None:
-            await check_task(self.owner, task_id)
+        if task_id is not None:
+            await self.task_service.check_task_for_consent(self.owner, task_id)
         record, url = await broker.create_consent(
             self.owner,
             redirect_uri=self.redirect_uri(),
@@ -132,11 +131,9 @@ class TokensHandler(OfflineTokenHandler):
         )
 
     async def _linked_tasks(self, ids: list[str]) -> dict[str, list[str]]:
-        linked = self.services.extras.get("linked_tasks")
-        if linked is None or not ids:
+        if not ids:
             return {}
-        result: dict[str, list[str]] = await linked(self.owner, ids)
-        return result
+        return await self.task_service.linked_tasks(self.owner, ids)
 
 
 class TokenHandler(TokensHandler):
@@ -178,7 +175,7 @@ class AccessTokenHandler(OfflineTokenHandler):
         keep_warm = request.keep_warm
         # A task's token is kept warm while it runs; a task may not change the user's setting.
         if keep_warm is not None and self.task_principal is None:
-            await self.services.extras["set_keep_warm"](token_id, keep_warm)
+            await self.engine.set_keep_warm(token_id, keep_warm)
         self.write_json(token.to_json(time.time()))
 
 

@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from .. import metrics
-from ..access_token import DEFAULT_MIN_TTL
+from ..access_token import DEFAULT_MIN_TTL, AccessToken
 from ..broker import TokenBroker
 from ..errors import EntryGone
 from ..models import ACTIVE, RETRYING, TokenRecord
+from ..settings import OfflineTokenSettings
+from ..token_events import TaskHistory
 from .policy import BackoffPolicy, RefreshOutcome, ScheduleEntryState
 from .scheduler import Clock, RefreshScheduler
 
@@ -36,33 +36,34 @@ class RefreshEngine:
     def __init__(
         self,
         broker: TokenBroker,
+        settings: OfflineTokenSettings | None = None,
         *,
-        refresh_margin: float = 0.8,
-        keepalive_interval: float = 86400.0,
-        min_refresh_interval: float = 10.0,
         backoff: BackoffPolicy | None = None,
-        max_concurrency: int = 4,
-        wake_threshold: float = 60.0,
-        sweep_interval: float = 60.0,
-        retention: float | None = 7 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
+        """Reads its settings (refresh_margin, keepalive_interval, min_refresh_interval,
+        backoff_*, refresh_concurrency, wake_threshold, sweep_interval, history_retention)
+        from ``settings``; the defaults when None. ``backoff`` overrides the backoff_* ones."""
+        settings = settings if settings is not None else OfflineTokenSettings()
         self.broker = broker
         self.vault = broker.vault
-        # Expired, failed and revoked entries (and finished tasks, via purge_hooks) unchanged
+        # Expired, failed and revoked entries (and finished tasks, via use_task_history) unchanged
         # for this long are deleted by the sweep; None keeps them forever.
-        self.retention = retention
-        self.purge_hooks: list[Callable[[float], Awaitable[int]]] = []
-        self.refresh_margin = refresh_margin
-        self.keepalive_interval = keepalive_interval
-        self.sweep_interval = sweep_interval
+        self.retention = settings.history_retention or None
+        self._task_history: TaskHistory | None = None
+        self.refresh_margin = settings.refresh_margin
+        self.keepalive_interval = settings.keepalive_interval
+        self.sweep_interval = settings.sweep_interval
         self.scheduler = RefreshScheduler(
             self._refresh,
             clock=clock,
-            backoff=backoff,
-            min_refresh_interval=min_refresh_interval,
-            max_concurrency=max_concurrency,
-            wake_threshold=wake_threshold,
+            backoff=backoff
+            or BackoffPolicy(
+                base=settings.backoff_base, cap=settings.backoff_max, jitter=settings.backoff_jitter
+            ),
+            min_refresh_interval=settings.min_refresh_interval,
+            max_concurrency=settings.refresh_concurrency,
+            wake_threshold=settings.wake_threshold,
             on_change=self._persist,
             log=log,
         )
@@ -72,11 +73,12 @@ class RefreshEngine:
         self._cache_hits: Counter[str] = Counter()  # token id -> accesses served from cache
         self._sweeper: asyncio.Task[None] | None = None
         self._last_keepalive_scan = 0.0
-        broker.on_activated.append(self._after_activation)
-        broker.on_refreshed.append(self._after_refresh)
-        broker.on_status_change.append(self._after_status_change)
-        broker.on_cache_hit = self._count_cache_hit
+        broker.add_listener(self)
         broker.use_gate(self.scheduler)
+
+    def use_task_history(self, history: TaskHistory) -> None:
+        """Let the sweep purge ``history``'s finished tasks with the same retention."""
+        self._task_history = history
 
     # --- warmth ----------------------------------------------------------------------------
     def is_warm(self, token_id: str) -> bool:
@@ -170,14 +172,14 @@ class RefreshEngine:
             )
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    # --- broker hooks ----------------------------------------------------------------------
-    async def _after_activation(self, record: TokenRecord) -> None:
+    # --- broker events (token_events.TokenEvents) ------------------------------------------
+    async def token_activated(self, record: TokenRecord) -> None:
         """A consent asked for keep_warm: warm from the first access token on."""
         if record.keep_warm:
             self._keep_warm.add(record.id)
             self._warm_up(record.id)
 
-    async def _after_refresh(self, record: TokenRecord, token: Any) -> None:
+    async def token_refreshed(self, record: TokenRecord, token: AccessToken) -> None:
         """Any successful refresh ends a retry run; warm tokens get their next proactive slot."""
         state = self.scheduler.state(record.id)
         if state is not None and state.refresh_state == RETRYING:
@@ -188,13 +190,13 @@ class RefreshEngine:
             )
         metrics.refresh_retrying.set(self.scheduler.counts()["retrying"])
 
-    async def _after_status_change(self, record: TokenRecord) -> None:
+    async def token_status_changed(self, record: TokenRecord) -> None:
         if record.status != ACTIVE:
             self.scheduler.cancel(record.id)
             self._keep_warm.discard(record.id)
         await self._update_gauges()
 
-    def _count_cache_hit(self, token_id: str) -> None:
+    def token_served_from_cache(self, token_id: str) -> None:
         self._cache_hits[token_id] += 1
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class RefreshEngine:
         await self._flush_cache_hits()
 
     async def purge(self, now: float) -> int:
-        """Delete entries (with their audit) and, through ``purge_hooks``, finished tasks older
+        """Delete entries (with their audit) and, through the task history, finished tasks older
         than ``retention``: at most PURGE_MAX_BATCHES transactions of PURGE_BATCH rows each on
         the vault's thread per sweep, so a backlog drains over several sweeps and the event
         loop and the vault's other callers are never held up for long. Returns entries purged."""
@@ -266,11 +268,11 @@ class RefreshEngine:
             log.info(
                 "purged %d expired, failed or revoked entries older than the retention", purged
             )
-        for hook in self.purge_hooks:
+        if self._task_history is not None:
             try:
-                await hook(before)
+                await self._task_history.purge_finished(before)
             except Exception as exc:  # one failing part must not stop the rest of the sweep
-                log.warning("offline-token purge hook failed: %s", type(exc).__name__)
+                log.warning("offline-token task purge failed: %s", type(exc).__name__)
         return purged
 
     async def _update_gauges(self) -> None:

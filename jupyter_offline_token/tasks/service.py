@@ -6,8 +6,7 @@ makes, under one lock; the parts it delegates to are named for what they hold: t
 :class:`~.runners.TaskRunner`), the events stream (:mod:`.events`), the tokens running tasks
 keep warm (:mod:`.warmth`), task files (:mod:`.files`) and the scoped credential
 (:mod:`.credentials`). Input arrives validated (``handlers/task_requests.py``); the service
-enforces state rules (409) and ownership (404). All SQLite work goes through :class:`TaskStore`
-on the vault's thread.
+enforces state rules (409) and ownership (404); the store works on the vault's thread.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ from .. import rest_codes
 from ..broker import TokenBroker
 from ..errors import Conflict, NotFound, OfflineTokenError
 from ..paging import Cursor, Page
-from ..stores import SQLiteTaskStore, SQLiteTokenStore
+from ..settings import OfflineTokenSettings
+from ..stores import SQLiteTaskStore, SQLiteTokenStore, TaskStore, TokenStore
 from .credentials import task_environment
 from .events import TaskEvents, TaskUpdates
 from .files import TaskFiles
@@ -46,7 +46,7 @@ from .queue import RunQueue
 from .runners import LocalTaskRunner, TaskRunner
 from .supervisor import ActiveRun, Supervisor, supervised_elsewhere
 from .token_links import TokenLinks
-from .warmth import TaskWarmth, WarmHook
+from .warmth import TaskWarmth
 
 log = logging.getLogger("jupyter_offline_token.tasks")
 
@@ -62,36 +62,39 @@ class TaskService:
 
     def __init__(
         self,
-        vault: SQLiteTokenStore,
+        vault: TokenStore,
         broker: TokenBroker,
         *,
+        store: TaskStore | None = None,
         root_dir: str | Path,
         server_url: Callable[[], str] | str,
-        max_running_tasks: int = 4,
-        cancel_grace: float = 10.0,
+        settings: OfflineTokenSettings | None = None,
         state_dir: str | Path | None = None,
         server_secrets: Callable[[], Iterable[str]] | None = None,
         python: str = sys.executable,
         keepalive_interval: float = 15.0,
-        report_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
         runner: TaskRunner | None = None,
     ) -> None:
         self.vault = vault
         self.broker = broker
-        self.store = SQLiteTaskStore(vault)
+        # max_running_tasks, task_cancel_grace and task_report_grace; defaults when None.
+        settings = settings if settings is not None else OfflineTokenSettings()
+        if store is None or state_dir is None:  # defaults for the SQLite vault (tests, tools)
+            assert isinstance(vault, SQLiteTokenStore), "a task store and state_dir are required"
+            store = store if store is not None else SQLiteTaskStore(vault)
+            state_dir = state_dir if state_dir is not None else vault.path.parent / "tasks"
+        self.store = store
         self._server_url = server_url
         self._server_secrets = server_secrets or (lambda: ())
         self.keepalive_interval = keepalive_interval
         self.clock = clock
         self.runner = runner if runner is not None else LocalTaskRunner(python=python)
-        self.files = TaskFiles(
-            Path(state_dir) if state_dir else vault.path.parent / "tasks", Path(root_dir)
-        )
+        self.files = TaskFiles(Path(state_dir), Path(root_dir))
         self.events = TaskEvents()
         self.updates = TaskUpdates(self.store, self.events, clock)
         self.warmth = TaskWarmth()
-        self.queue = RunQueue(max_running_tasks)
+        self.queue = RunQueue(settings.max_running_tasks)
         self._lock = asyncio.Lock()
         # The broker's side: its hooks and the handlers call these (see TokenLinks).
         self.links = TokenLinks(self, self._lock)
@@ -102,8 +105,8 @@ class TaskService:
             self.files,
             environment=self._environment,
             fetch_token=self.links.fetch_access_token,
-            cancel_grace=cancel_grace,
-            report_grace=report_grace,
+            cancel_grace=settings.task_cancel_grace,
+            report_grace=settings.task_report_grace,
         )
         self.supervisor.on_run_end = self._start_queued
         self.authenticate = self.links.authenticate
@@ -111,8 +114,6 @@ class TaskService:
         self.linked_tasks = self.links.linked_tasks
         self.tokens_in_use = self.links.tokens_in_use
         self.cancel_for_token = self.links.cancel_for_token
-        self.on_token_activated = self.links.on_token_activated
-        self.on_token_status_change = self.links.on_token_status_change
         self._started = False
         self._stopping = False
 
@@ -134,11 +135,6 @@ class TaskService:
     @cancel_grace.setter
     def cancel_grace(self, value: float) -> None:
         self.supervisor.cancel_grace = float(value)
-
-    @property
-    def on_warm_change(self) -> list[WarmHook]:
-        """Hooks told when a token's first task starts running and when its last one ends."""
-        return self.warmth.on_warm_change
 
     @property
     def state_dir(self) -> Path:

@@ -16,6 +16,7 @@ from .models import RUNNING, TaskRecord, is_task_id
 if TYPE_CHECKING:
     import asyncio
 
+    from ..broker import AccessToken
     from .service import TaskService
 
 log = logging.getLogger("jupyter_offline_token.tasks")
@@ -24,7 +25,8 @@ MAX_SECRET_CHARS = 256
 
 
 class TokenLinks:
-    """Tasks and their offline tokens, for the service and the broker's hooks."""
+    """Tasks and their offline tokens, for the service and the broker: it is the task side's
+    ``TokenEvents`` listener and ``TokenUsage`` (see ``token_events``)."""
 
     def __init__(self, service: TaskService, lock: asyncio.Lock) -> None:
         self.service = service
@@ -100,7 +102,7 @@ class TokenLinks:
                 cancelled.append(task_id)
         return cancelled
 
-    async def on_token_activated(self, record: TokenRecord) -> None:
+    async def token_activated(self, record: TokenRecord) -> None:
         """A consent requested with ``task_id`` links its task when granted."""
         if not record.task_id or not is_task_id(record.task_id):
             return
@@ -115,7 +117,7 @@ class TokenLinks:
                 task.id, expect=(task.status,), persistent_token_id=record.id
             )
 
-    async def on_token_status_change(self, record: TokenRecord) -> None:
+    async def token_status_changed(self, record: TokenRecord) -> None:
         """Republish linked tasks (their offline_token_status changed); a deleted entry
         cancels its running tasks and is unlinked from the others."""
         tasks = await self.store.for_tokens([record.id])
@@ -129,3 +131,9 @@ class TokenLinks:
             return
         for task in tasks:
             self.service.events.publish(task)
+
+    async def token_refreshed(self, record: TokenRecord, token: AccessToken) -> None:
+        """Nothing to do: a task fetches its access token when it needs one."""
+
+    def token_served_from_cache(self, token_id: str) -> None:
+        """Nothing to do (the refresh engine counts cache hits)."""

@@ -1,28 +1,33 @@
 """Which offline tokens the tasks running on this server keep warm.
 
 A token is warm while at least one of its tasks runs. The first task starting and the last one
-ending call every ``on_warm_change`` hook (the refresh engine keeps the token's access token
-fresh; the activity beat keeps the server from being culled).
+ending tell every ``token_events.WarmthListener`` (the refresh engine keeps the token's access
+token fresh; the activity beat keeps the server from being culled).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .models import TaskRecord
 
-log = logging.getLogger("jupyter_offline_token.tasks")
+if TYPE_CHECKING:
+    from ..token_events import WarmthListener
 
-WarmHook = Callable[[str, bool], Awaitable[None]]
+log = logging.getLogger("jupyter_offline_token.tasks")
 
 
 class TaskWarmth:
-    """Running task ids per token, and the hooks told when a token turns warm or cold."""
+    """Running task ids per token, and the listeners told when a token turns warm or cold."""
 
     def __init__(self) -> None:
-        self.on_warm_change: list[WarmHook] = []
+        self._listeners: list[WarmthListener] = []
         self._running: dict[str, set[str]] = {}  # token id -> running task ids
+
+    def add_listener(self, listener: WarmthListener) -> None:
+        """Tell ``listener`` when a token turns warm or cold, after those added before it."""
+        self._listeners.append(listener)
 
     def tokens(self) -> set[str]:
         """Tokens linked to a task running on this server."""
@@ -54,8 +59,8 @@ class TaskWarmth:
                 await self.remove(task_id, token_id)
 
     async def _notify(self, token_id: str, warm: bool) -> None:
-        for hook in self.on_warm_change:
+        for listener in self._listeners:
             try:
-                await hook(token_id, warm)
+                await listener.task_warmth(token_id, warm)
             except Exception:
-                log.exception("keep-warm hook failed for token %s", token_id)
+                log.exception("keep-warm listener failed for token %s", token_id)
