@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from . import defaults, metrics
 from .access_token import DEFAULT_MIN_TTL, AccessToken
 from .consent import REQUIRED_SCOPES, ConsentFlow
 from .errors import EntryGone, NotConfigured, NotFound, OfflineTokenError, ProviderUnavailable
@@ -49,7 +49,7 @@ class ProviderSettings:
     client_secret: str = field(default="", repr=False)
     token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 (a method name)
     scopes: list[str] = field(default_factory=lambda: list(REQUIRED_SCOPES))
-    http_timeout: float = 15.0
+    http_timeout: float = defaults.HTTP_TIMEOUT
 
 
 class TokenBroker:

@@ -20,6 +20,7 @@ from traitlets import Enum, Float, Int, List, Unicode, default
 from traitlets.config import Config
 from traitlets.traitlets import TraitError, TraitType
 
+from . import defaults
 from .secret_files import (
     ENVIRONMENT,
     SECRET_SETTINGS,
@@ -97,7 +98,9 @@ class OfflineTokenSettings(SettingChecks):
         Default: $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI.""",
     )
     http_timeout = Float(
-        15.0, config=True, help="Timeout in seconds of each request to the provider. Default: 15."
+        defaults.HTTP_TIMEOUT,
+        config=True,
+        help="Timeout in seconds of each request to the provider. Default: 15.",
     )
 
     # --- vault ---------------------------------------------------------------------------------
@@ -145,7 +148,9 @@ class OfflineTokenSettings(SettingChecks):
         'username' with any other (JupyterHub's, or a custom one).""",
     )
     audit_retention = Int(
-        200, config=True, help="Audit events kept per token (oldest dropped). Default: 200."
+        defaults.AUDIT_RETENTION,
+        config=True,
+        help="Audit events kept per token (oldest dropped). Default: 200.",
     )
     max_pending_consents = Int(
         50,
@@ -179,33 +184,35 @@ class OfflineTokenSettings(SettingChecks):
         entry exists. Default: 86400 (1 day).""",
     )
     min_refresh_interval = Float(
-        10.0,
+        defaults.MIN_REFRESH_INTERVAL,
         config=True,
         help="""Never more than one refresh attempt per token within this many seconds while the
         provider is failing. Default: 10.""",
     )
     backoff_base = Float(
-        10.0,
+        defaults.BACKOFF_BASE,
         config=True,
         help="""First retry delay in seconds after a transient provider fault; it doubles on each
         failure up to backoff_max, with jitter. Default: 10.""",
     )
     backoff_max = Float(
-        300.0, config=True, help="Longest retry delay in seconds (the cap). Default: 300."
+        defaults.BACKOFF_MAX,
+        config=True,
+        help="Longest retry delay in seconds (the cap). Default: 300.",
     )
     backoff_jitter = Float(
-        0.1,
+        defaults.BACKOFF_JITTER,
         config=True,
         help="Random spread of each retry delay, as a fraction (0.1 = ±10 %). Default: 0.1.",
     )
     refresh_concurrency = Int(
-        4,
+        defaults.REFRESH_CONCURRENCY,
         config=True,
         help="""Background refreshes running at once (after a restart or a laptop's wake, many
         tokens are due together: this keeps them from stampeding the provider). Default: 4.""",
     )
     wake_threshold = Float(
-        60.0,
+        defaults.WAKE_THRESHOLD,
         config=True,
         help="""A jump of the wall clock against the monotonic clock larger than this many seconds
         (a laptop's sleep) makes every schedule be re-evaluated at once. Default: 60.""",

@@ -23,7 +23,7 @@ from ..services import Services
 from .errors import http_status
 
 if TYPE_CHECKING:
-    from ..refresh_engine import RefreshEngine
+    from ..refresh.engine import RefreshEngine
     from ..tasks.credentials import TaskPrincipal
     from ..tasks.service import TaskService
 
@@ -215,7 +215,8 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def callback_url(self) -> CallbackURL:
-        return self.settings["offline_token_callback_url"]
+        url: CallbackURL = self.settings["offline_token_callback_url"]
+        return url
 
     @property
     def owner(self) -> str:

@@ -12,6 +12,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
+from .. import defaults
 from ..errors import IdTokenInvalid, PermanentProviderError, TransientProviderError
 from .discovery import ProviderMetadata, discovery_url, normalise_issuer, parse_metadata
 from .id_token import IdTokenValidator
@@ -39,7 +40,7 @@ class ProviderClient:
         client_secret: str = "",
         *,
         token_endpoint_auth_method: str = "client_secret_basic",  # noqa: S107 (a method name)
-        http_timeout: float = 15.0,
+        http_timeout: float = defaults.HTTP_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -147,7 +147,7 @@ class IdTokenValidator:
                     f"JWKS at {safe_url(jwks_uri)} has no 'keys' list", kind="malformed"
                 )
             try:
-                keys = KeySet.import_key_set(cast(KeySetSerialization, document))
+                keys: KeySet = KeySet.import_key_set(cast(KeySetSerialization, document))
             except (JoseError, ValueError, KeyError, TypeError) as exc:
                 raise TransientProviderError(
                     f"JWKS at {safe_url(jwks_uri)} holds no usable key", kind="malformed"

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from .. import defaults
+
 OutcomeKind = Literal["success", "transient", "permanent", "gone", "deferred"]
 _OUTCOME_KINDS = ("success", "transient", "permanent", "gone", "deferred")
 
@@ -74,9 +76,9 @@ class BackoffPolicy:
     in ``[1 - jitter, 1 + jitter]`` and never above ``cap * (1 + jitter)``.
     """
 
-    base: float = 10.0
-    cap: float = 300.0
-    jitter: float = 0.1
+    base: float = defaults.BACKOFF_BASE
+    cap: float = defaults.BACKOFF_MAX
+    jitter: float = defaults.BACKOFF_JITTER
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.base) and self.base > 0):

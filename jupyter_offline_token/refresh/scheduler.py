@@ -16,6 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .. import defaults
 from ..models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED
 from .attempt import OnChange, call_refresh, notify_change, where
 from .clock import Clock, SystemClock, wait_for_tasks
@@ -65,11 +66,11 @@ class RefreshScheduler:
         *,
         clock: Clock | None = None,
         backoff: BackoffPolicy | None = None,
-        min_refresh_interval: float = 10.0,
-        max_concurrency: int = 4,
+        min_refresh_interval: float = defaults.MIN_REFRESH_INTERVAL,
+        max_concurrency: int = defaults.REFRESH_CONCURRENCY,
         max_sleep: float = 30.0,
         clock_check_interval: float = 1.0,
-        wake_threshold: float = 60.0,
+        wake_threshold: float = defaults.WAKE_THRESHOLD,
         max_retry_after: float = 3600.0,
         on_change: OnChange | None = None,
         rng: random.Random | None = None,

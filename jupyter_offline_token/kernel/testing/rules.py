@@ -146,7 +146,7 @@ def query_flag(request: httpx.Request, name: str, default: bool) -> bool:
 
 
 def status_filter(request: httpx.Request, allowed: tuple[str, ...]) -> str | None:
-    status = request.url.params.get("status")
+    status: str | None = request.url.params.get("status")
     if status is not None and status not in allowed:
         raise Reject(
             error_response(400, rc.INVALID_QUERY, f"status must be one of {', '.join(allowed)}")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ... import defaults
 from ...crypto import KeyRing
 from ...errors import EntryGone, VaultError
 from ...models import (
@@ -54,7 +55,7 @@ class SQLiteTokenStore(TokenStore):
         path: Path,
         *,
         encryption_keys: builtins.list[str] | None = None,
-        audit_retention: int = 200,
+        audit_retention: int = defaults.AUDIT_RETENTION,
         max_pending_consents: int | None = None,
         **kwargs: Any,
     ) -> None:
