@@ -1,6 +1,6 @@
 """A second (and third) process sharing the server's vault: refresh one token N times.
 
-Used by test_cross_process.py. Prints one JSON line: {"ok": n, "errors": [codes]}.
+Used by test_grant_cross_process.py. Prints one JSON line: {"ok": n, "errors": [codes]}.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The dashboard shows the newest page of a big vault and loads older entries on demand
-(a real ``jupyter server`` and Debian's chromium, as in ``test_browser.py``)."""
+(a real ``jupyter server`` and Debian's chromium, as in ``test_dashboard_browser.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_browser import browser_page, playwright_async
+from test_dashboard_browser import browser_page, playwright_async
 from test_scale import fill
 
 from jupyter_offline_token.stores import SQLiteTokenStore
