@@ -260,16 +260,6 @@ class TokenBroker:
     async def get_token(self, owner: str | None, token_id: str) -> TokenRecord:
         return await self.owned(owner, token_id)
 
-    async def list_tokens(
-        self,
-        owner: str | None,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[TokenRecord]:
-        return await self.vault.list(owner=owner, status=status, limit=limit, offset=offset)
-
     async def list_token_page(
         self,
         owner: str,

@@ -129,13 +129,9 @@ class TokenRevocation:
         """Other active entries of the same account and client: some providers end them all."""
         if not record.subject:
             return
-        result.shared_with = [
-            other.id
-            for other in await self.broker.vault.list(owner=record.owner, status=ACTIVE)
-            if other.id != record.id
-            and other.subject == record.subject
-            and other.client_id == record.client_id
-        ]
+        result.shared_with = await self.broker.vault.sharing_account(
+            record.id, owner=record.owner, subject=record.subject, client_id=record.client_id
+        )
         if result.shared_with and result.revoked:
             result.warning = (
                 f"{len(result.shared_with)} other active offline token(s) share this account and "

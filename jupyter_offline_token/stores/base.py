@@ -127,6 +127,13 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         (admin and sweep use only)."""
 
     @abstractmethod
+    async def sharing_account(
+        self, token_id: str, *, owner: str, subject: str, client_id: str, limit: int = 100
+    ) -> builtins.list[str]:
+        """Ids of the owner's other ACTIVE entries for the same provider account (``subject``)
+        and client, at most ``limit``, filtered by the store (no entry is read into memory)."""
+
+    @abstractmethod
     async def list_page(
         self,
         *,

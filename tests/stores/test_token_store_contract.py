@@ -578,3 +578,41 @@ async def test_pending_cap_counts_only_unexpired_entries_of_the_owner(backend: A
         assert counts["pending"] == 3
     finally:
         await vault.close()
+
+
+async def test_sharing_account_finds_only_the_owners_other_active_entries_of_that_account(
+    vault: TokenStore,
+) -> None:
+    async def active(owner: str, subject: str, client_id: str = "jupyter") -> str:
+        record = await vault.create_pending(
+            owner=owner,
+            issuer="http://idp.test",
+            client_id=client_id,
+            scopes=["openid", "offline_access"],
+            state_hash=uuid.uuid4().hex,
+            secrets=ConsentSecrets(code_verifier="v", nonce="n", redirect_uri="http://x/cb"),
+            consent_expires_at=2000.0,
+            now=1000.0,
+        )
+        await vault.activate(
+            record.id,
+            refresh_token="rt",
+            subject=subject,
+            scopes=["openid"],
+            idle_expires_at=None,
+            now=1001.0,
+        )
+        return record.id
+
+    first = await active("alice", "sub-a")
+    second = await active("alice", "sub-a")
+    third = await active("alice", "sub-a")
+    await active("alice", "sub-b")  # another account
+    await active("alice", "sub-a", client_id="other")  # another client
+    await active("bob", "sub-a")  # another owner
+    await vault.mark_failed(third, error="invalid_grant", now=1002.0)  # no longer active
+    found = await vault.sharing_account(first, owner="alice", subject="sub-a", client_id="jupyter")
+    assert found == [second]
+    assert await vault.sharing_account(
+        first, owner="alice", subject="sub-a", client_id="jupyter", limit=1
+    ) == [second]

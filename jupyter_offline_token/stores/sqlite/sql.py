@@ -41,3 +41,35 @@ def split_statements(script: str) -> Iterator[str]:
 def marks(values: Sequence[object]) -> str:
     """``?, ?, ...``: one placeholder per value, for ``IN (...)``."""
     return ", ".join("?" for _ in values)
+
+
+def delete_stale(
+    conn: sqlite3.Connection,
+    table: str,
+    statuses: Sequence[str],
+    before: float,
+    limit: int,
+    *,
+    also: Sequence[str] = (),
+) -> list[str]:
+    """In one transaction: delete up to ``limit`` rows of ``table`` whose status is one of
+    ``statuses`` and unchanged since ``before``, and their rows in each ``also`` table (a
+    ``<table>_id`` column names them there, e.g. ``audit.token_id``); return their ids.
+    ``table`` and ``also`` are this package's own names, never input."""
+    owner_column = f"{table.rstrip('s')}_id"
+    with transaction(conn):
+        ids = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM {table} WHERE status IN ({marks(statuses)}) "  # noqa: S608
+                "AND updated_at < ? LIMIT ?",
+                (*statuses, before, limit),
+            )
+        ]
+        conn.executemany(f"DELETE FROM {table} WHERE id = ?", [(i,) for i in ids])  # noqa: S608
+        for other in also:
+            conn.executemany(
+                f"DELETE FROM {other} WHERE {owner_column} = ?",  # noqa: S608
+                [(i,) for i in ids],
+            )
+    return ids

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ...paging import Cursor, Page, check_limit
 from ...tasks.models import RUNNING, TASK_PENDING, TERMINAL, TaskRecord
 from ..base import TaskStore
-from .sql import marks, transaction
+from .sql import delete_stale, marks, transaction
 
 if TYPE_CHECKING:
     from .tokens import SQLiteTokenStore
@@ -231,20 +231,9 @@ class SQLiteTaskStore(TaskStore):
         unchanged since ``before``, in one short transaction; return their ids."""
         check_limit(limit)
         finished = tuple(sorted(TERMINAL))
-        places = marks(finished)
 
         def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            with transaction(conn):
-                ids = [
-                    row["id"]
-                    for row in conn.execute(
-                        f"SELECT id FROM tasks WHERE status IN ({places}) "  # noqa: S608
-                        "AND updated_at < ? LIMIT ?",
-                        (*finished, before, limit),
-                    )
-                ]
-                conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in ids])
-            return ids
+            return delete_stale(conn, "tasks", finished, before, limit)
 
         return await self.token_store.run(work)
 

@@ -19,6 +19,7 @@ from ... import defaults
 from ...crypto import KeyRing
 from ...errors import EntryGone, VaultError
 from ...models import (
+    ACTIVE,
     EXPIRED,
     FAILED,
     IDLE,
@@ -38,7 +39,7 @@ from . import audit as audit_rows
 from . import consent, leases, rows
 from .database import Database
 from .schema import ATTENTION
-from .sql import marks, transaction
+from .sql import delete_stale, transaction
 
 T = TypeVar("T")
 
@@ -234,6 +235,23 @@ class SQLiteTokenStore(TokenStore):
 
         def work(conn: sqlite3.Connection) -> builtins.list[TokenRecord]:
             return [rows.record(row) for row in conn.execute(sql, params)]
+
+        return await self.run(work)
+
+    async def sharing_account(
+        self, token_id: str, *, owner: str, subject: str, client_id: str, limit: int = 100
+    ) -> builtins.list[str]:
+        check_limit(limit)
+
+        def work(conn: sqlite3.Connection) -> builtins.list[str]:
+            return [
+                row["id"]
+                for row in conn.execute(
+                    "SELECT id FROM tokens WHERE owner = ? AND status = ? AND subject = ? "
+                    "AND client_id = ? AND id != ? ORDER BY created_at DESC LIMIT ?",
+                    (owner, ACTIVE, subject, client_id, token_id, limit),
+                )
+            ]
 
         return await self.run(work)
 
@@ -461,20 +479,9 @@ class SQLiteTokenStore(TokenStore):
 
     async def purge(self, before: float, *, limit: int) -> builtins.list[str]:
         check_limit(limit)
-        places = marks(PURGEABLE_STATUSES)
 
         def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            with transaction(conn):
-                ids = [
-                    row["id"]
-                    for row in conn.execute(
-                        f"SELECT id FROM tokens WHERE status IN ({places}) "  # noqa: S608
-                        "AND updated_at < ? LIMIT ?",
-                        (*PURGEABLE_STATUSES, before, limit),
-                    )
-                ]
-                conn.executemany("DELETE FROM tokens WHERE id = ?", [(i,) for i in ids])
-                conn.executemany("DELETE FROM audit WHERE token_id = ?", [(i,) for i in ids])
+            ids = delete_stale(conn, "tokens", PURGEABLE_STATUSES, before, limit, also=["audit"])
             if ids:
                 # As in delete(): copy the zeroed cells into the main file (never waits).
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
