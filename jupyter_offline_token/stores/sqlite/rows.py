@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from ...errors import EntryGone
-from ...models import TokenRecord
+from ...models import ACTIVE, TokenRecord
 
 RECORD_COLUMNS = (
     "id, owner, issuer, client_id, status, scopes, created_at, updated_at, label, task_id, "
@@ -106,3 +106,17 @@ def owner_status_filter(owner: str | None, status: str | None) -> tuple[list[str
         where.append("status = ?")
         params.append(status)
     return where, params
+
+
+def sharing_account(
+    conn: sqlite3.Connection, token_id: str, owner: str, subject: str, client_id: str, limit: int
+) -> list[str]:
+    """The owner's other active entries of one provider account and client (newest first)."""
+    return [
+        row["id"]
+        for row in conn.execute(
+            "SELECT id FROM tokens WHERE owner = ? AND status = ? AND subject = ? "
+            "AND client_id = ? AND id != ? ORDER BY created_at DESC LIMIT ?",
+            (owner, ACTIVE, subject, client_id, token_id, limit),
+        )
+    ]

@@ -19,7 +19,6 @@ from ... import defaults
 from ...crypto import KeyRing
 from ...errors import EntryGone, VaultError
 from ...models import (
-    ACTIVE,
     EXPIRED,
     FAILED,
     IDLE,
@@ -242,18 +241,7 @@ class SQLiteTokenStore(TokenStore):
         self, token_id: str, *, owner: str, subject: str, client_id: str, limit: int = 100
     ) -> builtins.list[str]:
         check_limit(limit)
-
-        def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            return [
-                row["id"]
-                for row in conn.execute(
-                    "SELECT id FROM tokens WHERE owner = ? AND status = ? AND subject = ? "
-                    "AND client_id = ? AND id != ? ORDER BY created_at DESC LIMIT ?",
-                    (owner, ACTIVE, subject, client_id, token_id, limit),
-                )
-            ]
-
-        return await self.run(work)
+        return await self.run(rows.sharing_account, token_id, owner, subject, client_id, limit)
 
     async def list_page(
         self,
