@@ -59,16 +59,29 @@ def lab(idp, tmp_path_factory) -> Iterator[dict[str, str]]:
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
         "JUPYTER_CONFIG_DIR": str(home / "config"),
     }
+    yield from serve_jupyter("lab", home, env, port, token, ["--OfflineTokenApp.sweep_interval=5"])
+
+
+def serve_jupyter(
+    command: str,
+    home: Path,
+    env: dict[str, str],
+    port: int,
+    token: str,
+    extra: list[str],
+) -> Iterator[dict[str, str]]:
+    """Run ``jupyter <command>`` on ``port`` until the offline-token API answers; yield its
+    base URL and token; stop it (SIGTERM, then SIGKILL after 15 s) when the caller is done."""
     jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or "jupyter"
     argv = [
         jupyter,
-        "lab",
+        command,
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={home}",
-        "--OfflineTokenApp.sweep_interval=5",
+        *extra,
     ]
     if os.geteuid() == 0:
         argv.append("--allow-root")
@@ -85,7 +98,7 @@ def lab(idp, tmp_path_factory) -> Iterator[dict[str, str]]:
             except httpx.TransportError:
                 pass
             assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "jupyter lab did not start"
+            assert time.monotonic() < deadline, f"jupyter {command} did not start"
             time.sleep(0.3)
         yield {"base": base, "token": token}
     finally:

@@ -7,16 +7,11 @@ import asyncio
 import getpass
 import os
 import secrets
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
-from test_dashboard_browser import browser_page, playwright_async
+from test_dashboard_browser import _free_port, browser_page, playwright_async, serve_jupyter
 from test_scale import fill
 
 from jupyter_offline_token.stores import SQLiteTokenStore
@@ -39,57 +34,14 @@ def big_server(tmp_path_factory) -> Iterator[dict[str, str]]:
             await vault.close()
 
     asyncio.run(prepare())
-    port = _free_port()
-    token = secrets.token_hex(16)
-    jupyter = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or "jupyter"
-    argv = [
-        jupyter,
-        "server",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={home}",
-        f"--OfflineTokenApp.vault_path={vault_path}",
-    ]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
     env = {
         **os.environ,
         "JUPYTER_DATA_DIR": str(home / "data"),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
         "JUPYTER_CONFIG_DIR": str(home / "config"),
     }
-    log = (home / "server.log").open("wb")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}api/offline-token/health", params={"token": token}).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "jupyter server did not start"
-            time.sleep(0.3)
-        yield {"base": base, "token": token}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    extra = [f"--OfflineTokenApp.vault_path={vault_path}"]
+    yield from serve_jupyter("server", home, env, _free_port(), secrets.token_hex(16), extra)
 
 
 async def test_dashboard_shows_a_page_and_loads_older_on_demand(big_server):
