@@ -227,7 +227,7 @@ class RefreshGrants:
             except EntryGone:
                 raise NotFound(f"no offline token {token_id!r}") from None
             if got is not None:
-                return got
+                return got.record, got.refresh_token
             if time.monotonic() > deadline:
                 raise ProviderUnavailable(
                     "another process is refreshing this token; try again shortly", retry_after=2

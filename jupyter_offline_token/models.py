@@ -102,3 +102,28 @@ class AuditEvent:
 class Page:
     items: list[Any] = field(default_factory=list)
     total: int = 0
+
+
+@dataclass(repr=False, frozen=True)
+class SharedAccessToken:
+    """An access token as the store keeps it for every process sharing it (issue 11: one grant per
+    expiry cluster-wide). Encrypted at rest like the refresh token; ``expires_at`` is wall time."""
+
+    access_token: str
+    token_type: str
+    expires_at: float
+    scope: str | None
+
+    def __repr__(self) -> str:
+        return f"SharedAccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True)
+class RefreshStart:
+    """What ``TokenStore.begin_refresh`` hands the lease holder. ``taken_over``: the lease was
+    another holder's and had expired without being released (that holder died or hung mid-refresh,
+    so the stored refresh token may already have been redeemed: check it before use)."""
+
+    record: TokenRecord
+    refresh_token: str | None = field(repr=False)
+    taken_over: bool = False

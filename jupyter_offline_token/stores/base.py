@@ -26,7 +26,14 @@ from collections.abc import Callable
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import MetaHasTraits
 
-from ..models import FAILURE_KINDS, AuditEvent, ConsentSecrets, TokenRecord
+from ..models import (
+    FAILURE_KINDS,
+    AuditEvent,
+    ConsentSecrets,
+    RefreshStart,
+    SharedAccessToken,
+    TokenRecord,
+)
 from ..paging import Cursor, Page
 from ..tasks.models import TaskRecord
 
@@ -180,13 +187,14 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
     @abstractmethod
     async def begin_refresh(
         self, token_id: str, holder: str, ttl: float, now: float
-    ) -> tuple[TokenRecord, str | None] | None:
+    ) -> RefreshStart | None:
         """Single flight: take the lease and read the entry and its refresh token atomically.
 
         None while another holder's unexpired lease stands (across processes: one grant per
-        token at a time, cluster-wide). The token is None when the entry has none. EntryGone;
-        DecryptionError with the lease held (the caller marks the entry failed, which releases
-        it)."""
+        token at a time, cluster-wide). ``refresh_token`` is None when the entry has none;
+        ``taken_over`` is True when the lease was another holder's and had expired unreleased.
+        EntryGone; DecryptionError with the lease held (the caller marks the entry failed,
+        which releases it)."""
 
     @abstractmethod
     async def release_lease(self, token_id: str, holder: str) -> None:
@@ -202,8 +210,11 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         now: float,
         holder: str | None = None,
         audit: AuditEvent | None = None,
+        access: SharedAccessToken | None = None,
     ) -> TokenRecord:
-        """Durable rotation: one commit stores the rotated refresh token (None: keep the old),
+        """Durable rotation: one commit stores the rotated refresh token (None: keep the old)
+        and ``access``, the grant's access token, encrypted for the other processes (None:
+        clear the shared one),
         resets the retry state (idle, no error, count 0), bumps refresh_count, releases
         ``holder``'s lease and appends ``audit``. Returns only once that commit is durable, so
         the new access token may be handed out. VaultError (nothing stored) when ``holder``
@@ -247,6 +258,38 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         """Bounded purge: delete at most ``limit`` expired, failed or revoked entries unchanged
         since ``before`` with their audit events, in one short transaction; return their ids.
         Callers loop in batches, so no write lock is held for the whole backlog."""
+
+    # --- shared access tokens (issue 11: one grant per expiry across processes) ----------------
+    async def read_access_token(
+        self, token_id: str, *, valid_until: float
+    ) -> SharedAccessToken | None:
+        """The access token stored by the last refresh (in any process), decrypted, when it is
+        still valid at wall time ``valid_until``; None otherwise, when the entry is not active,
+        or when it cannot be decrypted (it is only a cache: never an error)."""
+        raise NotImplementedError  # issue 11 integration: abstract once every backend has it
+
+    # --- cluster coordination (issue 11: several processes share one store) -------------------
+    async def evictions_after(
+        self, cursor: int | None, *, limit: int = 1000
+    ) -> tuple[int, builtins.list[str]]:
+        """The eviction log every process tails to drop cached access tokens: ids of entries
+        that left ``active`` or were deleted after ``cursor``, oldest first, at most ``limit``,
+        with the cursor to pass next. ``cursor`` None: ``(the current end, [])``."""
+        raise NotImplementedError
+
+    async def wait_for_evictions(self, timeout: float) -> None:
+        """Return when new evictions may have been logged, or after ``timeout`` seconds. This
+        default polls (sleeps ``timeout``); a backend with notifications returns early."""
+        raise NotImplementedError
+
+    async def prune_evictions(self, before: float, *, limit: int) -> int:
+        """Delete at most ``limit`` eviction log rows logged before ``before``; how many."""
+        raise NotImplementedError
+
+    async def claim_sweep(self, name: str, holder: str, *, interval: float, now: float) -> bool:
+        """Cluster-wide periodic job ``name``: True for exactly one caller per ``interval``
+        (the first whose ``now`` is at or past the previous claim's ``now + interval``)."""
+        raise NotImplementedError
 
     # --- audit ---------------------------------------------------------------------------------
     @abstractmethod

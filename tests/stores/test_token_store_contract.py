@@ -417,11 +417,16 @@ async def test_begin_refresh_takes_the_lease_and_reads_the_token(vault: TokenSto
     record = await make_active(vault)
     got = await vault.begin_refresh(record.id, "worker-a", 30, now=2000.0)
     assert got is not None
-    read, token = got
-    assert read.id == record.id and token == REFRESH
-    # Another holder waits while the lease is fresh, takes it once it expired.
+    assert got.record.id == record.id and got.refresh_token == REFRESH
+    assert not got.taken_over and REFRESH not in repr(got)
+    # Another holder waits while the lease is fresh, takes it once it expired (taken over).
     assert await vault.begin_refresh(record.id, "worker-b", 30, now=2010.0) is None
-    assert await vault.begin_refresh(record.id, "worker-b", 30, now=2031.0) is not None
+    late = await vault.begin_refresh(record.id, "worker-b", 30, now=2031.0)
+    assert late is not None and late.taken_over
+    # A released lease is free again: not a take-over.
+    await vault.release_lease(record.id, "worker-b")
+    again = await vault.begin_refresh(record.id, "worker-a", 30, now=2032.0)
+    assert again is not None and not again.taken_over
     with pytest.raises(EntryGone):
         await vault.begin_refresh("no-such-id", "worker-a", 30, now=2000.0)
 

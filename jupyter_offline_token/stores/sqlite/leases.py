@@ -12,7 +12,7 @@ import contextlib
 import sqlite3
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, TokenRecord
+from ...models import AuditEvent, RefreshStart, TokenRecord
 from . import audit, rows
 from .database import Database
 from .sql import transaction
@@ -25,8 +25,12 @@ def check_lease_args(holder: str, ttl: float) -> None:
         raise ValueError("ttl must be positive")
 
 
-def take(conn: sqlite3.Connection, token_id: str, holder: str, ttl: float, now: float) -> bool:
-    """Inside a write transaction: take the refresh lease if it is free, expired or ours."""
+def take(
+    conn: sqlite3.Connection, token_id: str, holder: str, ttl: float, now: float
+) -> bool | None:
+    """Inside a write transaction: take the refresh lease if it is free, expired or ours.
+    False when another holder has it; None when it was another holder's, expired and never
+    released (taken over); True otherwise."""
     row = conn.execute(
         "SELECT lease_holder, lease_expires_at FROM tokens WHERE id = ?", (token_id,)
     ).fetchone()
@@ -39,18 +43,19 @@ def take(conn: sqlite3.Connection, token_id: str, holder: str, ttl: float, now: 
         "UPDATE tokens SET lease_holder = ?, lease_expires_at = ? WHERE id = ?",
         (holder, now + ttl, token_id),
     )
-    return True
+    return None if current is not None and current != holder else True
 
 
 def begin(
     database: Database, token_id: str, holder: str, ttl: float, now: float
-) -> tuple[TokenRecord, str | None] | None:
+) -> RefreshStart | None:
     """On the worker thread: lease + entry + refresh token in one transaction of the lease
     connection (no fsync: a lease needs no durability); decrypt after the commit."""
     conn = database.lease_connection()
     try:
         with transaction(conn):
-            if not take(conn, token_id, holder, ttl, now):
+            taken = take(conn, token_id, holder, ttl, now)
+            if taken is False:
                 return None
             record = rows.existing(conn, token_id)
             secret = conn.execute(
@@ -61,8 +66,9 @@ def begin(
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+    taken_over = taken is None
     if secret["secret_ct"] is None:
-        return record, None
+        return RefreshStart(record, None, taken_over)
     plain = database.decrypt(
         secret["secret_key_id"],
         secret["secret_nonce"],
@@ -70,7 +76,7 @@ def begin(
         rows.refresh_aad(token_id, record.owner),
         what=f"the refresh token of vault entry {token_id}",
     )
-    return record, plain.decode()
+    return RefreshStart(record, plain.decode(), taken_over)
 
 
 def record_refresh(

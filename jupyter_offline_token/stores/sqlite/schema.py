@@ -118,11 +118,50 @@ END;
 # consent; NULL = unknown), so nobody has to read it out of last_error's text.
 _MIGRATION_5 = "ALTER TABLE tokens ADD COLUMN last_error_kind TEXT"
 
+# Issue 11: several processes share one store.
+# - access_*: the latest access token, encrypted like the refresh token (AAD binds id, owner, key
+#   id and the column), so a second process serves it instead of making its own grant.
+# - evictions: an append-only log of entries that left ``active`` or were deleted; every process
+#   tails it (by seq) to drop its cached access tokens at once. Kept by triggers in the same
+#   transaction as the change, so no code path can forget it; pruned by age in the sweep.
+# - sweeps: one row per cluster-wide periodic job; a claim is valid for one interval, so each due
+#   item is handled once across processes.
+_MIGRATION_6 = """
+ALTER TABLE tokens ADD COLUMN access_ct BLOB;
+ALTER TABLE tokens ADD COLUMN access_nonce BLOB;
+ALTER TABLE tokens ADD COLUMN access_key_id TEXT;
+ALTER TABLE tokens ADD COLUMN access_expires_at REAL;
+CREATE TABLE evictions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_id TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX evictions_ts ON evictions (ts);
+CREATE TRIGGER tokens_evict_delete AFTER DELETE ON tokens BEGIN
+    INSERT INTO evictions (token_id, ts)
+        VALUES (OLD.id, (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER tokens_evict_status AFTER UPDATE OF status ON tokens
+WHEN OLD.status = 'active' AND NEW.status IS NOT 'active'
+BEGIN
+    INSERT INTO evictions (token_id, ts)
+        VALUES (OLD.id, (julianday('now') - 2440587.5) * 86400.0);
+    UPDATE tokens SET access_ct = NULL, access_nonce = NULL, access_key_id = NULL,
+        access_expires_at = NULL WHERE id = NEW.id;
+END;
+CREATE TABLE sweeps (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    next_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: list[Migration] = [
     _MIGRATION_1,
     TASKS_TABLE,
     _MIGRATION_3,
     _MIGRATION_4_TOKENS + TASKS_INDEXES_4,
     _MIGRATION_5,
+    _MIGRATION_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

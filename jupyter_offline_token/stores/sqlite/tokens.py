@@ -30,6 +30,8 @@ from ...models import (
     TOKEN_STATUSES,
     AuditEvent,
     ConsentSecrets,
+    RefreshStart,
+    SharedAccessToken,
     TokenRecord,
 )
 from ...paging import Cursor, Page, check_limit
@@ -346,13 +348,13 @@ class SQLiteTokenStore(TokenStore):
 
         def work(conn: sqlite3.Connection) -> bool:
             with transaction(conn):
-                return leases.take(conn, token_id, holder, ttl, now)
+                return leases.take(conn, token_id, holder, ttl, now) is not False
 
         return await self.run(work)
 
     async def begin_refresh(
         self, token_id: str, holder: str, ttl: float, now: float
-    ) -> tuple[TokenRecord, str | None] | None:
+    ) -> RefreshStart | None:
         leases.check_lease_args(holder, ttl)
         return await self.run(lambda _: leases.begin(self.database, token_id, holder, ttl, now))
 
@@ -377,6 +379,7 @@ class SQLiteTokenStore(TokenStore):
         now: float,
         holder: str | None = None,
         audit: AuditEvent | None = None,
+        access: SharedAccessToken | None = None,
     ) -> TokenRecord:
         """Returns after COMMIT (synchronous=FULL): one commit instead of two on the refresh
         path, the rotated token durable before the access token leaves the process."""
