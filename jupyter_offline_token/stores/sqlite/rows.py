@@ -7,6 +7,9 @@ from typing import Any
 
 from ...errors import EntryGone
 from ...models import ACTIVE, TokenRecord
+from ..aad import access_aad as access_aad
+from ..aad import consent_aad as consent_aad
+from ..aad import refresh_aad as refresh_aad
 
 RECORD_COLUMNS = (
     "id, owner, issuer, client_id, status, scopes, created_at, updated_at, label, task_id, "
@@ -14,14 +17,6 @@ RECORD_COLUMNS = (
     "last_error_kind, refresh_state, next_attempt_at, retry_count, idle_expires_at, keep_warm, "
     "secret_ct IS NOT NULL AS has_secret"
 )
-
-
-def refresh_aad(token_id: str, owner: str) -> bytes:
-    return f"token:{token_id}:{owner}:refresh".encode()
-
-
-def consent_aad(token_id: str, owner: str) -> bytes:
-    return f"token:{token_id}:{owner}:consent".encode()
 
 
 def record(row: sqlite3.Row) -> TokenRecord:
