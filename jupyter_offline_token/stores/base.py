@@ -269,27 +269,32 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         raise NotImplementedError  # issue 11 integration: abstract once every backend has it
 
     # --- cluster coordination (issue 11: several processes share one store) -------------------
+    @abstractmethod
     async def evictions_after(
         self, cursor: int | None, *, limit: int = 1000
     ) -> tuple[int, builtins.list[str]]:
         """The eviction log every process tails to drop cached access tokens: ids of entries
-        that left ``active`` or were deleted after ``cursor``, oldest first, at most ``limit``,
-        with the cursor to pass next. ``cursor`` None: ``(the current end, [])``."""
-        raise NotImplementedError
+        that left ``active`` or were deleted after ``cursor``, oldest first, at most ``limit``
+        (1 to 1000), with the cursor to pass next. ``cursor`` None: ``(the current end, [])``.
+        A rotation or a refresh logs nothing; an id may appear more than once (one row per
+        change)."""
 
+    @abstractmethod
     async def wait_for_evictions(self, timeout: float) -> None:
-        """Return when new evictions may have been logged, or after ``timeout`` seconds. This
-        default polls (sleeps ``timeout``); a backend with notifications returns early."""
-        raise NotImplementedError
+        """Return when new evictions may have been logged, or after ``timeout`` seconds. A
+        polling backend sleeps ``timeout`` (on the event loop); a backend with notifications
+        returns early. Never raises for a quiet log; the caller reads ``evictions_after``."""
 
+    @abstractmethod
     async def prune_evictions(self, before: float, *, limit: int) -> int:
-        """Delete at most ``limit`` eviction log rows logged before ``before``; how many."""
-        raise NotImplementedError
+        """Delete at most ``limit`` (1 to 1000) eviction log rows logged before wall time
+        ``before``, oldest first; how many."""
 
+    @abstractmethod
     async def claim_sweep(self, name: str, holder: str, *, interval: float, now: float) -> bool:
         """Cluster-wide periodic job ``name``: True for exactly one caller per ``interval``
-        (the first whose ``now`` is at or past the previous claim's ``now + interval``)."""
-        raise NotImplementedError
+        (the first whose ``now`` is at or past the previous claim's ``now + interval``),
+        atomically across processes. ValueError for an empty name or holder or interval <= 0."""
 
     # --- audit ---------------------------------------------------------------------------------
     @abstractmethod

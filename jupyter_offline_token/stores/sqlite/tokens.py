@@ -38,6 +38,7 @@ from ...paging import Cursor, Page, check_limit
 from ..base import ERROR_KINDS, TokenStore
 from . import audit as audit_rows
 from . import consent, leases, rows
+from .cluster import SQLiteClusterMethods
 from .database import Database
 from .schema import ATTENTION
 from .sql import delete_stale, transaction
@@ -49,7 +50,7 @@ REFRESH_STATES = (IDLE, SCHEDULED, RETRYING, REFRESH_FAILED)
 PURGEABLE_STATUSES = (EXPIRED, FAILED, REVOKED)
 
 
-class SQLiteTokenStore(TokenStore):
+class SQLiteTokenStore(SQLiteClusterMethods, TokenStore):
     """The encrypted token store, one SQLite file shared by every process of the same user."""
 
     def __init__(
