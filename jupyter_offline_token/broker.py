@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -415,6 +415,18 @@ class TokenBroker:
         self._cache.clear()
         if self.provider is not None:
             await self.provider.aclose()
+
+    # --- cross-process eviction (issue 11) -----------------------------------------------------
+    def evict(self, ids: Iterable[str] | None) -> int:
+        """Drop the cached access tokens of ``ids`` (entries another process deleted, revoked
+        or failed: the eviction watcher's hook), or every cached token when None. Returns how
+        many were dropped. A grant in flight for one of them cannot cache its result: the
+        store refuses to record a refresh of an entry that is gone or lost its lease."""
+        if ids is None:
+            dropped = len(self._cache)
+            self._cache.clear()
+            return dropped
+        return sum(self._cache.pop(token_id, None) is not None for token_id in ids)
 
 
 def _is_uuid(value: str) -> bool:

@@ -105,6 +105,7 @@ class SettingChecks(LoggingConfigurable):
         "wake_threshold",
         "sweep_interval",
         "activity_interval",
+        "eviction_poll_interval",
     )
     def _check_positive(self, proposal: Any) -> float:
         value = float(proposal["value"])

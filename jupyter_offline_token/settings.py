@@ -221,7 +221,17 @@ class OfflineTokenSettings(SettingChecks):
         60.0,
         config=True,
         help="""Seconds between housekeeping passes: expiring stale consents, the keep-alive
-        scan, metrics gauges and the audit of cached accesses. Default: 60.""",
+        scan, metrics gauges and the audit of cached accesses. When several servers share the
+        vault, each periodic job runs in one of them per interval. Default: 60.""",
+    )
+    eviction_poll_interval = Float(
+        0.25,
+        config=True,
+        help="""Seconds between reads of the vault's eviction log, when several Jupyter servers
+        share one SQLite vault: a token deleted, revoked or failed in one of them stops being
+        served from the others' in-memory caches within about this long. Each read is one
+        indexed query. A store that notifies (PostgreSQL) wakes the reader at once and is read
+        at least this often. Default: 0.25.""",
     )
 
     # --- tasks --------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ does the actual refresh), the vault (``_persist`` is the one writer of the refre
 shows) and the metrics. A token is *warm* while a running task uses it or while its entry asks
 for it (``keep_warm``); only warm tokens are refreshed proactively, so the scheduler's memory
 grows with warm tokens, not with the vault.
+
+Several processes may share one store (issue 11). The periodic jobs (expiring consents, the
+retention purge, the keep-alive scan, pruning the eviction log) each run in whichever process
+wins ``TokenStore.claim_sweep`` for the interval, so each runs once per interval cluster-wide;
+gauges and the audit of cached accesses stay per process. The ``EvictionWatcher`` started here
+drops this process's cached access tokens of entries another process made unusable.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from .. import metrics
 from ..access_token import DEFAULT_MIN_TTL, AccessToken
 from ..broker import TokenBroker
 from ..errors import EntryGone
+from ..eviction import EvictionWatcher
 from ..models import ACTIVE, RETRYING, TokenRecord
 from ..settings import OfflineTokenSettings
 from ..token_events import TaskHistory
@@ -30,6 +37,18 @@ log = logging.getLogger("jupyter_offline_token.refresh")
 # Retention purge: rows per transaction, transactions per sweep.
 PURGE_BATCH = 200
 PURGE_MAX_BATCHES = 10
+# Eviction log: rows kept this long, pruned at most this often, this many per transaction. A
+# cached access token lives far less than a day, so a watcher that lagged longer than that has
+# nothing left to drop for the rows it missed.
+EVICTION_LOG_RETENTION = 86400.0
+EVICTION_PRUNE_INTERVAL = 3600.0
+EVICTION_PRUNE_BATCH = 1000
+
+# The cluster-wide periodic jobs (claim_sweep names).
+SWEEP_EXPIRE = "expire_pending"
+SWEEP_PURGE = "purge"
+SWEEP_KEEPALIVE = "keepalive"
+SWEEP_EVICTIONS = "prune_evictions"
 
 
 class RefreshEngine:
@@ -42,8 +61,9 @@ class RefreshEngine:
         clock: Clock | None = None,
     ) -> None:
         """Reads its settings (refresh_margin, keepalive_interval, min_refresh_interval,
-        backoff_*, refresh_concurrency, wake_threshold, sweep_interval, history_retention)
-        from ``settings``; the defaults when None. ``backoff`` overrides the backoff_* ones."""
+        backoff_*, refresh_concurrency, wake_threshold, sweep_interval, history_retention,
+        eviction_poll_interval) from ``settings``; the defaults when None. ``backoff``
+        overrides the backoff_* ones."""
         settings = settings if settings is not None else OfflineTokenSettings()
         self.broker = broker
         self.vault = broker.vault
@@ -72,7 +92,7 @@ class RefreshEngine:
         self._keep_warm: set[str] = set()
         self._cache_hits: Counter[str] = Counter()  # token id -> accesses served from cache
         self._sweeper: asyncio.Task[None] | None = None
-        self._last_keepalive_scan = 0.0
+        self.evictions = EvictionWatcher(broker, poll_interval=settings.eviction_poll_interval)
         broker.add_listener(self)
         broker.use_gate(self.scheduler)
 
@@ -146,6 +166,8 @@ class RefreshEngine:
 
     # --- scheduler callbacks ---------------------------------------------------------------
     async def _refresh(self, token_id: str, reason: str) -> RefreshOutcome:
+        if reason == "keepalive" and await self._refreshed_lately(token_id):
+            return RefreshOutcome(kind="success")
         outcome = await self.broker.refresh(token_id, reason)
         if outcome.kind != "success":
             return outcome
@@ -156,6 +178,16 @@ class RefreshEngine:
             kind="success",
             next_refresh_at=self._next_proactive(cached.expires_at, self.clock.time()),
         )
+
+    async def _refreshed_lately(self, token_id: str) -> bool:
+        """A keep-alive refresh is moot once any process refreshed the entry within
+        ``keepalive_interval`` (the scan that found it ran in one process, but a scan in the
+        next interval may find it again while this one's refresh was still queued)."""
+        record = await self.vault.get(token_id)
+        if record is None:
+            return False  # the refresh reports it gone
+        last = record.last_refresh_at or record.created_at
+        return last >= self.clock.time() - self.keepalive_interval
 
     async def _persist(self, state: ScheduleEntryState) -> None:
         refresh_state = "idle" if state.refresh_state == "idle" else state.refresh_state
@@ -202,6 +234,8 @@ class RefreshEngine:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Resume: warm entries are refreshed at once (bounded concurrency), then periodically."""
+        # First, so no access token is cached before the eviction log's starting point is known.
+        await self.evictions.start()
         warm = await self.vault.warm_ids()
         for token_id in warm:
             self._keep_warm.add(token_id)
@@ -217,6 +251,7 @@ class RefreshEngine:
                 await asyncio.wait_for(self._sweeper, timeout)
             self._sweeper = None
         await self.scheduler.stop(timeout)
+        await self.evictions.stop(timeout)
         await self._flush_cache_hits()
         metrics.refresh_retrying.set(0)
 
@@ -231,21 +266,54 @@ class RefreshEngine:
             await asyncio.sleep(self.sweep_interval)
 
     async def sweep(self) -> None:
-        """Expire stale consents, purge old history, keep idle offline sessions alive, refresh
-        gauges and audit."""
+        """Expire stale consents, purge old history, keep idle offline sessions alive and prune
+        the eviction log, each only in the process that claims it for its interval; refresh
+        gauges and audit (per process)."""
         self.scheduler.check_clock()
-        await self.broker.expire_pending()
         now = self.clock.time()
-        await self.purge(now)
         scan_every = min(self.keepalive_interval / 4, 3600.0)
-        if now - self._last_keepalive_scan >= scan_every:
-            self._last_keepalive_scan = now
-            # Ids only, oldest first and bounded: a 100k vault costs one indexed query.
-            for token_id in await self.vault.stale_ids(now - self.keepalive_interval):
-                if self.scheduler.state(token_id) is None:
-                    self.scheduler.schedule(token_id, now, reason="keepalive")
+        jobs = (
+            (SWEEP_EXPIRE, self.sweep_interval, self._expire_pending),
+            (SWEEP_PURGE, self.sweep_interval, self.purge),
+            (SWEEP_KEEPALIVE, scan_every, self.keepalive_scan),
+            (SWEEP_EVICTIONS, EVICTION_PRUNE_INTERVAL, self.prune_evictions),
+        )
+        for name, interval, job in jobs:
+            try:
+                if await self.vault.claim_sweep(
+                    name, self.broker.holder, interval=interval, now=now
+                ):
+                    await job(now)
+            except Exception as exc:  # one failing job must not stop the others
+                log.warning("offline-token sweep %s failed: %s", name, type(exc).__name__)
         await self._update_gauges()
         await self._flush_cache_hits()
+
+    async def _expire_pending(self, now: float) -> None:
+        await self.broker.expire_pending()
+
+    async def keepalive_scan(self, now: float) -> int:
+        """Schedule each active entry not refreshed for ``keepalive_interval`` (ids only, oldest
+        first and bounded: a 100k vault costs one indexed query); how many were scheduled. Each
+        is refreshed under the entry's lease, after a re-check (``_refreshed_lately``)."""
+        scheduled = 0
+        for token_id in await self.vault.stale_ids(now - self.keepalive_interval):
+            if self.scheduler.state(token_id) is None:
+                self.scheduler.schedule(token_id, now, reason="keepalive")
+                scheduled += 1
+        return scheduled
+
+    async def prune_evictions(self, now: float) -> int:
+        """Drop eviction log rows older than EVICTION_LOG_RETENTION, in bounded batches."""
+        pruned = 0
+        for _ in range(PURGE_MAX_BATCHES):
+            count = await self.vault.prune_evictions(
+                now - EVICTION_LOG_RETENTION, limit=EVICTION_PRUNE_BATCH
+            )
+            pruned += count
+            if count < EVICTION_PRUNE_BATCH:
+                break
+        return pruned
 
     async def purge(self, now: float) -> int:
         """Delete entries (with their audit) and, through the task history, finished tasks older
