@@ -279,6 +279,22 @@ def test_the_fake_caps_and_pages_like_the_server():
 
 
 # --- retention purge ---------------------------------------------------------------------------
+class _Later:
+    """The engine's clock, ``seconds`` ahead."""
+
+    def __init__(self, clock: Any, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def time(self) -> float:
+        return float(self.clock.time()) + self.seconds
+
+    def monotonic(self) -> float:
+        return float(self.clock.monotonic()) + self.seconds
+
+    async def sleep(self, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+
+
 async def test_sweep_purges_old_history_in_bounded_batches(offline_app, owner, vault, tasks):
     engine = offline_app.services.engine
     assert engine.retention == 7 * DAY
@@ -307,6 +323,9 @@ async def test_sweep_purges_old_history_in_bounded_batches(offline_app, owner, v
 
     await engine.sweep()  # at most 10 batches of 200 entries per sweep
     assert len(await remaining()) == 2400 + len(kept) - 2000
+    # The purge runs once per sweep_interval cluster-wide (claim_sweep): the next pass is due
+    # one interval later.
+    engine.clock = _Later(engine.clock, engine.sweep_interval)
     await engine.sweep()
     assert await remaining() == set(kept)
     assert await vault.list_audit(purgeable[0]) == []
