@@ -130,7 +130,7 @@ async def test_another_store_on_the_vault_sees_the_evictions(
     assert (await second.evictions_after(cursor))[1] == [record.id]
 
 
-async def test_prune_by_age_keeps_the_cursor_moving_forward(vault: TokenStore) -> None:
+async def test_prune_by_age_leaves_cursors_working(vault: TokenStore) -> None:
     records = [await make_active(vault) for _ in range(3)]
     for record in records:
         await vault.delete(record.id)
@@ -140,11 +140,13 @@ async def test_prune_by_age_keeps_the_cursor_moving_forward(vault: TokenStore) -
     assert await vault.prune_evictions(time.time() + 60, limit=2) == 2
     assert await vault.prune_evictions(time.time() + 60, limit=100) == 1
     assert await vault.prune_evictions(time.time() + 60, limit=100) == 0
-    # An empty log still continues after the pruned rows: a tailing cursor misses nothing.
-    assert (await vault.evictions_after(None))[0] == end
+    # After a prune, a cursor taken before it and one taken after both see what comes next.
+    fresh, ids = await vault.evictions_after(None)
+    assert ids == []
     late = await make_active(vault)
     await vault.delete(late.id)
     assert (await vault.evictions_after(end))[1] == [late.id]
+    assert (await vault.evictions_after(fresh))[1] == [late.id]
 
 
 # --- sweep claims ---------------------------------------------------------------------------
