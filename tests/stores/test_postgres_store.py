@@ -5,6 +5,7 @@ behaviour is in the contract suites (``BACKENDS['postgres']``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -126,7 +127,10 @@ async def test_no_secret_is_stored_in_the_clear(
     assert await vault.read_refresh_token(active.id) == ROTATED
 
 
-async def test_the_password_is_never_shown(pg_cluster: PostgresCluster, pg_url: str) -> None:
+async def test_the_password_is_never_shown(
+    pg_cluster: PostgresCluster, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     password = pg_cluster.password
     opened = store(pg_url)
     await opened.open()
@@ -150,6 +154,13 @@ async def test_the_password_is_never_shown(pg_cluster: PostgresCluster, pg_url: 
         assert password not in message and password not in repr(bad)
         assert "postgres@127.0.0.1" in message
         await bad.close()
+    in_query = f"postgresql://postgres@127.0.0.1:{closed_port}/x?password={password}"
+    bad = store(in_query)
+    with pytest.raises(VaultError) as refused:
+        await bad.open()
+    assert password not in str(refused.value) and password not in repr(bad)
+    await bad.close()
+    assert caplog.records and all(password not in r.getMessage() for r in caplog.records)
 
 
 # --- the shared access token --------------------------------------------------------------------

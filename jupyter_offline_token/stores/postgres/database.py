@@ -203,12 +203,8 @@ class Database:
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 if attempt == attempts:
                     raise self.error("vault database error", exc) from None
-            except psycopg.Error as exc:
+            except psycopg.Error as exc:  # psycopg_pool's PoolTimeout and PoolClosed too
                 raise self.error("vault database error", exc) from None
-            except Exception as exc:
-                if type(exc).__module__.startswith("psycopg_pool"):
-                    raise self.error("vault database unavailable", exc) from None
-                raise
         raise AssertionError("unreachable")
 
     def decrypt(self, key_id: str, nonce: bytes, ct: bytes, aad: bytes, *, what: str) -> bytes:

@@ -30,6 +30,9 @@ class EvictionListener:
         self._waiters: set[asyncio.Future[None]] = set()
         self._next_attempt = 0.0
         self._closed = False
+        # A notification that came while nobody waited: the next wait returns at once (the
+        # caller read the log before that notification's commit, perhaps).
+        self._pending = False
 
     @property
     def listening(self) -> bool:
@@ -39,6 +42,9 @@ class EvictionListener:
         """Return on the next notification, or after ``timeout`` seconds."""
         if self._closed:
             await asyncio.sleep(timeout)
+            return
+        if self._pending:
+            self._pending = False
             return
         loop = asyncio.get_running_loop()
         if not self.listening and loop.time() >= self._next_attempt:
@@ -92,6 +98,8 @@ class EvictionListener:
                 await conn.close()
 
     def _wake(self) -> None:
+        if not self._waiters:
+            self._pending = True
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 URL_SETTING = "OfflineTokenApp.database_url (or $JUPYTER_OFFLINE_TOKEN_DATABASE_URL)"
 SCHEMES = ("postgresql", "postgres")
@@ -26,22 +26,23 @@ def redact_url(url: str) -> str:
     return f"postgresql://{user}{where}{parts.path}"
 
 
-def password_of(url: str) -> str | None:
+def passwords_of(url: str) -> set[str]:
+    """The URL's password as written and decoded, in the user part or the query string."""
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        found = {parts.password or ""}
     except ValueError:
-        return None
-    return unquote(password) if password else None
+        return set()
+    found |= {
+        value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "password"
+    }
+    found |= {unquote(value) for value in found}
+    return {value for value in found if value}
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` with the URL's password (raw and decoded) and the URL itself cut out."""
+    """``text`` with the URL itself and its password (in any spelling) cut out."""
     text = text.replace(url, redact_url(url))
-    try:
-        raw = urlsplit(url).password
-    except ValueError:
-        raw = None
-    for secret in {raw, password_of(url)}:
-        if secret:
-            text = text.replace(secret, "<password>")
+    for secret in sorted(passwords_of(url), key=len, reverse=True):
+        text = text.replace(secret, "<password>")
     return text
