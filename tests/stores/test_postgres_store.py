@@ -15,7 +15,7 @@ from pg_fixture import PostgresCluster
 from store_helpers import PG_KEY, REFRESH, ROTATED, SECRETS, make_active, make_pending
 
 from jupyter_offline_token.errors import VaultError
-from jupyter_offline_token.models import FAILED, REVOKED, SharedAccessToken
+from jupyter_offline_token.models import FAILED, REVOKED, AuditEvent, SharedAccessToken
 from jupyter_offline_token.stores.postgres import (
     SCHEMA_VERSION,
     PostgresTokenStore,
@@ -223,12 +223,40 @@ async def test_evictions_log_leaving_active_and_deleting_an_active_entry(
     pending = await make_pending(vault)
     await vault.set_status(revoked.id, REVOKED, now=2000.0)
     await vault.delete(deleted.id)
-    await vault.delete(pending.id)  # never active: nothing cached anywhere, not logged
+    await vault.delete(pending.id)  # deleted: logged, as every delete
     await vault.set_status(revoked.id, FAILED, now=2001.0)  # not active before: not logged
     cursor, ids = await vault.evictions_after(end)
-    assert ids == [revoked.id, deleted.id]
+    assert ids == [revoked.id, deleted.id, pending.id]
     assert await vault.evictions_after(cursor) == (cursor, [])
     first, only = await vault.evictions_after(end, limit=1)
     assert only == [revoked.id] and first < cursor
     assert await vault.prune_evictions(float("inf"), limit=1) == 1
-    assert (await vault.evictions_after(end))[1] == [deleted.id]
+    assert (await vault.evictions_after(end))[1] == [deleted.id, pending.id]
+    # The retention purge of long-inactive entries logs nothing (they were logged on leaving).
+    assert await vault.purge(float("inf"), limit=10) == [revoked.id]
+    assert (await vault.evictions_after(cursor))[1] == []
+
+
+async def test_audit_retention_keeps_the_newest_per_token_and_for_tokenless_events(
+    pg_url: str, pg_cluster: PostgresCluster
+) -> None:
+    vault = store(pg_url, audit_retention=3)
+    await vault.open()
+    try:
+        for n in range(5):
+            await vault.add_audit(AuditEvent(ts=float(n), action="consent", result="denied"))
+            await vault.add_audit(
+                AuditEvent(ts=float(n), action="refresh", result="ok", token_id="t1", detail=f"{n}")
+            )
+        kept = pg_cluster.execute(pg_url, "SELECT ts FROM audit WHERE token_id IS NULL ORDER BY id")
+        assert kept == [(2.0,), (3.0,), (4.0,)]
+        assert [e.detail for e in await vault.list_audit("t1")] == ["4", "3", "2"]
+    finally:
+        await vault.close()
+    single = store(pg_url, audit_retention=1)
+    await single.open()
+    try:
+        await single.add_audit(AuditEvent(ts=9.0, action="refresh", result="ok", token_id="t1"))
+        assert [e.ts for e in await single.list_audit("t1")] == [9.0]
+    finally:
+        await single.close()

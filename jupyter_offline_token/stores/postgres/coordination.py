@@ -68,7 +68,7 @@ class ClusterCoordination:
         self, cursor: int | None, *, limit: int = 1000
     ) -> tuple[int, builtins.list[str]]:
         check_limit(limit)
-        return await self.database.run(lambda conn: evictions_after(conn, cursor, limit))
+        return await self.database.read(lambda conn: evictions_after(conn, cursor, limit))
 
     async def wait_for_evictions(self, timeout: float) -> None:
         """Returns at the next eviction any process commits (LISTEN/NOTIFY), or after

@@ -155,12 +155,13 @@ CREATE TRIGGER tokens_count_update AFTER UPDATE OF owner, status, refresh_state 
     EXECUTE FUNCTION jot_token_counts();
 """
 
-# The eviction log (see SQLite's revision 6): an entry that leaves 'active' or is deleted while
-# active is logged, its shared access token cleared, and every listening process notified at
-# commit. Eviction writers take one transaction-scoped advisory lock before drawing a seq, so
-# seqs commit in order: a process tailing ``seq > cursor`` can never skip a row that commits
-# later with a smaller seq. Only active entries are logged (nothing else is ever cached), so the
-# retention purge of expired/failed/revoked entries never takes that lock.
+# The eviction log (see SQLite's revision 6): an entry that leaves 'active' or is deleted is
+# logged (leaving active also clears its shared access token), and every listening process is
+# notified at commit. Eviction writers take one transaction-scoped advisory lock before drawing
+# a seq, so seqs commit in order: a process tailing ``seq > cursor`` can never skip a row that
+# commits later with a smaller seq. The retention purge (expired, failed, revoked entries: each
+# was logged when it left active, if it ever was) sets ``jot.purge`` and logs nothing, so
+# purges in several processes never wait for each other on that lock.
 _EVICTION_TRIGGERS = """
 CREATE FUNCTION jot_log_eviction(token TEXT) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -182,6 +183,9 @@ END
 $$;
 CREATE FUNCTION jot_evict_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('jot.purge', true) = 'on' AND OLD.status <> 'active' THEN
+        RETURN NULL;
+    END IF;
     PERFORM jot_log_eviction(OLD.id);
     RETURN NULL;
 END
@@ -190,8 +194,7 @@ CREATE TRIGGER tokens_evict_status BEFORE UPDATE OF status ON tokens
     FOR EACH ROW WHEN (OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active')
     EXECUTE FUNCTION jot_evict_on_leave();
 CREATE TRIGGER tokens_evict_delete AFTER DELETE ON tokens
-    FOR EACH ROW WHEN (OLD.status = 'active')
-    EXECUTE FUNCTION jot_evict_on_delete();
+    FOR EACH ROW EXECUTE FUNCTION jot_evict_on_delete();
 """.replace("{channel}", EVICTION_CHANNEL)
 
 # Revision 1 is everything SQLite had at its revision 6.

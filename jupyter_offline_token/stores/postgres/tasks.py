@@ -137,7 +137,7 @@ class PostgresTaskStore(TaskStore):
         return await self.database.run(work)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return await self.database.run(lambda conn: _get(conn, task_id))
+        return await self.database.read(lambda conn: _get(conn, task_id))
 
     async def list(
         self, *, owner: str | None = None, status: str | None = None
@@ -145,7 +145,7 @@ class PostgresTaskStore(TaskStore):
         where, params = _filters(owner, status)
         sql = ("WHERE " + " AND ".join(where)) if where else ""
         sql += " ORDER BY t.created_at DESC, t.seq DESC"
-        return await self.database.run(lambda conn: _select(conn, sql, params))
+        return await self.database.read(lambda conn: _select(conn, sql, params))
 
     async def list_page(
         self,
@@ -171,7 +171,7 @@ class PostgresTaskStore(TaskStore):
             after = Cursor(found[-1]["created_at"], found[-1]["_r"]).encode() if more else None
             return Page([_record(row) for row in found], after)
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def purge(self, before: float, *, limit: int) -> builtins.list[str]:
         """At most ``limit`` finished tasks unchanged since ``before``; rows another process is
@@ -229,7 +229,7 @@ class PostgresTaskStore(TaskStore):
             )
             return found[0] if found else None
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def for_tokens(
         self, token_ids: builtins.list[str], *, owner: str | None = None
@@ -242,7 +242,7 @@ class PostgresTaskStore(TaskStore):
             sql += " AND t.owner = %s"
             params.append(owner)
         sql += " ORDER BY t.created_at, t.seq"
-        return await self.database.run(lambda conn: _select(conn, sql, params))
+        return await self.database.read(lambda conn: _select(conn, sql, params))
 
     async def interrupt_leftovers(
         self, now: float, message: str, *, still_supervised: Callable[[str | None], bool]

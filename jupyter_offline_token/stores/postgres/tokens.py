@@ -140,7 +140,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             row = await cur.fetchone()
             return rows.record(row) if row is not None else None
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def consume_consent(self, token_id: str) -> ConsentSecrets | None:
         return await self.database.run(lambda conn: consent.consume(self.database, conn, token_id))
@@ -190,7 +190,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
 
     # --- reading ------------------------------------------------------------------------------
     async def get(self, token_id: str) -> TokenRecord | None:
-        return await self.database.run(lambda conn: rows.find(conn, token_id))
+        return await self.database.read(lambda conn: rows.find(conn, token_id))
 
     async def list(
         self,
@@ -215,7 +215,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             cur = await conn.execute(sql, params)
             return [rows.record(row) for row in await cur.fetchall()]
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def sharing_account(
         self, token_id: str, *, owner: str, subject: str, client_id: str, limit: int = 100
@@ -230,7 +230,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
                 (owner, subject, client_id, token_id, limit),
             )
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def list_page(
         self,
@@ -261,7 +261,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             after = Cursor(found[-1]["created_at"], found[-1]["_r"]).encode() if more else None
             return Page([rows.record(row) for row in found], after)
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
         """Read from ``token_counts`` (kept by triggers): a few rows per owner."""
@@ -277,7 +277,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
                 counts[row["status"]] = int(row["n"])
             return counts
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def count_by_state(self, owner: str) -> dict[tuple[str, str], int]:
         async def work(conn: Conn) -> dict[tuple[str, str], int]:
@@ -287,14 +287,14 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             )
             return {(r["status"], r["refresh_state"]): int(r["n"]) for r in await cur.fetchall()}
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def warm_ids(self) -> builtins.list[str]:
         async def work(conn: Conn) -> builtins.list[str]:
             sql = "SELECT id FROM tokens WHERE status = 'active' AND keep_warm"
             return await rows.ids(conn, sql, ())
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def stale_ids(self, before: float, *, limit: int = 1000) -> builtins.list[str]:
         async def work(conn: Conn) -> builtins.list[str]:
@@ -306,7 +306,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
                 (before, limit),
             )
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def read_refresh_token(self, token_id: str) -> str:
         async def work(conn: Conn) -> dict[str, Any] | None:
@@ -316,7 +316,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             )
             return await cur.fetchone()
 
-        row = await self.database.run(work)
+        row = await self.database.read(work)
         if row is None or row["secret_ct"] is None:
             raise EntryGone(token_id, "refresh token of vault entry")
         plain = self.database.decrypt(
@@ -333,7 +333,8 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
         leases.check_lease_args(holder, ttl)
 
         async def work(conn: Conn) -> bool:
-            return await leases.take(conn, token_id, holder, ttl, now) is not False
+            taken, _ = await leases.take(conn, token_id, holder, ttl, now)
+            return taken is not False
 
         return await self.database.run(work, durable=False)
 
@@ -457,6 +458,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
         check_limit(limit)
 
         async def work(conn: Conn) -> builtins.list[str]:
+            await conn.execute("SET LOCAL jot.purge = 'on'")  # see schema: nothing to log
             ids = await rows.ids(
                 conn,
                 "WITH doomed AS (SELECT id FROM tokens WHERE status = ANY(%s) AND updated_at < %s "
@@ -478,4 +480,4 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
     async def list_audit(self, token_id: str, *, limit: int = 100) -> builtins.list[AuditEvent]:
         if limit < 0:
             raise ValueError("limit must not be negative")
-        return await self.database.run(lambda conn: audit_rows.newest(conn, token_id, limit))
+        return await self.database.read(lambda conn: audit_rows.newest(conn, token_id, limit))
