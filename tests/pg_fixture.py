@@ -67,7 +67,9 @@ class PostgresCluster:
 
     def __init__(self) -> None:
         self.bin = find_binaries()
-        self.root = Path(tempfile.mkdtemp(prefix="jot-pg-"))
+        # As root, under /tmp: $TMPDIR may be a directory ``nobody`` cannot enter.
+        where = "/tmp" if os.getuid() == 0 and os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="jot-pg-", dir=where))
         self.data = self.root / "data"
         self.password = secrets.token_urlsafe(18)
         self.port = _free_port()

@@ -163,3 +163,52 @@ async def test_a_lost_listen_connection_wakes_waiters_and_falls_back_to_polling(
     await writer.delete(record.id)
     await listener.wait_for_evictions(0.05)
     assert (await listener.evictions_after(cursor))[1] == [record.id]
+
+
+async def _waiting_on_a_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cur = await conn.execute(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def test_evictions_are_read_in_commit_order_never_skipped(
+    pg_url: str, pair: tuple[PostgresTokenStore, ...]
+) -> None:
+    """A slow transaction that evicts first must not be overtaken: the reader's cursor would
+    pass its row before it commits, and that eviction would be lost."""
+    reader, writer = pair
+    # Two owners: no count row (token_counts) is shared, only the eviction log.
+    slow, fast = await make_active(writer, owner="alice"), await make_active(writer, owner="bob")
+    cursor, _ = await reader.evictions_after(None)
+    async with await psycopg.AsyncConnection.connect(pg_url) as other:
+        await other.execute("UPDATE tokens SET status = 'revoked' WHERE id = %s", (slow.id,))
+        # ``fast`` revokes while ``slow`` has not committed: it waits for it, so it cannot
+        # commit a larger seq first.
+        revoking = asyncio.create_task(writer.set_status(fast.id, REVOKED, now=2000.0))
+        # Until it has either committed (the defect) or is waiting on a lock.
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while not revoking.done() and not await _waiting_on_a_lock(other):
+            assert asyncio.get_running_loop().time() < deadline, "neither done nor waiting"
+            await asyncio.sleep(0.02)
+        assert await reader.evictions_after(cursor) == (cursor, [])
+        await other.commit()
+    await asyncio.wait_for(revoking, DEADLINE)
+    assert (await reader.evictions_after(cursor))[1] == [slow.id, fast.id]
+
+
+async def test_connections_the_server_dropped_are_replaced(
+    pg_url: str, pg_cluster: PostgresCluster, pair: tuple[PostgresTokenStore, ...]
+) -> None:
+    vault = pair[0]
+    record = await make_active(vault)
+    pg_cluster.execute(
+        pg_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    for _ in range(3):  # every pooled connection is dead: each is replaced, no call fails
+        assert (await vault.get(record.id)) is not None
+    assert (await make_active(pair[1])).status == "active"

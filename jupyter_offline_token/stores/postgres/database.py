@@ -94,6 +94,9 @@ class Database:
                 max_size=self._pool_size,
                 kwargs={"autocommit": True, "row_factory": dict_row},
                 configure=_configure,
+                # One empty query per checkout: a connection the server dropped (a restart, a
+                # failover, an idle-connection killer) is replaced instead of failing a request.
+                check=AsyncConnectionPool.check_connection,
                 open=False,
                 name="offline-token-vault",
             )
