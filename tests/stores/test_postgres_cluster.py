@@ -212,3 +212,28 @@ async def test_connections_the_server_dropped_are_replaced(
     for _ in range(3):  # every pooled connection is dead: each is replaced, no call fails
         assert (await vault.get(record.id)) is not None
     assert (await make_active(pair[1])).status == "active"
+
+
+async def test_concurrent_waiters_share_one_listen_connection(
+    pg_url: str, pg_cluster: PostgresCluster, pair: tuple[PostgresTokenStore, ...]
+) -> None:
+    listener, writer = pair
+    record = await make_active(writer)
+    waiting = [asyncio.create_task(listener.wait_for_evictions(NEVER)) for _ in range(5)]
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    # Until all five wait on the listening connection, however slow the machine.
+    while _listening(pg_cluster, pg_url) < 1 or len(listener._listener._waiters) < 5:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await writer.delete(record.id)
+    await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE)  # every waiter woken at once
+    assert _listening(pg_cluster, pg_url) == 1
+
+
+def _listening(pg_cluster: PostgresCluster, pg_url: str) -> int:
+    (row,) = pg_cluster.execute(
+        pg_url,
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %'",
+    )
+    return int(row[0])

@@ -33,6 +33,7 @@ class EvictionListener:
         # A notification that came while nobody waited: the next wait returns at once (the
         # caller read the log before that notification's commit, perhaps).
         self._pending = False
+        self._starting = asyncio.Lock()  # concurrent waiters open one connection, not several
 
     @property
     def listening(self) -> bool:
@@ -48,7 +49,9 @@ class EvictionListener:
             return
         loop = asyncio.get_running_loop()
         if not self.listening and loop.time() >= self._next_attempt:
-            await self._start()
+            async with self._starting:
+                if not self.listening and not self._closed:
+                    await self._start()
         if not self.listening:
             await asyncio.sleep(timeout)  # polling fallback
             return
