@@ -6,7 +6,9 @@ other, and the database password never reaches a log, even at ``--debug``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from pg_fixture import PostgresCluster
-from server_fixtures import TEST_KEY
+from server_fixtures import TEST_KEY, grant
 from test_app_config_server import Server, start_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -133,3 +135,62 @@ async def test_a_database_that_is_down_is_503_and_the_server_still_stops(
     assert password not in error["message"]
     assert server.sigterm() == 0
     assert password not in server.log()
+
+
+HAMMER = Path(__file__).parent / "pg_hammer.py"
+ROUNDS = 10
+
+
+class TestProcessesHammeringOneToken:
+    """The server and two more processes on one PostgreSQL vault refresh one rotating token
+    over and over: the database lease keeps every grant single, so none replays a rotated-out
+    refresh token (the provider would answer invalid_grant)."""
+
+    @pytest.fixture
+    def offline_token_config(self, idp: Any, pg_url: str) -> dict[str, Any]:
+        return {
+            "issuer": idp.issuer,
+            "client_id": idp.client_id,
+            "client_secret": idp.client_secret,
+            "database_url": pg_url,
+            "encryption_keys": [TEST_KEY],
+        }
+
+    async def test_no_grant_is_made_twice(self, api: Any, idp: Any, pg_url: str) -> None:
+        token_id = await grant(api, idp)
+        before = idp.stats()
+        given = {
+            "url": pg_url,
+            "key": TEST_KEY,
+            "issuer": idp.issuer,
+            "client_id": idp.client_id,
+            "secret": idp.client_secret,
+        }
+
+        async def hammer() -> dict[str, Any]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(HAMMER),
+                token_id,
+                str(ROUNDS),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate(json.dumps(given).encode() + b"\n")
+            assert proc.returncode == 0, err.decode()[-2000:]
+            result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+            return result
+
+        async def serve() -> None:
+            for _ in range(ROUNDS):
+                status, body = await api.post(
+                    "tokens", token_id, "access-token", body={"min_ttl": 86400}
+                )
+                assert status == 200, body
+
+        *results, _ = await asyncio.gather(hammer(), hammer(), serve())
+        assert results == [{"ok": ROUNDS, "errors": []}] * 2
+        after = idp.stats()
+        assert after["refresh_token_grant_errors"] == before["refresh_token_grant_errors"]
+        assert after["refresh_token_grants"] - before["refresh_token_grants"] >= 2 * ROUNDS
