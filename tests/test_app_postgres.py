@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -177,3 +179,24 @@ class TestServerOnPostgres:
         assert status in (404, 409, 410), body
         assert not list(tmp_path.rglob("vault.db"))  # no SQLite vault was made
         assert pg_cluster.password not in offline_app.vault_description()
+
+
+def test_without_the_postgres_extra_the_package_imports_and_the_error_names_it() -> None:
+    """psycopg is an extra: nothing imports it unless database_url is set, and then the
+    failure says what to install."""
+    script = (
+        "import sys; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
+        "import jupyter_offline_token.stores, jupyter_offline_token.app as a\n"
+        f"app = a.OfflineTokenApp(database_url={URL!r}, encryption_keys=[{TEST_KEY!r}])\n"
+        "assert app.check_settings() == []\n"
+        "try:\n"
+        "    app.build_token_store()\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'jupyter-offline-token[postgres]'" in done.stdout
+    assert "OfflineTokenApp.database_url" in done.stdout and PASSWORD not in done.stdout

@@ -6,7 +6,8 @@ Modules: ``database`` (pool, migrations, key ring, transactions), ``schema`` (th
 their triggers), ``urls`` (showing a URL without its password), ``tokens``
 (PostgresTokenStore), ``consent``, ``leases``, ``coordination`` (eviction log, sweep claims)
 and ``audit`` (its SQL by concern), ``listener`` (LISTEN for evictions), ``rows``
-(row <-> record), ``tasks`` (PostgresTaskStore).
+(row <-> record), ``tasks`` (PostgresTaskStore), ``copy_vault`` (move a SQLite vault in,
+ciphertexts unchanged).
 """
 
 from .schema import SCHEMA_VERSION
