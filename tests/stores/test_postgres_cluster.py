@@ -237,3 +237,34 @@ def _listening(pg_cluster: PostgresCluster, pg_url: str) -> int:
         "AND query LIKE 'LISTEN %'",
     )
     return int(row[0])
+
+
+async def test_a_deadlocked_transaction_is_run_again(pair: tuple[PostgresTokenStore, ...]) -> None:
+    """Two transactions locking two rows in opposite order: PostgreSQL aborts one; the store
+    runs it again, so both callers succeed."""
+    first, second = await make_active(pair[0]), await make_active(pair[0])
+    holding: set[str] = set()
+    both_hold_one = asyncio.Event()  # asyncio.Barrier needs Python 3.11
+    attempts: list[str] = []
+
+    def locking(one: str, other: str, name: str) -> Any:
+        async def work(conn: Any) -> None:
+            attempts.append(name)
+            await conn.execute("SELECT id FROM tokens WHERE id = %s FOR UPDATE", (one,))
+            if attempts.count(name) == 1:
+                holding.add(name)
+                if len(holding) == 2:
+                    both_hold_one.set()
+                await asyncio.wait_for(both_hold_one.wait(), DEADLINE)
+            await conn.execute("SELECT id FROM tokens WHERE id = %s FOR UPDATE", (other,))
+
+        return work
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            pair[0].database.run(locking(first.id, second.id, "a")),
+            pair[1].database.run(locking(second.id, first.id, "b")),
+        ),
+        DEADLINE,
+    )
+    assert sorted(attempts) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
