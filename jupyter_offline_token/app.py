@@ -56,7 +56,9 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         help="""The token store (vault entries, their encrypted secrets and audit): a subclass of
         jupyter_offline_token.stores.TokenStore, built once at start with parent=<this app> and
         the keyword arguments path (vault_path), encryption_keys, audit_retention and
-        max_pending_consents. Default: jupyter_offline_token.stores.SQLiteTokenStore.""",
+        max_pending_consents (a PostgresTokenStore subclass also gets url and pool_size).
+        Default: jupyter_offline_token.stores.SQLiteTokenStore, or
+        jupyter_offline_token.stores.postgres.PostgresTokenStore when database_url is set.""",
     )
     task_store_class: Type[type[TaskStore], type[TaskStore]] = Type(
         klass=TaskStore,  # type: ignore[type-abstract]
@@ -64,7 +66,8 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         config=True,
         help="""The task store: a subclass of jupyter_offline_token.stores.TaskStore, built once
         at start with parent=<this app> and token_store=<the token store>. Default:
-        jupyter_offline_token.stores.SQLiteTaskStore (the tasks table in the vault's file).""",
+        jupyter_offline_token.stores.SQLiteTaskStore (the tasks table in the vault's file), or
+        jupyter_offline_token.stores.postgres.PostgresTaskStore when database_url is set.""",
     )
     task_runner_class: Type[type[TaskRunner], type[TaskRunner]] = Type(
         klass=TaskRunner,  # type: ignore[type-abstract]
@@ -85,14 +88,7 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
     def build_services(self) -> Services:
         """Build the parts from settings already checked by ``check_settings``."""
         client_secret = self._client_secret_value
-        store_class: type[TokenStore] = self.token_store_class
-        vault = store_class(
-            parent=self,
-            path=Path(self.vault_path).expanduser(),
-            encryption_keys=list(self._encryption_keys_value),
-            audit_retention=self.audit_retention,
-            max_pending_consents=self.max_pending_consents,
-        )
+        vault = self.build_token_store()
         provider: ProviderClient | None = None
         settings: ProviderSettings | None = None
         if self.issuer and self.client_id:
@@ -129,6 +125,46 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         tasks.warmth.add_listener(activity)
         engine.use_task_history(tasks)
         return Services(vault=vault, broker=broker, engine=engine, tasks=tasks, activity=activity)
+
+    def _configured(self, name: str) -> bool:
+        section = self.config.get(type(self).__name__)
+        return isinstance(section, dict) and name in section
+
+    def build_token_store(self) -> TokenStore:
+        """The configured token store. With database_url: the PostgreSQL stores, unless the
+        store classes were set explicitly (then a PostgresTokenStore subclass gets the URL)."""
+        store_class: type[TokenStore] = self.token_store_class
+        settings: dict[str, Any] = {
+            "parent": self,
+            "path": Path(self.vault_path).expanduser(),
+            "encryption_keys": list(self._encryption_keys_value),
+            "audit_retention": self.audit_retention,
+            "max_pending_consents": self.max_pending_consents,
+        }
+        url = self._database_url_value
+        if url:
+            try:
+                from .stores import postgres
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"OfflineTokenApp.database_url needs the PostgreSQL driver ({exc.name} is "
+                    "missing): pip install 'jupyter-offline-token[postgres]'"
+                ) from None
+            if not self._configured("token_store_class"):
+                store_class = postgres.PostgresTokenStore
+            if not self._configured("task_store_class"):
+                self.task_store_class = postgres.PostgresTaskStore
+            if issubclass(store_class, postgres.PostgresTokenStore):
+                settings.update(url=url, pool_size=self.database_pool_size)
+        return store_class(**settings)
+
+    def vault_description(self) -> str:
+        """Where the vault is, as the log may show it (a database URL without its password)."""
+        if self._database_url_value:
+            from .stores.postgres.urls import redact_url
+
+            return redact_url(self._database_url_value)
+        return str(self.vault_path)
 
     def initialize_settings(self) -> None:
         """Check the settings and build the parts. Never raises: on a bad setting (or a part
@@ -202,7 +238,7 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         self.log.info(
             "jupyter-offline-token %s: vault %s, provider %s",
             __version__,
-            self.vault_path,
+            self.vault_description(),
             self.issuer or "(not configured)",
         )
 

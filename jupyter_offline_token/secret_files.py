@@ -1,4 +1,5 @@
-"""Secrets read from files (client_secret_file, encryption_keys_file), and the key format check.
+"""Secrets read from files (client_secret_file, encryption_keys_file, database_url_file), and the
+key format check.
 
 Every error names the setting (``where``) and the file, never the file's contents.
 """
@@ -12,6 +13,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Settings an admin may give through the environment (read by the @default methods below).
 ENVIRONMENT = {
@@ -22,9 +24,13 @@ ENVIRONMENT = {
     "redirect_uri": "JUPYTER_OFFLINE_TOKEN_REDIRECT_URI",
     "encryption_keys": "JUPYTER_OFFLINE_TOKEN_KEYS",
     "encryption_keys_file": "JUPYTER_OFFLINE_TOKEN_KEYS_FILE",
+    "database_url": "JUPYTER_OFFLINE_TOKEN_DATABASE_URL",
+    "database_url_file": "JUPYTER_OFFLINE_TOKEN_DATABASE_URL_FILE",
 }
 # Settings whose value is a secret: never echoed, and a warning when set inline in the config.
 SECRET_SETTINGS = {"client_secret": "client_secret_file", "encryption_keys": "encryption_keys_file"}
+# Settings whose value may hold a secret (a database URL's password): never echoed either.
+NEVER_ECHOED = {*SECRET_SETTINGS, *SECRET_SETTINGS.values(), "database_url"}
 
 
 def described(setting: str) -> str:
@@ -84,6 +90,63 @@ def warn_inline_secrets(section: Any, log: logging.Logger) -> None:
                 ENVIRONMENT[file_setting],
                 ENVIRONMENT[name],
             )
+
+
+def resolve_database_url(
+    get: Callable[[str], Any],
+    check: Callable[[str], str],
+    errors: dict[str, str],
+    log: logging.Logger,
+) -> str:
+    """The database URL from ``database_url`` or ``database_url_file`` (checked by ``check``,
+    which raises ValueError naming the setting); "" when neither is set. A problem is recorded
+    in ``errors`` under the setting's name, never raised, never with the URL in it."""
+    if "database_url" in errors or "database_url_file" in errors:
+        return ""
+    path, inline = get("database_url_file"), get("database_url")
+    if path and inline:
+        errors["database_url_file"] = (
+            f"{described('database_url_file')} and {described('database_url')} are both set: "
+            "keep only one"
+        )
+        return ""
+    if not path:
+        return str(inline)
+    where = described("database_url_file")
+    try:
+        text = read_secret_file(where, path, log).strip()
+        return check(text)
+    except SecretFileError as exc:
+        errors["database_url_file"] = str(exc)
+    except ValueError as exc:
+        errors["database_url_file"] = f"{where}: the file {path}: {exc}"
+    return ""
+
+
+def warn_inline_database_url(section: Any, log: logging.Logger) -> None:
+    """A database URL with a password set inline in the config: the same warning as an inline
+    client secret (without the URL)."""
+    if not isinstance(section, dict):
+        return
+    url = section.get("database_url")
+    if not isinstance(url, str) or not _has_password(url):
+        return
+    log.warning(
+        "OfflineTokenApp.database_url is set inline in the Jupyter config (a config file or the "
+        "command line) with a password: it sits in clear there and in any log that prints the "
+        "config (traitlets does at debug level). Use OfflineTokenApp.database_url_file or $%s "
+        "(a file readable by this user only), or $%s, or a password file (~/.pgpass).",
+        ENVIRONMENT["database_url_file"],
+        ENVIRONMENT["database_url"],
+    )
+
+
+def _has_password(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return bool(parts.password) or "password=" in parts.query
+    except ValueError:
+        return True  # cannot tell: warn
 
 
 class SecretFileError(ValueError):

@@ -57,6 +57,13 @@ class SettingChecks(LoggingConfigurable):
                 )
         return keys
 
+    @validate("database_url")
+    def _check_database_url(self, proposal: Any) -> str:
+        try:
+            return check_database_url(str(proposal["value"]))
+        except ValueError as exc:
+            raise TraitError(f"OfflineTokenApp.database_url: {exc}") from None
+
     @validate("refresh_margin")
     def _check_margin(self, proposal: Any) -> float:
         value = float(proposal["value"])
@@ -88,7 +95,13 @@ class SettingChecks(LoggingConfigurable):
             )
         return value
 
-    @validate("refresh_concurrency", "audit_retention", "max_running_tasks", "max_pending_consents")
+    @validate(
+        "refresh_concurrency",
+        "audit_retention",
+        "max_running_tasks",
+        "max_pending_consents",
+        "database_pool_size",
+    )
     def _check_positive_int(self, proposal: Any) -> int:
         value = int(proposal["value"])
         if value < 1:
@@ -112,6 +125,27 @@ class SettingChecks(LoggingConfigurable):
         if value <= 0:
             raise TraitError(f"OfflineTokenApp.{proposal['trait'].name} must be > 0, got {value}")
         return value
+
+
+def check_database_url(value: str) -> str:
+    """A PostgreSQL URL (``postgresql://user:password@host:port/db``), stripped, or "".
+    ValueError (never echoing the value: it may hold a password) otherwise."""
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("not a URL (value not shown: it may hold a password)") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "must be a postgresql:// URL, e.g. postgresql://jupyter@db.example.org:5432/"
+            "offline_token (value not shown: it may hold a password)"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError("must name the database, e.g. postgresql://user@host:5432/offline_token")
+    return value
 
 
 def _is_loopback(host: str) -> bool:

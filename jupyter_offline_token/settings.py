@@ -23,11 +23,13 @@ from traitlets.traitlets import TraitError, TraitType
 from . import defaults
 from .secret_files import (
     ENVIRONMENT,
-    SECRET_SETTINGS,
+    NEVER_ECHOED,
+    resolve_database_url,
     resolve_secrets,
+    warn_inline_database_url,
     warn_inline_secrets,
 )
-from .setting_checks import SettingChecks
+from .setting_checks import SettingChecks, check_database_url
 
 __all__ = ["ENVIRONMENT", "OfflineTokenSettings"]
 
@@ -130,6 +132,33 @@ class OfflineTokenSettings(SettingChecks):
         be readable by the server's user only (mode 600). A missing, unreadable or empty file,
         or a malformed key, disables the extension with a message naming this setting.
         Default: $JUPYTER_OFFLINE_TOKEN_KEYS_FILE.""",
+    )
+    database_url = Unicode(
+        "",
+        config=True,
+        help="""PostgreSQL URL of a vault shared by several processes (JupyterHub service
+        replicas, several servers of one user), e.g.
+        postgresql://jupyter@db.example.org:5432/offline_token. When set, the vault lives in
+        that database instead of vault_path (unless token_store_class / task_store_class are
+        set), its schema is created or migrated at start, and encryption_keys (or
+        encryption_keys_file) must be set: no key file is generated for a database. Needs
+        pip install 'jupyter-offline-token[postgres]'. The password is never logged; prefer
+        database_url_file, the environment or ~/.pgpass to a password inline in the config.
+        Empty (the default): the SQLite vault. Default: $JUPYTER_OFFLINE_TOKEN_DATABASE_URL.""",
+    )
+    database_url_file = Unicode(
+        "",
+        config=True,
+        help="""Path of a file holding database_url (surrounding whitespace ignored), read once
+        at start, so its password never appears in a config file or a log; the file should be
+        readable by the server's user only (mode 600). Default:
+        $JUPYTER_OFFLINE_TOKEN_DATABASE_URL_FILE.""",
+    )
+    database_pool_size = Int(
+        10,
+        config=True,
+        help="""At most this many connections this server process keeps open to the PostgreSQL
+        vault (plus one that listens for evictions). Default: 10.""",
     )
     consent_timeout = Float(
         600.0,
@@ -281,6 +310,7 @@ class OfflineTokenSettings(SettingChecks):
         self._start_failure: str | None = None
         self._client_secret_value = ""
         self._encryption_keys_value: list[str] = []
+        self._database_url_value = ""
         super().__init__(**kwargs)
 
     # --- defaults from the environment -----------------------------------------------------------
@@ -292,6 +322,7 @@ class OfflineTokenSettings(SettingChecks):
             "issuer": self._check_issuer,
             "redirect_uri": self._check_redirect_uri,
             "encryption_keys": self._check_keys,
+            "database_url": self._check_database_url,
         }
         check = checks.get(name)
         if check is None:
@@ -336,6 +367,15 @@ class OfflineTokenSettings(SettingChecks):
     def _encryption_keys_file_default(self) -> str:
         return os.environ.get(ENVIRONMENT["encryption_keys_file"], "")
 
+    @default("database_url")
+    def _database_url_default(self) -> str:
+        raw = os.environ.get(ENVIRONMENT["database_url"], "")
+        return str(self._from_env("database_url", raw, ""))
+
+    @default("database_url_file")
+    def _database_url_file_default(self) -> str:
+        return os.environ.get(ENVIRONMENT["database_url_file"], "")
+
     @default("vault_path")
     def _vault_path_default(self) -> str:
         return str(Path(jupyter_data_dir()) / "offline_token" / "vault.db")
@@ -374,7 +414,7 @@ class OfflineTokenSettings(SettingChecks):
         validators never echo it; traitlets' type errors do)."""
         text = str(exc)
         ours = text.startswith(f"OfflineTokenApp.{name}")
-        if name in SECRET_SETTINGS and not ours:
+        if name in NEVER_ECHOED and not ours:
             return f"OfflineTokenApp.{name} has a value of the wrong type (not shown: a secret)"
         return text if ours else f"OfflineTokenApp.{name}: {text}"
 
@@ -395,6 +435,14 @@ class OfflineTokenSettings(SettingChecks):
                     f"OfflineTokenApp.backoff_base ({self.backoff_base:g})"
                 )
         self._read_secret_settings()
+        if self._database_url_value and not self._encryption_keys_value:
+            if "encryption_keys" not in bad and "encryption_keys_file" not in bad:
+                bad["encryption_keys"] = (
+                    "OfflineTokenApp.encryption_keys (or $JUPYTER_OFFLINE_TOKEN_KEYS, or "
+                    "OfflineTokenApp.encryption_keys_file) must be set with "
+                    "OfflineTokenApp.database_url: a PostgreSQL vault never generates a key "
+                    "file; generate a key with `jupyter-offline-token generate-key`"
+                )
         self._warn_inline_secrets()
         return list(bad.values())
 
@@ -417,9 +465,14 @@ class OfflineTokenSettings(SettingChecks):
             lambda name: getattr(self, name), self._setting_errors, self.log
         )
         self._client_secret_value, self._encryption_keys_value = secret, keys
+        self._database_url_value = resolve_database_url(
+            lambda name: getattr(self, name), check_database_url, self._setting_errors, self.log
+        )
 
     def _warn_inline_secrets(self) -> None:
-        warn_inline_secrets(self.config.get(type(self).__name__), self.log)
+        section = self.config.get(type(self).__name__)
+        warn_inline_secrets(section, self.log)
+        warn_inline_database_url(section, self.log)
 
     def not_configured_message(self) -> str:
         missing = [name for name in ("issuer", "client_id") if not getattr(self, name)]

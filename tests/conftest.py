@@ -1,6 +1,7 @@
 """The suite's configuration: plugins only. Fixtures live in plugin modules, not here:
 ``server_fixtures`` (dev provider, configured server, API helpers), ``hub_fixture`` (a real
-JupyterHub) and ``jupyter_offline_token.pytest_plugin`` (the fake REST API users test with)."""
+JupyterHub), ``pg_fixture`` (a real PostgreSQL server) and ``jupyter_offline_token.pytest_plugin``
+(the fake REST API users test with)."""
 
 from __future__ import annotations
 
@@ -9,4 +10,5 @@ pytest_plugins = [
     "jupyter_offline_token.pytest_plugin",
     "server_fixtures",
     "hub_fixture",
+    "pg_fixture",
 ]

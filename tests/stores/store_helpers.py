@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pg_fixture
+
 from jupyter_offline_token.models import ConsentSecrets, TokenRecord
 from jupyter_offline_token.stores import (
     SQLiteTaskStore,
@@ -147,5 +149,28 @@ class SQLiteBackend:
         return SQLiteTaskStore(token_store)
 
 
-# A second backend is one class like SQLiteBackend plus one entry here.
-BACKENDS = {"sqlite": SQLiteBackend}
+PG_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"  # bytes 0..31, base64url; tests only
+
+
+class PostgresBackend:
+    """PostgreSQL stores on one fresh database per test (on the session's real server, see
+    ``pg_fixture``); every store made here has its own pool, as separate processes would.
+    A PostgreSQL vault needs a configured key: ``PG_KEY`` unless the test gives its own."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.url = pg_fixture.cluster().create_database()
+
+    def token_store(self, **settings: Any) -> TokenStore:
+        from jupyter_offline_token.stores.postgres import PostgresTokenStore
+
+        settings.setdefault("encryption_keys", [PG_KEY])
+        return PostgresTokenStore(url=self.url, **settings)
+
+    def task_store(self, token_store: TokenStore) -> TaskStore:
+        from jupyter_offline_token.stores.postgres import PostgresTaskStore
+
+        return PostgresTaskStore(token_store)
+
+
+# A further backend is one class like SQLiteBackend plus one entry here.
+BACKENDS = {"sqlite": SQLiteBackend, "postgres": PostgresBackend}
