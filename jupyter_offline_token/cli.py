@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         "config",
         help="list every OfflineTokenApp setting: help, default, environment variable",
     )
+    from . import copy_vault_command
+
+    copy_vault_command.add_parser(sub)
     args = parser.parse_args(args_list)
     if args.command == "generate-key":
         from .crypto import KeyRing
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(KeyRing.generate() + "\n")
     elif args.command == "config":
         sys.stdout.write(settings_reference())
+    elif args.command == "copy-vault":
+        return copy_vault_command.run(args)
     return 0
 
 

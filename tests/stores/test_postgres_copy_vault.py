@@ -49,8 +49,10 @@ async def test_a_sqlite_vault_copied_into_postgres_decrypts_unchanged(
         (copied_task,) = await PostgresTaskStore(target).list()
         assert copied_task.id == "task-1" and copied_task.token_status == "active"
         assert (await target.count_by_status())["active"] == 1  # counts kept by the triggers
+        events = await target.list_audit(active.id)
         again = await copy_sqlite_vault(path, target)
-        assert (again.tokens, again.tasks) == (0, 0)
+        assert (again.tokens, again.tasks, again.audit) == (0, 0, 0)
+        assert await target.list_audit(active.id) == events
         assert len(await target.list()) == 2
     finally:
         await target.close()

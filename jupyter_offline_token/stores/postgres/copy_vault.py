@@ -2,9 +2,9 @@
 
 Ciphertexts are bound to (id, owner, key id) by the same AAD in both backends (``stores/aad``),
 so copied bytes decrypt unchanged with the same key ring. Leases and shared access tokens are
-not copied (both are moot in a new home). Rows already present (same id) are left as they are,
-so an interrupted copy can be run again. The SQLite file is only read (a read-only
-connection, on a worker thread).
+not copied (both are moot in a new home). Rows already present (same id; audit events by their
+fields) are left as they are, so an interrupted copy can be run again. The SQLite file is only
+read (a read-only connection, on a worker thread).
 """
 
 from __future__ import annotations
@@ -76,12 +76,25 @@ def _check_source(path: Path) -> None:
         )
 
 
-async def _copy_table(
-    store: PostgresTokenStore, path: Path, table: str, columns: str, conflict: str
-) -> int:
-    copied, after = 0, 0
+# An audit event has no id both backends share: one already copied (same token, time, action,
+# result and detail) is skipped, so a second run adds no event twice.
+_AUDIT_INSERT = (
+    f"INSERT INTO audit ({AUDIT_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s "  # noqa: S608
+    "WHERE NOT EXISTS (SELECT 1 FROM audit WHERE token_id IS NOT DISTINCT FROM %s AND ts = %s "
+    "AND action = %s AND result = %s AND detail = %s)"
+)
+
+
+def _insert_sql(table: str, columns: str) -> str:
+    if table == "audit":
+        return _AUDIT_INSERT
     marks = ", ".join(["%s"] * len(columns.split(", ")))
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) {conflict}"  # noqa: S608
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"  # noqa: S608
+
+
+async def _copy_table(store: PostgresTokenStore, path: Path, table: str, columns: str) -> int:
+    copied, after = 0, 0
+    sql = _insert_sql(table, columns)
     while True:
         batch = await asyncio.to_thread(_read_batch, path, table, columns, after)
         if not batch:
@@ -98,6 +111,9 @@ async def _copy_table(
 
 
 def _convert(table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    if table == "audit":
+        ts, _owner, token_id, _task_id, action, result, detail = row
+        return (*row, token_id, ts, action, result, detail)
     if table != "tokens":
         return row
     converted = list(row)
@@ -107,10 +123,10 @@ def _convert(table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 async def copy_sqlite_vault(path: Path, store: PostgresTokenStore) -> CopyReport:
     """Copy every entry, task and audit event of the SQLite vault at ``path`` into the open
-    PostgreSQL ``store``, in batches, ciphertexts byte for byte. Audit events are appended
-    (a second run appends them again); entries and tasks already present are skipped."""
+    PostgreSQL ``store``, in batches, ciphertexts byte for byte. Entries, tasks and audit
+    events already present are skipped, so an interrupted copy can be run again."""
     await asyncio.to_thread(_check_source, Path(path))
-    tokens = await _copy_table(store, path, "tokens", ENTRY_COLUMNS, "ON CONFLICT (id) DO NOTHING")
-    tasks = await _copy_table(store, path, "tasks", TASK_COLUMNS, "ON CONFLICT (id) DO NOTHING")
-    audit = await _copy_table(store, path, "audit", AUDIT_COLUMNS, "")
+    tokens = await _copy_table(store, path, "tokens", ENTRY_COLUMNS)
+    tasks = await _copy_table(store, path, "tasks", TASK_COLUMNS)
+    audit = await _copy_table(store, path, "audit", AUDIT_COLUMNS)
     return CopyReport(tokens=tokens, tasks=tasks, audit=audit)
