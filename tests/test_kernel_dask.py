@@ -14,7 +14,9 @@ import asyncio
 import hashlib
 import os
 import pickle
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,69 @@ async def test_no_secret_reaches_workers_or_the_pickles(
     assert credential.secret not in repr(plugin) + repr(credential.auth)
     await api.post("tasks", task_id, "cancel")
     await asyncio.to_thread(dask_client.unregister_worker_plugin, plugin.name)
+
+
+def dask_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [str(Path(sys.executable).parent / "dask"), *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+async def test_dask_cli_workers_configured_from_the_environment(
+    api, tasks, dask_idp, offline_app, jp_serverapp, tmp_path
+):
+    """``dask scheduler`` and ``dask worker`` as separate processes on loopback; the worker is
+    configured only by the worker credential's environment variables (no plugin)."""
+    _, task_id, credential = await start_kernel_task(api, offline_app, jp_serverapp, dask_idp)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_OFFLINE_TOKEN_")}
+    base["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this checkout first
+    scheduler_file = str(tmp_path / "scheduler.json")
+    scheduler = dask_cli(
+        "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        "--scheduler-file", scheduler_file, env=base,
+    )  # fmt: skip
+    worker = dask_cli(
+        "worker", "--scheduler-file", scheduler_file, "--host", "127.0.0.1", "--nthreads", "2",
+        "--no-dashboard", "--no-nanny", env={**base, **credential.environ()},
+    )  # fmt: skip
+    try:
+
+        def run() -> tuple[list[tuple[str, str, int, int]], dict[str, bytes], str]:
+            with distributed.Client(scheduler_file=scheduler_file, timeout=60) as client:
+                client.wait_for_workers(1, timeout=60)
+                url = dask_idp.endpoint("userinfo")
+                calls = client.gather(
+                    client.map(call_userinfo, [url] * 8, [credential] * 8, pure=False)
+                )
+                environs = client.run(worker_environ)
+                api_loop.call_soon_threadsafe(cancel_now.set)
+                ended.wait(60)
+                return calls, environs, client.submit(try_fetch, credential, pure=False).result()
+
+        api_loop = asyncio.get_running_loop()
+        cancel_now, ended = asyncio.Event(), threading.Event()
+        running = asyncio.ensure_future(asyncio.to_thread(run))
+        await asyncio.wait_for(cancel_now.wait(), 120)
+        status, _ = await api.post("tasks", task_id, "cancel")
+        assert status == 200
+        ended.set()
+        calls, environs, after_end = await running
+    finally:
+        stop(worker)
+        stop(scheduler)
+    assert {status for _, _, status, _ in calls} == {200}
+    assert {pid for pid, *_ in calls} == {str(worker.pid)}
+    (environ,) = environs.values()
+    for secret in (jp_serverapp.identity_provider.token, dask_idp.client_secret, TEST_KEY):
+        assert secret.encode() not in environ
+    assert after_end.startswith("TaskEnded: "), after_end
