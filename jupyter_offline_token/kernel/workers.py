@@ -77,13 +77,16 @@ class WorkerCredential:
         secret = env.get(ENV_TASK_SECRET, "")
         if not secret.startswith(WORKER_PREFIX) or not env.get(ENV_URL) or not env.get(ENV_TASK_ID):
             return None
-        interval = env.get(ENV_PROGRESS_INTERVAL)
+        try:
+            interval = float(env.get(ENV_PROGRESS_INTERVAL) or 1.0)
+        except ValueError:
+            interval = 1.0
         return cls(
             url=env[ENV_URL],
             task_id=env[ENV_TASK_ID],
             token_id=env.get(ENV_TOKEN_ID) or None,
             secret=secret,
-            progress_interval=float(interval) if interval else 1.0,
+            progress_interval=interval,
         )
 
     def environ(self) -> dict[str, str]:
@@ -227,6 +230,7 @@ class ProgressReporter:
         self._task_id = task_id
         self.interval = interval
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # one send at a time: flush() waits for one in flight
         self._pending: dict[str, Any] | None = None
         self._timer: threading.Timer | None = None
         self._last_sent = float("-inf")
@@ -251,6 +255,10 @@ class ProgressReporter:
         self._send_pending()
 
     def _send_pending(self) -> None:
+        with self._sending:
+            self._send_locked()
+
+    def _send_locked(self) -> None:
         with self._lock:
             body, self._pending, self._timer = self._pending, None, None
             if body is None:
