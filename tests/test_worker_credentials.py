@@ -4,8 +4,10 @@ can mint one with its own credential, and that no credential reaches a log line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import sys
 
 import pytest
@@ -13,6 +15,7 @@ from server_fixtures import grant
 from test_tasks import TERMINAL, create, wait_status
 
 from jupyter_offline_token import rest_codes as rc
+from jupyter_offline_token.kernel import WorkerCredential
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -140,3 +143,33 @@ async def test_a_task_process_mints_worker_credentials_with_its_own(api, tasks, 
     _, log = await api.get("tasks", task["id"], "log")
     results = json.loads(log["lines"][-1])
     assert results == {"mint": 201, "worker_access": 200, "worker_mint": 403}
+
+
+REMOTE_PROCESS = """
+import sys, httpx
+from jupyter_offline_token.kernel import current_task
+task = current_task()
+print(httpx.get(sys.argv[1], auth=task.token.auth, timeout=30).status_code, flush=True)
+for i in range(1, 201):
+    task.progress(i / 2, message=f"{i} of 200")
+"""  # exits without flushing: the last report must still arrive
+
+
+async def test_a_remote_process_configured_from_the_environment(api, tasks, idp, jp_serverapp):
+    token_id = await grant(api, idp)
+    task = await running_kernel_task(api, token_id)
+    status, minted = await api.post("tasks", task["id"], "worker-credentials")
+    assert status == 201
+    credential = WorkerCredential.from_answer(minted)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_OFFLINE_TOKEN_")}
+    env.update(credential.environ(), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REMOTE_PROCESS, idp.endpoint("userinfo"),
+        env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0 and out.decode().split() == ["200"]
+    _, state = await api.get("tasks", task["id"])
+    assert state["progress"] == 100 and state["message"] == "200 of 200"
+    assert state["status"] == "running"
+    await api.post("tasks", task["id"], "cancel")

@@ -45,6 +45,7 @@ from .errors import (
 )
 from .tasks import Task, create_task, current_task
 from .tokens import OfflineToken, list_tokens, request_offline_token
+from .workers import WorkerCredential
 
 __all__ = [
     "AccessToken",
@@ -73,6 +74,7 @@ __all__ = [
     "TokenInUse",
     "TokenRevoked",
     "TooManyPendingConsents",
+    "WorkerCredential",
     "create_task",
     "current_task",
     "find_server",

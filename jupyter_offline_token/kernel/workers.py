@@ -13,6 +13,7 @@ reporter that sends at most one report per ``progress_interval`` (the last value
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -315,6 +316,7 @@ def _shared(credential: WorkerCredential) -> _Shared:
             token_id, min_ttl = credential.token_id, credential.min_ttl
             token = WorkerToken(token_id, client=client, min_ttl=min_ttl) if token_id else None
             reporter = ProgressReporter(client, credential.task_id, credential.progress_interval)
+            atexit.register(reporter.flush)  # the last report also leaves a process that exits
             shared = _SHARED[credential] = _Shared(client, token, reporter)
         return shared
 
