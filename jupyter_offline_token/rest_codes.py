@@ -46,6 +46,7 @@ INVALID_NOTEBOOK = "invalid_notebook"
 # --- who may ask, and where --------------------------------------------------------------------
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+TASK_CREDENTIAL_ENDED = "task_credential_ended"
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 # --- the server cannot serve ------------------------------------------------------------------
@@ -106,6 +107,12 @@ CODES: dict[str, ErrorCode] = {
         "the credential is refused, or a task credential reaches beyond its task",
         "AuthenticationFailed",
         "Check JUPYTER_OFFLINE_TOKEN_SERVER_TOKEN or the task credential.",
+    ),
+    TASK_CREDENTIAL_ENDED: ErrorCode(
+        403,
+        "a task or worker credential that is unknown, or whose task run has ended",
+        "TaskEnded",
+        "The task ended or was cancelled: its credentials (and its workers') stop with it.",
     ),
     NOT_FOUND: ErrorCode(404, "unknown id (or another user's) or route", "NotFound"),
     METHOD_NOT_ALLOWED: ErrorCode(405, "the route does not take this method"),

@@ -62,6 +62,7 @@ TASK_KEYS = frozenset(
         "parameters",
     }
 )
+WORKER_KEYS = frozenset({"credential", "task_id", "persistent_token_id", "url"})
 CONSENT_KEYS = frozenset({"persistent_token_id", "consent_url", "status", "expires_at"})
 ACCESS_KEYS = frozenset({"access_token", "token_type", "expires_in", "expires_at", "scope"})
 HEALTH_KEYS = frozenset({"level", "counts", "configured", "message", "tokens", "next_cursor"})
@@ -288,6 +289,13 @@ SCENARIOS: list[Step] = [
         body={"progress": 10},
     ),
     Step("cancel before execute", "POST", "tasks/{task}/cancel", 409, rc.NOT_RUNNING),
+    Step(
+        "worker credentials before execute",
+        "POST",
+        "tasks/{task}/worker-credentials",
+        409,
+        rc.NOT_RUNNING,
+    ),
     _bad_body("tasks/{task}/link", b"{}", rc.MISSING_FIELD),
     Step(
         "link an unknown token",
@@ -324,6 +332,23 @@ SCENARIOS: list[Step] = [
     ),
     Step("execute again", "POST", "tasks/{task}/execute", 409, rc.ALREADY_RUNNING),
     Step(
+        "worker credentials",
+        "POST",
+        "tasks/{task}/worker-credentials",
+        201,
+        keys=WORKER_KEYS,
+        fields={"task_id": "{task}", "persistent_token_id": "{active}"},
+        check=lambda a: a["credential"].startswith("jotw1.") and a["url"].endswith("/"),
+    ),
+    _bad_body("tasks/{task}/worker-credentials", b'{"surprise": 1}', rc.UNKNOWN_FIELD),
+    Step(
+        "worker credentials of an unknown task",
+        "POST",
+        f"tasks/{UNKNOWN_ID}/worker-credentials",
+        404,
+        rc.NOT_FOUND,
+    ),
+    Step(
         "link while running",
         "POST",
         "tasks/{task}/link",
@@ -356,6 +381,13 @@ SCENARIOS: list[Step] = [
     Step("the token lists its task", path="tokens/{active}", check=lambda a: len(a["tasks"]) == 1),
     Step("cancel", "POST", "tasks/{task}/cancel", keys=TASK_KEYS, fields={"status": "cancelled"}),
     Step("cancel again", "POST", "tasks/{task}/cancel", 409, rc.NOT_RUNNING),
+    Step(
+        "worker credentials after the end",
+        "POST",
+        "tasks/{task}/worker-credentials",
+        409,
+        rc.TASK_FINISHED,
+    ),
     Step(
         "progress after the end",
         "PATCH",

@@ -469,7 +469,7 @@ async def test_scoped_credential_only_for_its_own_task_and_while_it_runs(
     headers = {"Authorization": f"OfflineTokenTask {secret}"}
     # The task ended: its credential is dead everywhere.
     status, err = await api.post("tokens", token_id, "access-token", headers=headers)
-    assert status == 403 and err["error"] == "forbidden"
+    assert status == 403 and err["error"] == "task_credential_ended"
     status, _ = await api.get("tasks", task["id"], headers=headers)
     assert status == 403
     status, _ = await api.patch("tasks", task["id"], body={"progress": 1}, headers=headers)

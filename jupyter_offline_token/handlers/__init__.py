@@ -18,6 +18,7 @@ def routes() -> list[tuple[str, Any]]:
         TaskLinkHandler,
         TaskLogHandler,
         TasksHandler,
+        TaskWorkerCredentialsHandler,
     )
     from .tokens import (
         AccessTokenHandler,
@@ -43,5 +44,6 @@ def routes() -> list[tuple[str, Any]]:
         (rf"{api}/tasks/{TASK_ID}/cancel", TaskCancelHandler),
         (rf"{api}/tasks/{TASK_ID}/events", TaskEventsHandler),
         (rf"{api}/tasks/{TASK_ID}/log", TaskLogHandler),
+        (rf"{api}/tasks/{TASK_ID}/worker-credentials", TaskWorkerCredentialsHandler),
         (r"/offline-token/callback", CallbackHandler),
     ]

@@ -247,7 +247,10 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         await self.services.ready()
         principal = await self.task_service.authenticate(secret.strip())
         if principal is None:
-            raise forbidden("the task credential is not valid: unknown, or its task has ended")
+            raise Forbidden(
+                "the task credential is not valid: unknown, or its task has ended",
+                code=rest_codes.TASK_CREDENTIAL_ENDED,
+            )
         self.task_principal = principal
 
     def update_api_activity(self) -> None:

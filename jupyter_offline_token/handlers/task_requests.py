@@ -154,6 +154,11 @@ class PatchTask:
         "error": Field(str, check=_no_nul(MAX_TEXT)),
     }
 
+    @property
+    def ends_task(self) -> bool:
+        """Whether it reports an end (status, result or error), not just progress."""
+        return self.status is not None or self.result is not None or self.error is not None
+
     @classmethod
     def parse(cls, raw: bytes) -> PatchTask:
         body = parse_body(raw, cls.FIELDS, allow_empty=False)

@@ -12,7 +12,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..tasks.models import TERMINAL
-from .base import OfflineTokenHandler, authenticated_or_task
+from .base import OfflineTokenHandler, authenticated_or_task, forbidden
 from .task_requests import CreateTask, LinkTask, PatchTask, status_filter
 from .tokens import page_query
 
@@ -65,6 +65,9 @@ class TaskHandler(TaskBaseHandler):
     @authenticated_or_task
     async def patch(self, task_id: str) -> None:
         request = PatchTask.parse(self.request.body or b"")
+        principal = self.task_principal
+        if principal is not None and principal.worker and request.ends_task:
+            raise forbidden("a worker credential reports progress and message only")
         service = await self.tasks()
         task = await service.patch(
             self.owner,
@@ -84,6 +87,18 @@ class TaskHandler(TaskBaseHandler):
         service = await self.tasks()
         await service.delete(self.owner, task_id)
         self.no_content()
+
+
+class TaskWorkerCredentialsHandler(TaskBaseHandler):
+    """A worker credential for the processes a running task spreads to (Dask workers): asked by
+    the task itself or by its owner; never by a worker (see ``tasks/worker_credentials.py``)."""
+
+    @authenticated_or_task
+    async def post(self, task_id: str) -> None:
+        self.body({}, allow_empty=True)
+        service = await self.tasks()
+        answer = await service.worker_credential(self.owner, task_id, self.task_principal)
+        self.write_json(answer, status=201)
 
 
 class TaskLinkHandler(TaskBaseHandler):

@@ -36,6 +36,7 @@ from .errors import (
     ServerUnreachable,
     TaskAlreadyRunning,
     TaskCancelled,
+    TaskEnded,
     TaskError,
     TokenFailed,
     TokenInUse,
@@ -44,6 +45,7 @@ from .errors import (
 )
 from .tasks import Task, create_task, current_task
 from .tokens import OfflineToken, list_tokens, request_offline_token
+from .workers import WorkerCredential
 
 __all__ = [
     "AccessToken",
@@ -66,11 +68,13 @@ __all__ = [
     "Task",
     "TaskAlreadyRunning",
     "TaskCancelled",
+    "TaskEnded",
     "TaskError",
     "TokenFailed",
     "TokenInUse",
     "TokenRevoked",
     "TooManyPendingConsents",
+    "WorkerCredential",
     "create_task",
     "current_task",
     "find_server",

@@ -365,6 +365,16 @@ class OfflineTokenClient(ServerConnection):
         body = _drop_none(fields)
         return dict(self._json(self.request("PATCH", self._task_path(task_id), json_body=body)))
 
+    def create_worker_credential(self, task_id: str) -> dict[str, Any]:
+        """``POST tasks/{id}/worker-credentials``: a worker credential of the running task.
+
+        Example::
+
+            body = client.create_worker_credential(task_id)  # {"credential", "url", ...}
+        """
+        path = self._task_path(task_id, "/worker-credentials")
+        return dict(self._json(self.request("POST", path)))
+
     def task_log(self, task_id: str) -> list[str]:
         """``GET tasks/{id}/log``: the last output lines of a process task.
 

@@ -286,6 +286,19 @@ class TaskCancelled(TaskError):
     code = rest_codes.CANCELLED
 
 
+class TaskEnded(AuthenticationFailed):
+    """A task or worker credential stopped working: its task ended, was cancelled or was
+    interrupted (403 task_credential_ended). Workers of the task should stop.
+
+    Example::
+
+        except TaskEnded:
+            return  # the task is over
+    """
+
+    code = rest_codes.TASK_CREDENTIAL_ENDED
+
+
 # Built from the one table of codes (rest_codes.CODES): a code the server adds is mapped here by
 # naming its class there, so the two sides cannot drift.
 _ADVICE: dict[str, str] = {code: e.advice for code, e in CODES.items() if e.advice}

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .client import OfflineTokenClient, get_default_client
@@ -23,6 +24,7 @@ from .tokens import OfflineToken
 
 if TYPE_CHECKING:
     from .widgets import StaticView, TaskProgressWidget
+    from .workers import WorkerCredential
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
 MAX_ERROR_CHARS = 2000
@@ -149,6 +151,26 @@ class Task(RemoteRecord):
         if isinstance(token, OfflineToken):
             self._token = token
         return self
+
+    def worker_credential(
+        self, *, url: str | None = None, min_ttl: float = 30, progress_interval: float = 1.0
+    ) -> WorkerCredential:
+        """A credential for processes this running task spreads to (Dask workers, jobs on other
+        machines): access tokens of its token and progress reports, until the task ends.
+
+        ``url``: the server as the workers reach it (default: the server's own URL). Picklable;
+        its repr hides the secret. See :mod:`.dask` for Dask.
+
+        Example::
+
+            cred = task.worker_credential()
+            client.register_plugin(OfflineTokenPlugin(cred))
+        """
+        from .workers import WorkerCredential
+
+        body = self.client.create_worker_credential(self._id)
+        credential = WorkerCredential.from_answer(body, url=url)
+        return replace(credential, min_ttl=min_ttl, progress_interval=progress_interval)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def execute(self) -> Task:
@@ -352,10 +374,11 @@ def create_task(
 
 
 def current_task(*, client: OfflineTokenClient | None = None) -> Task | None:
-    """Inside a command/notebook task process: its own Task, else ``None``.
+    """Inside a command/notebook task process, or a worker given a worker credential (installed
+    or in the environment): its own Task, else ``None``.
 
     Uses the process's scoped credential, so ``.access_token()`` and ``.progress()`` work while
-    the task runs (and nothing else does).
+    the task runs (and nothing else does). In a worker, progress reports are coalesced.
 
     Example::
 
@@ -363,6 +386,11 @@ def current_task(*, client: OfflineTokenClient | None = None) -> Task | None:
         if task is not None:
             task.progress(0.1, "started")
     """
+    from .workers import installed_credential
+
+    worker = installed_credential()
+    if worker is not None and client is None:
+        return worker.task()
     env = task_environment()
     if env is None:
         return None

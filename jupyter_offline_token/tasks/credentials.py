@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 ENV_URL = "JUPYTER_OFFLINE_TOKEN_URL"
@@ -49,6 +49,8 @@ class TaskPrincipal:
     task_id: str
     token_id: str | None
     owner: str
+    worker: bool = False  # a worker credential: narrower (see worker_credentials.py)
+    run_hash: str = field(default="", repr=False)  # the run's stored hash: mints worker ones
 
 
 def new_task_secret() -> str:

@@ -110,6 +110,7 @@ class TaskService:
         )
         self.supervisor.on_run_end = self._start_queued
         self.authenticate = self.links.authenticate
+        self.worker_credential = self.links.worker_credential
         self.check_task_for_consent = self.links.check_task_for_consent
         self.linked_tasks = self.links.linked_tasks
         self.tokens_in_use = self.links.tokens_in_use
@@ -218,12 +219,8 @@ class TaskService:
 
     async def log_lines(self, owner: str | None, task_id: str, *, limit: int = 200) -> list[str]:
         """The last lines of a process task's output (live while it runs, else its log file)."""
-        task = await self.get(owner, task_id)
-        active = self.supervisor.active.get(task.id)
-        if active is not None:
-            lines = active.run.log_lines()
-        else:
-            lines = await self.files.tail(task.id, limit)
+        active = self.supervisor.active.get((await self.get(owner, task_id)).id)
+        lines = active.run.log_lines() if active else await self.files.tail(task_id, limit)
         return lines[-limit:]
 
     def task_dir(self, task_id: str) -> Path:
@@ -336,7 +333,7 @@ class TaskService:
                 )
             await self._check_startable(task)
             if task.kind == KERNEL:
-                return await self.supervisor.mark_running(task, credential_hash=None)
+                return await self.supervisor.mark_kernel_running(task)
             if self.queue.slot_free(len(self.supervisor.active)) and not self.queue:
                 return await self.supervisor.launch_or_fail(task)
             return await self.updates.update(
@@ -441,6 +438,7 @@ class TaskService:
                     changes["error"] = "the task reported a failure"
             updated = await self.updates.update(task.id, expect=(RUNNING,), **changes)
         if updated.terminal:
+            self.supervisor.run_hashes.pop(task.id, None)
             await self.warmth.remove(task.id, task.persistent_token_id)
         return updated
 
@@ -496,5 +494,6 @@ class TaskService:
             entry = self.supervisor.active.get(task.id)
             if entry is not None:
                 self.supervisor.stop(entry)
+            self.supervisor.run_hashes.pop(task.id, None)
         await self.warmth.remove(task.id, task.persistent_token_id)
         return updated

@@ -114,6 +114,9 @@ class Supervisor:
         self.report_grace = float(report_grace)
         self.runner_id = new_runner_id()
         self.active: dict[str, ActiveRun] = {}
+        # task id -> the stored credential hash of the run this process started (worker
+        # credentials are minted from it; the store says whether the run still lives).
+        self.run_hashes: dict[str, str] = {}
         self.on_run_end: Callable[[], Awaitable[None]] | None = None  # starts queued tasks
         self.stopping = False
 
@@ -137,8 +140,17 @@ class Supervisor:
             error=None,
             credential_hash=credential_hash,
         )
+        if credential_hash is not None:
+            self.run_hashes[updated.id] = credential_hash
+        else:
+            self.run_hashes.pop(updated.id, None)
         await self.warmth.add(updated)
         return updated
+
+    async def mark_kernel_running(self, task: TaskRecord) -> TaskRecord:
+        """A kernel task runs in its kernel: no process holds a secret, but the run still gets
+        a credential hash, which keys its worker credentials (see worker_credentials.py)."""
+        return await self.mark_running(task, credential_hash=hash_secret(new_task_secret()))
 
     async def launch_or_fail(self, task: TaskRecord) -> TaskRecord:
         """Launch the task's run; a run that cannot even be set up (a file system or
@@ -261,6 +273,7 @@ class Supervisor:
             log.exception("task %s: could not record how it ended", entry.task_id)
         finally:
             self.active.pop(entry.task_id, None)
+            self.run_hashes.pop(entry.task_id, None)
         if not self.stopping and self.on_run_end is not None:
             try:
                 await self.on_run_end()

@@ -8,10 +8,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import rest_codes
-from ..errors import Conflict, NotFound, OfflineTokenError
+from ..errors import Conflict, Forbidden, NotFound, OfflineTokenError
 from ..models import ACTIVE, PENDING, TokenRecord
 from .credentials import TaskPrincipal, hash_secret
 from .models import RUNNING, TaskRecord, is_task_id
+from .worker_credentials import worker_run_hash, worker_secret
 
 if TYPE_CHECKING:
     import asyncio
@@ -71,10 +72,42 @@ class TokenLinks:
         """The running task a scoped credential belongs to, or None."""
         if not secret or len(secret) > MAX_SECRET_CHARS:
             return None
-        task = await self.store.find_running_by_credential(hash_secret(secret))
+        worker_hash = worker_run_hash(secret)
+        run_hash = worker_hash or hash_secret(secret)
+        task = await self.store.find_running_by_credential(run_hash)
         if task is None:
             return None
-        return TaskPrincipal(task.id, task.persistent_token_id, task.owner)
+        return TaskPrincipal(
+            task.id, task.persistent_token_id, task.owner, worker_hash is not None, run_hash
+        )
+
+    async def worker_credential(
+        self, owner: str | None, task_id: str, principal: TaskPrincipal | None
+    ) -> dict[str, Any]:
+        """A worker credential for a running task: asked by the task itself (``principal``) or
+        by its owner on the server that started the run (which remembers the run's hash)."""
+        if principal is not None and principal.worker:
+            raise Forbidden("a worker credential cannot mint worker credentials")
+        task = await self.service.get(owner, task_id)
+        if task.status != RUNNING:
+            code = rest_codes.TASK_FINISHED if task.terminal else rest_codes.NOT_RUNNING
+            raise Conflict(f"task {task_id} is {task.status}, not running", code=code)
+        run_hash = principal.run_hash if principal is not None else None
+        run_hash = run_hash or self.service.supervisor.run_hashes.get(task.id)
+        found = await self.store.find_running_by_credential(run_hash) if run_hash else None
+        if found is None or found.id != task.id:
+            raise Conflict(
+                f"task {task_id} was started by another server process: ask for worker "
+                "credentials from inside the task (current_task().worker_credential())",
+                code=rest_codes.NOT_RUNNING,
+            )
+        assert run_hash is not None
+        return {
+            "credential": worker_secret(run_hash),
+            "task_id": task.id,
+            "persistent_token_id": task.persistent_token_id,
+            "url": self.service.server_url,
+        }
 
     async def check_task_for_consent(self, owner: str, task_id: str) -> None:
         """For ``POST consents`` with a task_id: NotFound unless the caller owns the task."""

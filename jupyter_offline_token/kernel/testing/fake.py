@@ -73,6 +73,7 @@ class FakeOfflineTokenAPI(TaskRoutes):
         self.tasks: dict[str, dict[str, Any]] = {}
         self.task_history: dict[str, list[dict[str, Any]]] = {}
         self.task_secrets: dict[str, str] = {}  # secret -> task id
+        self.run_hashes: dict[str, str] = {}
         self.requests: list[httpx.Request] = []
         self.provider_down_retry_after: float | None = None
         self.valid_access_tokens: set[str] = set()
@@ -193,6 +194,8 @@ class FakeOfflineTokenAPI(TaskRoutes):
             task_id = self.task_secrets[value]
             if self.tasks.get(task_id, {}).get("status") == "running":
                 return f"task:{task_id}"
+        if scheme == "OfflineTokenTask":
+            return self._worker_caller(value)
         return None
 
     def _route(self, request: httpx.Request) -> httpx.Response:
@@ -203,14 +206,17 @@ class FakeOfflineTokenAPI(TaskRoutes):
         caller = self._caller(request)
         if caller is None:
             return error_response(403, rc.FORBIDDEN, "authentication required")
+        if caller == "ended":
+            return error_response(403, rc.TASK_CREDENTIAL_ENDED, "its task has ended")
         method = request.method
-        if caller.startswith("task:"):
-            task_id = caller[5:]
+        if caller.startswith(("task:", "worker:")):
+            task_id = caller.partition(":")[2]
             token_id = self.tasks[task_id].get("persistent_token_id")
             allowed = (
                 (method == "POST" and route == f"tokens/{token_id}/access-token")
                 or (method in ("GET", "PATCH") and route == f"tasks/{task_id}")
                 or (method == "GET" and route == f"tasks/{task_id}/events")
+                or (method == "POST" and route == f"tasks/{task_id}/worker-credentials")
             )
             if not allowed:
                 return error_response(
@@ -243,6 +249,7 @@ class FakeOfflineTokenAPI(TaskRoutes):
             (r"tasks/([^/]+)/cancel", "POST", self._cancel_task),
             (r"tasks/([^/]+)/events", "GET", self._task_events),
             (r"tasks/([^/]+)/log", "GET", self._task_log),
+            (r"tasks/([^/]+)/worker-credentials", "POST", self._worker_credentials),
         ]
 
     # --- tokens --------------------------------------------------------------------------------

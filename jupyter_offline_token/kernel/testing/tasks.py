@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import secrets
 import uuid
 from typing import Any
 
@@ -32,6 +34,36 @@ class TaskRoutes:
     task_history: dict[str, list[dict[str, Any]]]
     _order: dict[str, int]
     _sequence: itertools.count[int]
+    base_url: str
+    run_hashes: dict[str, str]  # task id -> its run's hash (worker credential "jotw1.<hash>")
+
+    def _caller(self, request: httpx.Request) -> str | None:
+        raise NotImplementedError
+
+    def _worker_caller(self, secret: str) -> str:
+        """``worker:<task id>`` for a worker credential of a running task, else ``ended``."""
+        for task_id, run_hash in self.run_hashes.items():
+            running = self.tasks.get(task_id, {}).get("status") == "running"
+            if running and secret == "jotw1." + run_hash:
+                return f"worker:{task_id}"
+        return "ended"
+
+    def _worker_credentials(self, request: httpx.Request, task_id: str) -> httpx.Response:
+        caller = self._caller(request) or ""
+        if caller.startswith("worker:"):
+            return error_response(403, rc.FORBIDDEN, "a worker cannot mint worker credentials")
+        parse_body(request, {}, allow_empty=True)
+        task = self._task(task_id)
+        if task["status"] != "running":
+            code = rc.TASK_FINISHED if task["status"] in TASK_TERMINAL else rc.NOT_RUNNING
+            return error_response(409, code, f"the task is {task['status']}, not running")
+        body = {
+            "credential": "jotw1." + self.run_hashes[task_id],
+            "task_id": task_id,
+            "persistent_token_id": task.get("persistent_token_id"),
+            "url": self.base_url,
+        }
+        return httpx.Response(201, json=body)
 
     def _entry(self, token_id: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -133,6 +165,7 @@ class TaskRoutes:
                 409, rc.TOKEN_FAILED, "the linked token cannot be used; request consent again"
             )
         task.update(status="running", started_at=now_iso(), error=None, completed_at=None)
+        self.run_hashes[task_id] = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
         self._task_changed(task)
         return httpx.Response(202, json={"status": "executing", "task": task})
 
@@ -154,6 +187,9 @@ class TaskRoutes:
         if task["status"] != "running":
             return error_response(409, rc.NOT_RUNNING, "the task is not running: execute it first")
         status = body.get("status")
+        ends = any(body.get(k) is not None for k in ("status", "result", "error"))
+        if ends and (self._caller(request) or "").startswith("worker:"):
+            return error_response(403, rc.FORBIDDEN, "a worker reports progress and message only")
         for key in ("progress", "message", "result", "error"):
             if body.get(key) is not None:
                 task[key] = body[key]
