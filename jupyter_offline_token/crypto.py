@@ -11,7 +11,9 @@ import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import DecryptionError, VaultError
 
@@ -52,13 +54,15 @@ class KeyRing:
     ``repr`` shows key ids only.
     """
 
-    __slots__ = ("_ciphers", "_order")
+    __slots__ = ("_ciphers", "_derived", "_order", "_raw")
 
     def __init__(self, keys: list[bytes]) -> None:
         """``keys``: raw 32-byte keys; at least one. ValueError otherwise."""
         if not keys:
             raise ValueError("a key ring needs at least one encryption key")
         self._ciphers: dict[str, AESGCM] = {}
+        self._raw: dict[str, bytes] = {}
+        self._derived: dict[tuple[str, str], bytes] = {}
         self._order: list[str] = []
         for position, raw in enumerate(keys, start=1):
             if not isinstance(raw, bytes) or len(raw) != KEY_BYTES:
@@ -67,6 +71,7 @@ class KeyRing:
             if key_id in self._ciphers:
                 continue  # the same key listed twice: keep the first position
             self._ciphers[key_id] = AESGCM(raw)
+            self._raw[key_id] = raw
             self._order.append(key_id)
 
     @classmethod
@@ -181,6 +186,25 @@ class KeyRing:
             raise DecryptionError(
                 "ciphertext failed authentication (wrong key or tampered data)"
             ) from None
+
+    def derived_key(self, purpose: str, key_id: str | None = None) -> bytes | None:
+        """A 32-byte key for ``purpose`` derived (HKDF-SHA256) from the ring's key ``key_id``
+        (the primary when None); None for a key id not in the ring. For MACs that whoever can
+        read the database alone must not be able to forge (the keys are never stored there)."""
+        key_id = self._order[0] if key_id is None else key_id
+        raw = self._raw.get(key_id) if isinstance(key_id, str) else None
+        if raw is None:
+            return None
+        cached = self._derived.get((key_id, purpose))
+        if cached is None:
+            hkdf = HKDF(
+                algorithm=hashes.SHA256(),
+                length=KEY_BYTES,
+                salt=None,
+                info=b"jupyter-offline-token:" + purpose.encode(),
+            )
+            cached = self._derived[(key_id, purpose)] = hkdf.derive(raw)
+        return cached
 
     def __repr__(self) -> str:
         return f"KeyRing(key_ids={self._order!r})"

@@ -195,3 +195,20 @@ def test_repr_and_pickle_do_not_reveal_keys() -> None:
         assert form not in text
     with pytest.raises(TypeError):
         pickle.dumps(ring)
+
+
+def test_derived_keys_are_per_purpose_and_key_and_never_the_key_itself() -> None:
+    first, second = KeyRing.generate(), KeyRing.generate()
+    ring = KeyRing.from_config([first, second])
+    primary = ring.derived_key("worker-credential")
+    assert primary is not None and len(primary) == 32
+    assert ring.derived_key("worker-credential", ring.primary_key_id) == primary
+    assert ring.derived_key("another purpose") != primary
+    (old_id,) = ring.key_ids - {ring.primary_key_id}
+    old = ring.derived_key("worker-credential", old_id)
+    assert old is not None and old != primary
+    # The same key derives the same key in another ring (another process), whatever its place.
+    assert KeyRing.from_config([second]).derived_key("worker-credential") == old
+    assert ring.derived_key("worker-credential", "0" * 16) is None
+    raw = [base64.urlsafe_b64decode(k + "=" * (-len(k) % 4)) for k in (first, second)]
+    assert primary not in raw and old not in raw

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import MetaHasTraits
 
+from ..crypto import KeyRing
 from ..models import (
     FAILURE_KINDS,
     AuditEvent,
@@ -62,6 +63,12 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
     @abstractmethod
     async def close(self) -> None:
         """Release connections and threads; safe twice. Methods then raise VaultError."""
+
+    @property
+    @abstractmethod
+    def keyring(self) -> KeyRing:
+        """The key ring the store encrypts with, once open (the first key encrypts). Also keys
+        MACs that whoever reads the database alone must not forge (``KeyRing.derived_key``)."""
 
     # --- consent ------------------------------------------------------------------------------
     @abstractmethod

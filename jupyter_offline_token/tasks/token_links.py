@@ -8,11 +8,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import rest_codes
-from ..errors import Conflict, Forbidden, NotFound, OfflineTokenError
+from ..crypto import KeyRing
+from ..errors import Conflict, Forbidden, NotFound, OfflineTokenError, VaultError
 from ..models import ACTIVE, PENDING, TokenRecord
 from .credentials import TaskPrincipal, hash_secret
 from .models import RUNNING, TaskRecord, is_task_id
-from .worker_credentials import worker_run_hash, worker_secret
+from .worker_credentials import is_worker_shaped, worker_run_hash, worker_secret
 
 if TYPE_CHECKING:
     import asyncio
@@ -72,7 +73,9 @@ class TokenLinks:
         """The running task a scoped credential belongs to, or None."""
         if not secret or len(secret) > MAX_SECRET_CHARS:
             return None
-        worker_hash = worker_run_hash(secret)
+        worker_hash = worker_run_hash(secret, self._keyring()) if is_worker_shaped(secret) else None
+        if is_worker_shaped(secret) and worker_hash is None:
+            return None  # forged, or keyed by a key no longer in the ring
         run_hash = worker_hash or hash_secret(secret)
         task = await self.store.find_running_by_credential(run_hash)
         if task is None:
@@ -80,6 +83,12 @@ class TokenLinks:
         return TaskPrincipal(
             task.id, task.persistent_token_id, task.owner, worker_hash is not None, run_hash
         )
+
+    def _keyring(self) -> KeyRing | None:
+        try:
+            return self.service.broker.vault.keyring
+        except (AttributeError, VaultError):  # a closed store: nothing authenticates
+            return None
 
     async def worker_credential(
         self, owner: str | None, task_id: str, principal: TaskPrincipal | None
@@ -103,7 +112,7 @@ class TokenLinks:
             )
         assert run_hash is not None
         return {
-            "credential": worker_secret(run_hash),
+            "credential": worker_secret(run_hash, self.service.broker.vault.keyring),
             "task_id": task.id,
             "persistent_token_id": task.persistent_token_id,
             "url": self.service.server_url,
