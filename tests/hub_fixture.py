@@ -213,7 +213,7 @@ class Hub:
         service = self.service_entry()
         access = f"access:services!service={SERVICE_NAME}"
         roles = [
-            {"name": "admin", "services": ["tests"]},
+            {"name": "admin", "services": ["tests"], "users": [ADMIN_USER]},
             {"name": "user", "scopes": ["self", access]},
             {
                 "name": "offline-token-operators",
@@ -239,7 +239,6 @@ c.Authenticator.allow_all = True
 c.JupyterHub.services = [{{"name": "tests", "api_token": {self.admin_token!r}}}, {service!r}]
 c.JupyterHub.custom_scopes = {CUSTOM_SCOPES!r}
 c.JupyterHub.load_roles = {roles!r}
-c.Authenticator.admin_users = {{{ADMIN_USER!r}}}
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", {access!r}]
 c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"

@@ -5,8 +5,11 @@ while a user's server is stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import html
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -195,6 +198,14 @@ def test_an_operator_reads_and_revokes_as_themselves_never_an_access_token(hub, 
     with hub.service_client(users["bob"]) as bob:
         assert bob.get(f"{API}tokens/{extra_id}").status_code == 404
         assert bob.get(f"{API}tokens/{granted['bob']}").json()["status"] == "active"
+    # The scope filtered to one user reaches that user only.
+    bob_only_token = hub.user_token(
+        OPERATOR_USER,
+        scopes=["access:services!service=offline-token", f"{ADMIN_SCOPE}!user=bob"],
+    )
+    with hub.service_client(bob_only_token) as operator:
+        assert operator.get(f"{API}tokens", params={"owner": "bob"}).status_code == 200
+        assert operator.get(f"{API}tokens", params={"owner": "alice"}).status_code == 403
     # The revocation's audit names the operator (read from the service's vault: the entry is
     # gone from the API).
     with sqlite3.connect(f"file:{hub.service_vault}?mode=ro", uri=True) as db:
@@ -203,6 +214,34 @@ def test_an_operator_reads_and_revokes_as_themselves_never_an_access_token(hub, 
         ).fetchall()
     assert ("operator", "revoke") in {(a, r) for a, r, _ in rows}
     assert any(OPERATOR_USER in detail for a, _, detail in rows if a == "operator"), rows
+
+
+def test_a_browser_session_logs_in_through_the_hub_and_needs_the_xsrf_token(hub, users):
+    """HubOAuth: the hub's login cookie gets a service session (oauth_callback); a cookie POST
+    without the page's XSRF token is refused; the consent completes at the one callback."""
+    with contextlib.closing(hub.login("bob")) as browser:
+        page = browser.get("services/offline-token/offline-token/")
+        assert page.status_code == 200, page.text[:500]
+        assert urlsplit(str(page.url)).path == "/services/offline-token/offline-token/"
+        found = re.search(r'data-xsrf-token="([^"]+)"', page.text)
+        assert found, page.text[:500]
+        consents = f"services/offline-token/{API}consents"
+        refused = browser.post(consents, json={"label": "no xsrf"})
+        assert refused.status_code == 403, refused.text
+        created = browser.post(
+            consents,
+            json={"label": "from the dashboard"},
+            headers={"X-XSRFToken": html.unescape(found.group(1))},
+        )
+        assert created.status_code == 201, created.text
+        location = hub.service_idp.complete_consent(
+            created.json()["consent_url"], username="bob", password="bob"
+        )
+        done = browser.get(location)
+        assert done.status_code == 200 and "Offline access granted" in done.text
+    with hub.service_client(users["bob"]) as bob:
+        token_id = created.json()["persistent_token_id"]
+        assert bob.get(f"{API}tokens/{token_id}").json()["status"] == "active"
 
 
 # --- kernels in user servers, secrets, culling --------------------------------------------------

@@ -1,0 +1,23 @@
+"""The hub scopes the service reads from a request's identity (hub_scopes.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from jupyter_offline_token.hub_scopes import ADMIN_SCOPE, holds, hub_scopes
+
+
+def test_scopes_come_from_the_hub_user_model_and_nothing_else():
+    user = SimpleNamespace(hub_user={"name": "oscar", "scopes": [ADMIN_SCOPE, 7, "self"]})
+    assert hub_scopes(user) == {ADMIN_SCOPE, "self"}
+    assert hub_scopes(SimpleNamespace(username="alice")) == frozenset()  # not under a hub
+    assert hub_scopes(SimpleNamespace(hub_user={"scopes": "admin"})) == frozenset()
+
+
+def test_a_filtered_scope_holds_for_its_user_only():
+    scopes = frozenset({f"{ADMIN_SCOPE}!user=bob"})
+    assert holds(scopes, ADMIN_SCOPE, "bob")
+    assert not holds(scopes, ADMIN_SCOPE, "alice")
+    assert not holds(scopes, ADMIN_SCOPE)  # across users needs the unfiltered scope
+    assert holds(frozenset({ADMIN_SCOPE}), ADMIN_SCOPE, "alice")
+    assert not holds(frozenset({f"{ADMIN_SCOPE}!group=staff"}), ADMIN_SCOPE, "bob")
