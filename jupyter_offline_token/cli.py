@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["serve"]:
         # Every argument after `serve` goes to jupyter_server (--OfflineTokenApp.<name>=...).
-        from .hub_service import main as serve
-
+        try:
+            from .hub_service import main as serve
+        except ImportError as exc:
+            sys.stderr.write(
+                f"jupyter-offline-token serve needs JupyterHub in this environment ({exc}); "
+                "run it with the hub's Python (pip install jupyterhub)\n"
+            )
+            return 2
         return serve(args_list[1:])
     if "--help-all" in args_list:
         sys.stdout.write(settings_reference())

@@ -65,6 +65,13 @@ class OfflineTokenServiceApp(ServerApp):
         """Only this package's extension, whatever else is installed next to it."""
         self.jpserver_extensions = {"jupyter_offline_token": True}
 
+    def write_server_info_file(self) -> None:
+        """No ``jpserver-<pid>.json``: it would hold the service's hub API token (its
+        ``token``), and nothing discovers the service through runtime files."""
+
+    def write_browser_open_files(self) -> None:
+        """Nothing to open in a browser (and no URL with a token on disk)."""
+
     def init_webapp(self) -> None:
         """As jupyterhub-singleuser does: tornado's own XSRF check runs before the hub identity
         is known, and would refuse every POST of a hub API token; jupyter_server checks XSRF in

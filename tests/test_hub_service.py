@@ -23,6 +23,7 @@ import httpx
 import pytest
 from hub_fixture import ADMIN_USER, MARKER, OPERATOR_USER, SERVICE_SERVER, Hub, _environ
 
+from jupyter_offline_token.cli import main as cli_main
 from jupyter_offline_token.hub_scopes import ADMIN_SCOPE
 from jupyter_offline_token.hub_service import HubEnvironmentMissing, service_argv
 
@@ -113,15 +114,13 @@ def test_serve_takes_its_address_from_the_hub_and_passes_settings_on():
         service_argv([], bad)
 
 
-def test_serve_outside_a_hub_says_what_to_configure():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-    cli = Path(sys.executable).with_name("jupyter-offline-token")
-    result = subprocess.run(
-        [str(cli), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 2, result.stderr
-    assert "$JUPYTERHUB_SERVICE_URL" in result.stderr
-    assert "c.JupyterHub.services" in result.stderr
+def test_serve_outside_a_hub_says_what_to_configure(monkeypatch, capsys):
+    for name in [n for n in os.environ if n.startswith("JUPYTERHUB_")]:
+        monkeypatch.delenv(name)
+    assert cli_main(["serve", "--OfflineTokenApp.vault_path=/nowhere/vault.db"]) == 2
+    stderr = capsys.readouterr().err
+    assert "$JUPYTERHUB_SERVICE_URL" in stderr and "c.JupyterHub.services" in stderr
+    assert not Path("/nowhere").exists()
 
 
 # --- owners are hub users -----------------------------------------------------------------------
@@ -315,18 +314,31 @@ def _service_pid(hub: Hub) -> int:
 
 
 def test_secrets_are_in_the_service_and_in_no_user_server(hub, users, granted):
-    servers = [hub.user_server("alice"), hub.user_server("bob", SERVICE_SERVER)]
+    # An embedded-mode server (its client secret in a file) and a service-mode one.
+    servers = [hub.user_server("alice"), hub.user_server("alice", SERVICE_SERVER)]
     secrets_ = {
         "the service's client secret": hub.service_idp.client_secret,
         "the service's vault key": hub.service_key,
         "the user servers' client secret": hub.idp.client_secret,
     }
-    service_env = "\0".join(f"{k}={v}" for k, v in _environ(_service_pid(hub)).items())
+    service_environ = _environ(_service_pid(hub))
+    service_env = "\0".join(f"{k}={v}" for k, v in service_environ.items())
     assert hub.service_key in service_env and hub.service_idp.client_secret in service_env
+    secrets_["the service's hub API token"] = service_environ["JUPYTERHUB_API_TOKEN"]
     for server in servers:
         environ = "\0".join(f"{k}={v}" for k, v in _environ(server.pid).items())
         for what, value in secrets_.items():
             assert value not in environ, f"{what} is in {server!r}'s environment"
+    # No runtime file of the service (it would hold the service's hub API token).
+    runtime = subprocess.run(
+        [sys.executable, "-c", "from jupyter_core.paths import *; print(jupyter_runtime_dir())"],
+        env=service_environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert not (Path(runtime) / f"jpserver-{_service_pid(hub)}.json").exists(), runtime
     log = hub.log_path.read_text(errors="replace")  # the service's own output is in it
     for what, value in secrets_.items():
         assert value not in log, f"{what} is in the hub's log"
