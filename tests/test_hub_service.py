@@ -197,6 +197,24 @@ def test_an_operator_reads_and_revokes_as_themselves_never_an_access_token(hub, 
     with hub.service_client(users["bob"]) as bob:
         assert bob.get(f"{API}tokens/{extra_id}").status_code == 404
         assert bob.get(f"{API}tokens/{granted['bob']}").json()["status"] == "active"
+    # A failing entry of bob's shows in the operators' health, with its owner and no secret.
+    hub.service_idp.revoke_account_grants("bob")
+    with hub.service_client(users["bob"]) as bob:
+        failed = bob.post(f"{API}tokens/{granted['bob']}/access-token", json={"min_ttl": 3600})
+        assert failed.status_code == 409 and failed.json()["error"] == "token_failed"
+    with hub.service_client(users[OPERATOR_USER]) as operator:
+        health = operator.get(f"{API}operator/health").json()
+    assert health["level"] == "unhealthy" and health["counts"]["failed"] >= 1
+    listed = {t["persistent_token_id"]: t for t in health["tokens"]}
+    assert listed[granted["bob"]]["owner"] == "bob"
+    assert listed[granted["bob"]]["health"]["action"] == "request_consent"
+    assert set(listed[granted["bob"]]) == {
+        "persistent_token_id",
+        "owner",
+        "label",
+        "status",
+        "health",
+    }
     # The scope filtered to one user reaches that user only.
     bob_only_token = hub.user_token(
         OPERATOR_USER,
