@@ -248,6 +248,8 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
             )
         if not holds(hub_scopes(self.current_user), ADMIN_SCOPE, named):
             raise forbidden(f"acting on another user's tokens needs the scope {ADMIN_SCOPE}")
+        if self.acting_operator is None:
+            log.info("operator: hub user %s acts for %s: %s", own, named, self.request.method)
         self.acting_operator = own
         return named
 
