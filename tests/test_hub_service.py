@@ -5,6 +5,7 @@ while a user's server is stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -21,7 +22,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from hub_fixture import ADMIN_USER, MARKER, OPERATOR_USER, SERVICE_SERVER, Hub, _environ
+from hub_fixture import (
+    ADMIN_USER,
+    MARKER,
+    OPERATOR_USER,
+    SERVICE_SERVER,
+    Hub,
+    UserServer,
+    _environ,
+)
 
 from jupyter_offline_token.cli import main as cli_main
 from jupyter_offline_token.hub_scopes import ADMIN_SCOPE
@@ -360,3 +369,35 @@ def test_secrets_are_in_the_service_and_in_no_user_server(hub, users, granted):
     log = hub.log_path.read_text(errors="replace")  # the service's own output is in it
     for what, value in secrets_.items():
         assert value not in log, f"{what} is in the hub's log"
+
+
+@pytest.mark.browser
+async def test_the_dashboard_and_a_consent_work_in_chromium_through_the_hub(hub, users):
+    """The service's dashboard behind HubOAuth in a real browser (its API calls carry the
+    XSRF token), and a consent that a kernel started completes in that browser at the one
+    callback."""
+    from test_hub import hub_browser  # the hub login + dashboard helper of the hub tests
+
+    service = UserServer(
+        user="alice",
+        name="offline-token-service",
+        public_url=hub.service_url,
+        internal_url=hub.service_internal_url,
+        pid=0,
+        api_token=users["alice"],
+    )
+    async with hub_browser(hub, service) as page:
+        banner = page.get_by_test_id("health-banner")
+        assert await banner.get_attribute("data-level") != "offline", await banner.inner_text()
+        assert page.api_calls and all(status == 200 for status, _ in page.api_calls)
+        with hub.service_client(users["alice"]) as alice:
+            created = (await asyncio.to_thread(alice.post, f"{API}consents", json={})).json()
+        await page.goto(created["consent_url"])
+        await page.fill("input[name=login]", "alice")
+        await page.fill("input[name=password]", "alice")
+        await page.click("form#login [type=submit]")
+        await page.click("form#consent button[value=allow]")
+        await page.wait_for_load_state()
+        assert urlsplit(page.url).path == "/services/offline-token/callback"
+        title = page.get_by_test_id("callback-title")
+        assert await title.inner_text() == "Offline access granted"
