@@ -36,6 +36,13 @@ def hub_scopes(user: Any) -> frozenset[str]:
     return frozenset(s for s in scopes if isinstance(s, str))
 
 
+def is_hub_service(user: Any) -> bool:
+    """The request comes with a JupyterHub service's token, not a user's: such an identity
+    owns no entries (service and user names are separate namespaces at the hub)."""
+    model = getattr(user, "hub_user", None)
+    return isinstance(model, dict) and model.get("kind") == "service"
+
+
 def holds(scopes: frozenset[str], scope: str, owner: str | None = None) -> bool:
     """``scope`` unfiltered, or filtered to ``owner`` when one is given."""
     return scope in scopes or (owner is not None and f"{scope}!user={owner}" in scopes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from jupyter_offline_token.hub_scopes import ADMIN_SCOPE, holds, hub_scopes
+from jupyter_offline_token.hub_scopes import ADMIN_SCOPE, holds, hub_scopes, is_hub_service
 
 
 def test_scopes_come_from_the_hub_user_model_and_nothing_else():
@@ -21,3 +21,9 @@ def test_a_filtered_scope_holds_for_its_user_only():
     assert not holds(scopes, ADMIN_SCOPE)  # across users needs the unfiltered scope
     assert holds(frozenset({ADMIN_SCOPE}), ADMIN_SCOPE, "alice")
     assert not holds(frozenset({f"{ADMIN_SCOPE}!group=staff"}), ADMIN_SCOPE, "bob")
+
+
+def test_a_service_identity_is_told_apart_from_a_user():
+    assert is_hub_service(SimpleNamespace(hub_user={"name": "x", "kind": "service"}))
+    assert not is_hub_service(SimpleNamespace(hub_user={"name": "x", "kind": "user"}))
+    assert not is_hub_service(SimpleNamespace(username="x"))

@@ -156,6 +156,19 @@ def test_a_token_without_the_service_scope_is_refused(hub, users, granted):
         assert client.post(f"{API}tokens/{granted['alice']}/access-token").status_code == 403
 
 
+def test_a_hub_service_token_owns_nothing(hub, users, granted):
+    """Service names are not user names: the admin service "tests" (which may access every
+    service) is refused rather than treated as a user of that name."""
+    with hub.service_client(hub.admin_token) as service:
+        for response in (
+            service.get(f"{API}tokens"),
+            service.post(f"{API}consents", json={}),
+            service.get(f"{API}tokens/{granted['alice']}", params={"owner": "alice"}),
+        ):
+            assert response.status_code == 403, response.text
+            assert "service's token" in response.json()["message"]
+
+
 def test_jupyter_routes_other_than_the_extension_are_refused(hub, users):
     with hub.service_client(users["alice"]) as alice:
         assert alice.get("api/status").status_code == 403  # the authorizer: only our routes

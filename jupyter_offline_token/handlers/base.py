@@ -18,7 +18,7 @@ from tornado import web
 
 from .. import rest_codes
 from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError
-from ..hub_scopes import ADMIN_SCOPE, holds, hub_scopes
+from ..hub_scopes import ADMIN_SCOPE, holds, hub_scopes, is_hub_service
 from ..public_url import CallbackURL, browser_origin
 from ..services import Services
 from .errors import http_status
@@ -238,6 +238,10 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
     def owner_named_by_operator(self, own: str) -> str:
         """``?owner=`` of an operator (JupyterHub service): 403 unless this route allows it and
         the hub identity holds the admin scope for that user. A hub admin is no exception."""
+        if is_hub_service(self.current_user):
+            raise forbidden(
+                "a JupyterHub service's token owns no offline tokens: use a hub user's token"
+            )
         named = self.get_query_argument("owner", None)
         if named is None or named == own:
             return own
