@@ -23,7 +23,10 @@ from urllib.parse import urlsplit
 from jupyter_server.serverapp import ServerApp
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer  # type: ignore[import-untyped]
 
+from .errors import Forbidden
 from .handlers.base import AUTH_RESOURCE
+from .tasks.models import PROCESS_KINDS
+from .tasks.runners import LocalTaskRunner, TaskLaunch, TaskRun
 
 # The variables JupyterHub gives a managed service with a ``url`` (services/service.py).
 REQUIRED_ENV = (
@@ -34,6 +37,7 @@ REQUIRED_ENV = (
 )
 IDENTITY_PROVIDER = "jupyterhub.singleuser.extension.JupyterHubIdentityProvider"
 AUTHORIZER = "jupyter_offline_token.hub_service.ServiceAuthorizer"
+TASK_RUNNER = "jupyter_offline_token.hub_service.ServiceTaskRunner"
 
 
 class HubEnvironmentMissing(RuntimeError):
@@ -49,6 +53,20 @@ class ServiceAuthorizer(JupyterHubAuthorizer):  # type: ignore[misc]  # jupyterh
         if resource != AUTH_RESOURCE:
             return False
         return bool(super().is_authorized(handler, user, action, resource))
+
+
+class ServiceTaskRunner(LocalTaskRunner):
+    """The service starts no process: a command or notebook task would run a user's code as
+    the service's OS user, next to the client secret and the keys. Such a task fails to start
+    with a reason that says where to run it; kernel tasks (no process) and demos are kept."""
+
+    async def start(self, launch: TaskLaunch) -> TaskRun:
+        if launch.task.kind in PROCESS_KINDS:
+            raise Forbidden(
+                f"the JupyterHub offline-token service runs no {launch.task.kind} tasks: run "
+                "them in your own server"
+            )
+        return await super().start(launch)
 
 
 class OfflineTokenServiceApp(ServerApp):
@@ -123,6 +141,7 @@ def service_argv(
         "--ServerApp.terminals_enabled=False",
         f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
         f"--ServerApp.authorizer_class={AUTHORIZER}",
+        f"--OfflineTokenApp.task_runner_class={TASK_RUNNER}",
     ]
     if (os.geteuid() if euid is None else euid) == 0:
         argv.append("--allow-root")

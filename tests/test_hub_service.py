@@ -169,6 +169,31 @@ def test_a_hub_service_token_owns_nothing(hub, users, granted):
             assert "service's token" in response.json()["message"]
 
 
+def test_the_service_runs_no_task_process(hub, users, granted):
+    """A command task would be a user's code next to the service's secrets: it fails to start
+    and nothing runs."""
+    marker = hub.dir / "a-task-ran"
+    command = [sys.executable, "-c", f"import pathlib; pathlib.Path({str(marker)!r}).touch()"]
+    with hub.service_client(users["alice"]) as alice:
+        body = {
+            "name": "escape",
+            "kind": "command",
+            "command": command,
+            "persistent_token_id": granted["alice"],
+        }
+        task = alice.post(f"{API}tasks", json=body).json()
+        executed = alice.post(f"{API}tasks/{task['id']}/execute")
+        assert executed.status_code == 202, executed.text
+
+        def ended() -> dict[str, Any] | None:
+            current = alice.get(f"{API}tasks/{task['id']}").json()
+            return current if current["status"] not in ("pending", "running") else None
+
+        final = until(ended, "the command task to end")
+    assert final["status"] == "failed" and "runs no command tasks" in final["error"], final
+    assert not marker.exists()
+
+
 def test_jupyter_routes_other_than_the_extension_are_refused(hub, users):
     with hub.service_client(users["alice"]) as alice:
         assert alice.get("api/status").status_code == 403  # the authorizer: only our routes
