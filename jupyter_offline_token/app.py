@@ -166,6 +166,11 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         return getattr(self.serverapp, "offline_token_hub_service", False) is True
 
     def effective_owner_scope(self) -> str:
+        if self.hub_service:
+            # One vault for the whole hub: an entry always belongs to its hub user.
+            if self.owner_scope == "server":
+                self.log.warning("OfflineTokenApp.owner_scope=server is ignored by the service")
+            return "username"
         if self.owner_scope != "auto":
             return str(self.owner_scope)
         from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider

@@ -27,3 +27,18 @@ def test_a_service_identity_is_told_apart_from_a_user():
     assert is_hub_service(SimpleNamespace(hub_user={"name": "x", "kind": "service"}))
     assert not is_hub_service(SimpleNamespace(hub_user={"name": "x", "kind": "user"}))
     assert not is_hub_service(SimpleNamespace(username="x"))
+
+
+def test_in_the_service_entries_always_belong_to_the_hub_user():
+    """owner_scope=server would make every hub user one owner: the service ignores it."""
+    from jupyter_offline_token.app import OfflineTokenApp
+
+    app = OfflineTokenApp(owner_scope="server")
+    app.serverapp = SimpleNamespace(offline_token_hub_service=True)
+    assert app.owner_of(SimpleNamespace(username="alice")) == "alice"
+    assert app.owner_of(SimpleNamespace(username="bob")) == "bob"
+    single = OfflineTokenApp(owner_scope="server")
+    single.serverapp = SimpleNamespace()
+    # (outside the service the setting still means one owner for every caller)
+    alice, bob = SimpleNamespace(username="alice"), SimpleNamespace(username="bob")
+    assert single.owner_of(alice) == single.owner_of(bob)
