@@ -15,7 +15,7 @@ from . import __version__
 from .activity import ServerActivity
 from .broker import ProviderSettings, TokenBroker
 from .oidc import ProviderClient
-from .public_url import CallbackURL
+from .public_url import CALLBACK_PATH, SERVICE_CALLBACK_PATH, CallbackURL
 from .refresh.engine import RefreshEngine
 from .serverlog import attach_to_server_log
 from .services import Services
@@ -172,7 +172,11 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         and answer 503 naming the setting, and the server stops normally."""
         attach_to_server_log(self.serverapp.log if self.serverapp is not None else self.log)
         assert self.serverapp is not None
-        self.callback_url = CallbackURL(self.serverapp.base_url, configured=self.redirect_uri)
+        self.callback_url = CallbackURL(
+            self.serverapp.base_url,
+            configured=self.redirect_uri,
+            callback_path=SERVICE_CALLBACK_PATH if self.hub_service else CALLBACK_PATH,
+        )
         if not self.check_settings():
             try:
                 self.services = self.build_services()
@@ -187,10 +191,22 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
                 "offline_token_owner": self.owner_of,
                 "offline_token_callback_url": self.callback_url,
                 "offline_token_start_error": lambda: self.start_error,
+                "offline_token_hub_service": self.hub_service,
             }
         )
 
+    @property
+    def hub_service(self) -> bool:
+        """Run by ``jupyter-offline-token serve`` as a JupyterHub service (hub_service.py):
+        one callback for every user, hub users as owners, operator scopes."""
+        return getattr(self.serverapp, "offline_token_hub_service", False) is True
+
     def effective_owner_scope(self) -> str:
+        if self.hub_service:
+            # One vault for the whole hub: an entry always belongs to its hub user.
+            if self.owner_scope == "server":
+                self.log.warning("OfflineTokenApp.owner_scope=server is ignored by the service")
+            return "username"
         if self.owner_scope != "auto":
             return str(self.owner_scope)
         from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
@@ -215,6 +231,10 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
         from .handlers.dashboard import dashboard_handlers
 
         self.handlers.extend(routes())
+        if self.hub_service:
+            from .handlers import service_routes
+
+            self.handlers.extend(service_routes())
         self.handlers.extend(dashboard_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:

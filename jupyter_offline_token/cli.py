@@ -36,6 +36,17 @@ def settings_reference() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve"]:
+        # Every argument after `serve` goes to jupyter_server (--OfflineTokenApp.<name>=...).
+        try:
+            from .hub_service import main as serve
+        except ImportError as exc:
+            sys.stderr.write(
+                f"jupyter-offline-token serve needs JupyterHub in this environment ({exc}); "
+                "run it with the hub's Python (pip install jupyterhub)\n"
+            )
+            return 2
+        return serve(args_list[1:])
     if "--help-all" in args_list:
         sys.stdout.write(settings_reference())
         return 0
@@ -48,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "generate-key",
         help="print a new random AES-256 key for OfflineTokenApp.encryption_keys(_file)",
+    )
+    sub.add_parser(
+        "serve",
+        help="run the broker as a JupyterHub-managed service (the service's 'command'); "
+        "--OfflineTokenApp.<name>=... arguments are passed on",
     )
     sub.add_parser(
         "config",

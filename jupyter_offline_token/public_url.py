@@ -16,6 +16,8 @@ from . import rest_codes
 from .errors import Conflict
 
 CALLBACK_PATH = "offline-token/callback"
+# As a JupyterHub service there is one callback for every user: <hub>/services/<name>/callback.
+SERVICE_CALLBACK_PATH = "callback"
 # What JupyterHub (4.1+) tells a single-user server: its base_url, and its public URL (empty
 # unless the hub's public_url or subdomain_host is set).
 ENV_HUB_PREFIX = "JUPYTERHUB_SERVICE_PREFIX"
@@ -57,11 +59,17 @@ class CallbackURL:
     """
 
     def __init__(
-        self, base_url: str, *, configured: str = "", environ: Mapping[str, str] | None = None
+        self,
+        base_url: str,
+        *,
+        configured: str = "",
+        environ: Mapping[str, str] | None = None,
+        callback_path: str = CALLBACK_PATH,
     ) -> None:
         environ = os.environ if environ is None else environ
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.configured = configured
+        self.callback_path = callback_path
         prefix = environ.get(ENV_HUB_PREFIX, "")
         # The hub's variables describe this server only when their prefix is its base_url (a
         # `jupyter lab` started from a hub terminal inherits them but serves elsewhere).
@@ -89,16 +97,16 @@ class CallbackURL:
         if self.configured:
             return self.configured
         if not self.under_hub:
-            return f"{request_origin}{self.base_url}{CALLBACK_PATH}"
+            return f"{request_origin}{self.base_url}{self.callback_path}"
         origin = self.hub_origin or browser_origin or self.last_browser_origin
         if origin is None:
             raise Conflict(
                 "this Jupyter server runs under JupyterHub and does not know its public URL, so "
                 "the identity provider could not send the browser back to it. Set "
                 "c.OfflineTokenApp.redirect_uri (or $JUPYTER_OFFLINE_TOKEN_REDIRECT_URI) to "
-                f"<public hub URL>{self.base_url.lstrip('/')}{CALLBACK_PATH}, or "
+                f"<public hub URL>{self.base_url.lstrip('/')}{self.callback_path}, or "
                 "c.JupyterHub.public_url in the hub's config; or open the offline-token "
                 "dashboard of this server in your browser once, then try again",
                 code=rest_codes.REDIRECT_URI_UNKNOWN,
             )
-        return f"{origin}{self.base_url}{CALLBACK_PATH}"
+        return f"{origin}{self.base_url}{self.callback_path}"

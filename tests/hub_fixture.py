@@ -8,7 +8,16 @@ extension pointed at the session's dev provider (``idp``).
 
 The hub's ``public_url`` is set (as a deployment behind a proxy should), so user servers get
 ``JUPYTERHUB_PUBLIC_URL``; the named server ``NO_PUBLIC_URL`` is told no public URL, as with a
-hub that leaves ``public_url`` unset.
+hub that leaves ``public_url`` unset. User servers read the client secret from a file (0600), so
+no secret is in any user server's environment.
+
+The hub also runs the broker as its managed service ``offline-token`` (``jupyter-offline-token
+serve``), configured as the README's "JupyterHub service" section says, for the session's
+short-lived provider (``idp_short_ttl``): its client secret and vault key are in the service's
+environment only. Named servers ``SERVICE_SERVER`` are what service-mode user servers look like:
+no provider settings at all, and ``JUPYTER_OFFLINE_TOKEN_URL`` pointing at the service. Users:
+``ADMIN_USER`` is a hub admin (no offline-token scope), ``OPERATOR_USER`` holds the service's
+admin and health scopes.
 
 Registered as a pytest plugin by ``conftest.py``; the ``hub`` fixture starts nothing until a test
 asks for it. At the end the hub is stopped with SIGTERM (it stops the user servers and the
@@ -37,10 +46,16 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from jupyter_offline_token.crypto import KeyRing
+from jupyter_offline_token.hub_scopes import ADMIN_SCOPE, CUSTOM_SCOPES, HEALTH_SCOPE, SERVICE_NAME
+
 REPO = Path(__file__).resolve().parent.parent
 CHP = REPO / "dev" / "hub" / "node_modules" / ".bin" / "configurable-http-proxy"
 PASSWORD = "hub-test-password"  # DummyAuthenticator's shared password; loopback-only hub
 NO_PUBLIC_URL = "nopublic"  # a named server that the hub tells no public URL
+SERVICE_SERVER = "svc"  # named servers that use the hub's offline-token service
+ADMIN_USER = "carol"  # a hub admin without the service's custom scopes
+OPERATOR_USER = "oscar"  # holds custom:offline-token:admin and :health
 MARKER = "JUPYTER_OFFLINE_TOKEN_TEST_HUB"
 START_TIMEOUT = 60.0
 # Short intervals so activity shows within a test: the extension's activity beat and the
@@ -82,7 +97,7 @@ class UserServer:
 class Hub:
     """The running hub: its public URL, an admin API client, and user servers on demand."""
 
-    def __init__(self, directory: Path, idp: Any) -> None:
+    def __init__(self, directory: Path, idp: Any, service_idp: Any) -> None:
         self.dir = directory
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -90,6 +105,12 @@ class Hub:
         self.proxy_api_port = _free_port()
         self.admin_token = secrets.token_hex(32)
         self.idp = idp
+        self.service_idp = service_idp  # the offline-token service's provider
+        self.service_port = _free_port()
+        self.service_internal_url = f"http://127.0.0.1:{self.service_port}/services/{SERVICE_NAME}/"
+        self.service_url = f"{self.url}services/{SERVICE_NAME}/"  # through the proxy
+        self.service_key = KeyRing.generate()  # the service's vault key: kept out of repr
+        self.service_vault = directory / "service" / "vault.db"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "jupyterhub.log"
         self._servers: dict[tuple[str, str], UserServer] = {}
@@ -97,20 +118,109 @@ class Hub:
     def __repr__(self) -> str:
         return f"Hub({self.url!r})"
 
+    def wait_for_service(self) -> None:
+        """Until the hub's offline-token service answers through the proxy (the hub starts it
+        with itself; 403 from an unauthenticated API request means it runs)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                response = httpx.get(f"{self.service_url}api/offline-token/health", trust_env=False)
+                if response.status_code == 403:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the offline-token service did not start:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def user_token(self, user: str, scopes: list[str] | None = None) -> str:
+        """A new hub API token of ``user`` (created when missing): all the user's permissions,
+        or only ``scopes``."""
+        if self.api("GET", f"users/{quote(user)}").status_code == 404:
+            self.api("POST", f"users/{quote(user)}").raise_for_status()
+        body: dict[str, Any] = {"note": "offline-token tests"}
+        if scopes is not None:
+            body["scopes"] = scopes
+        response = self.api("POST", f"users/{quote(user)}/tokens", json=body)
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+    def service_client(self, token: str) -> httpx.Client:
+        """An API client of the service (through the proxy) with a hub API token."""
+        return httpx.Client(
+            base_url=self.service_url,
+            headers={"Authorization": f"token {token}"},
+            timeout=30,
+            trust_env=False,
+        )
+
+    def stop_server(self, user: str, name: str = "") -> None:
+        """Stop a user's server (as a culler does) and wait until the hub says it is gone."""
+        path = f"users/{quote(user)}/server"
+        if name:
+            path = f"users/{quote(user)}/servers/{quote(name)}"
+        response = self.api("DELETE", path)
+        assert response.status_code in (202, 204), (response.status_code, response.text)
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.server_model(user, name) is not None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {user}/{name} did not stop:\n{self.log_tail()}")
+            time.sleep(0.2)
+
     # --- lifecycle ------------------------------------------------------------------------------
+    def service_entry(self) -> dict[str, Any]:
+        """The ``c.JupyterHub.services`` entry of the offline-token service (README)."""
+        command = [
+            str(Path(sys.executable).with_name("jupyter-offline-token")),
+            "serve",
+            f"--OfflineTokenApp.vault_path={self.service_vault}",
+            "--OfflineTokenApp.min_refresh_interval=1",  # the provider's tokens live 3 s
+        ]
+        environment = {
+            MARKER: str(self.dir),
+            "JUPYTER_OFFLINE_TOKEN_ISSUER": self.service_idp.issuer,
+            "JUPYTER_OFFLINE_TOKEN_CLIENT_ID": self.service_idp.client_id,
+            "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET": self.service_idp.client_secret,
+            "JUPYTER_OFFLINE_TOKEN_KEYS": self.service_key,
+        }
+        if os.environ.get("PYTHONPATH"):
+            environment["PYTHONPATH"] = os.environ["PYTHONPATH"]  # this checkout
+        return {
+            "name": SERVICE_NAME,
+            "url": f"http://127.0.0.1:{self.service_port}",
+            "command": command,
+            "environment": environment,
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": [ADMIN_SCOPE, HEALTH_SCOPE],
+        }
+
     def config(self) -> str:
-        """jupyterhub_config.py for this session (secrets only of the session's dev provider)."""
+        """jupyterhub_config.py for this session (secrets only of the session's dev providers)."""
         singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")
         args = [f"--OfflineTokenApp.activity_interval={ACTIVITY_INTERVAL}"]
         if os.geteuid() == 0:
             args.insert(0, "--allow-root")
+        secret_file = self.dir / "client_secret"
+        secret_file.write_text(self.idp.client_secret)
+        secret_file.chmod(0o600)
         environment = {
             MARKER: str(self.dir),
             "JUPYTERHUB_ACTIVITY_INTERVAL": str(ACTIVITY_INTERVAL),
             "JUPYTER_OFFLINE_TOKEN_ISSUER": self.idp.issuer,
             "JUPYTER_OFFLINE_TOKEN_CLIENT_ID": self.idp.client_id,
-            "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET": self.idp.client_secret,
+            "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET_FILE": str(secret_file),
         }
+        service = self.service_entry()
+        access = f"access:services!service={SERVICE_NAME}"
+        roles = [
+            {"name": "admin", "services": ["tests"], "users": [ADMIN_USER]},
+            {"name": "user", "scopes": ["self", access]},
+            {
+                "name": "offline-token-operators",
+                "scopes": [ADMIN_SCOPE, HEALTH_SCOPE],
+                "users": [OPERATOR_USER],
+            },
+        ]
         return f"""
 c = get_config()  # noqa: F821
 c.JupyterHub.bind_url = {self.url!r}
@@ -126,8 +236,10 @@ c.JupyterHub.cleanup_proxy = True
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = {PASSWORD!r}
 c.Authenticator.allow_all = True
-c.JupyterHub.services = [{{"name": "tests", "api_token": {self.admin_token!r}}}]
-c.JupyterHub.load_roles = [{{"name": "admin", "services": ["tests"]}}]
+c.JupyterHub.services = [{{"name": "tests", "api_token": {self.admin_token!r}}}, {service!r}]
+c.JupyterHub.custom_scopes = {CUSTOM_SCOPES!r}
+c.JupyterHub.load_roles = {roles!r}
+c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", {access!r}]
 c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = {str(self.dir / "proxy.pid")!r}
@@ -149,6 +261,19 @@ def _public(key):
 _environment["JUPYTERHUB_PUBLIC_URL"] = _public("public_url")
 _environment["JUPYTERHUB_PUBLIC_HUB_URL"] = _public("public_hub_url")
 c.Spawner.environment = _environment
+
+
+def _use_the_service(spawner):
+    # Servers {SERVICE_SERVER!r} hold no provider settings: their kernels use the hub's service.
+    if spawner.name == {SERVICE_SERVER!r}:
+        env = dict(spawner.environment)
+        for key in [k for k in env if k.startswith("JUPYTER_OFFLINE_TOKEN_")]:
+            del env[key]
+        env["JUPYTER_OFFLINE_TOKEN_URL"] = {self.service_internal_url!r}
+        spawner.environment = env
+
+
+c.Spawner.pre_spawn_hook = _use_the_service
 """
 
     def start(self) -> None:
@@ -326,11 +451,12 @@ def marked_processes(marker_value: str) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def hub(idp, tmp_path_factory) -> Iterator[Hub]:
-    """One real JupyterHub for the whole session (started on first use)."""
+def hub(idp, idp_short_ttl, tmp_path_factory) -> Iterator[Hub]:
+    """One real JupyterHub for the whole session (started on first use), with the
+    offline-token service for ``idp_short_ttl``."""
     if shutil.which("node") is None:
         pytest.skip("node is not on PATH (configurable-http-proxy needs Node.js)")
-    instance = Hub(tmp_path_factory.mktemp("hub"), idp)
+    instance = Hub(tmp_path_factory.mktemp("hub"), idp, idp_short_ttl)
     try:
         instance.start()
         yield instance

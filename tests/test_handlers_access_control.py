@@ -58,6 +58,13 @@ async def test_other_users_entry_is_invisible(api, idp):
     ):
         status, err = await call
         assert status == 404 and err["error"] == "not_found"
+    # ?owner= means something only in the JupyterHub service: here it changes nothing.
+    _, listing = await bob.get("tokens", params={"owner": "alice"})
+    assert listing["tokens"] == []
+    status, _ = await bob.get("tokens", token_id, params={"owner": "alice"})
+    assert status == 404
+    status, _ = await api.as_user("alice").get("tokens", token_id, params={"owner": "bob"})
+    assert status == 200
     status, _ = await alice.post("tokens", token_id, "access-token")
     assert status == 200
 

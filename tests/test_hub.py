@@ -198,5 +198,6 @@ def test_a_running_task_is_activity_that_the_hub_and_its_idle_culler_see(hub, id
             )
             model = hub.server_model(USER)
             assert model and model["ready"] and not model["pending"], model
+        hub.wait_for_service()  # the culler stops users' servers, never the hub's services
         assert client.get_task(task["id"])["status"] == "running"
         client.update_task(task["id"], status="completed")

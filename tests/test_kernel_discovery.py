@@ -195,3 +195,19 @@ def test_ambiguous_and_unreadable_runtime_files(clean_env: Path) -> None:
     assert "jpserver-7.json: unreadable" in message
     assert "2 live server(s)" in message
     assert "tok-aaaa" not in message and "tok-bbbb" not in message
+
+
+def test_a_hub_service_url_wins_over_the_user_server_with_the_server_token(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a user server whose spawner env points at the JupyterHub service: the service, with
+    the server's own hub API token (its server_token_scopes grant access to the service)."""
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:41234/user/alice/")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hubtok")
+    monkeypatch.setenv("JUPYTER_OFFLINE_TOKEN_URL", "http://hub:8000/services/offline-token")
+    write_server(clean_env, PARENT_PID, 50505, "runtime-token", base_url="/user/alice/")
+    info = find_server()
+    assert info.url == "http://hub:8000/services/offline-token/"
+    assert info.authorization == "token hubtok"
+    assert not info.is_task_credential

@@ -13,7 +13,7 @@ import pytest
 
 from jupyter_offline_token.errors import Conflict
 from jupyter_offline_token.handlers.errors import http_status
-from jupyter_offline_token.public_url import CallbackURL, browser_origin
+from jupyter_offline_token.public_url import SERVICE_CALLBACK_PATH, CallbackURL, browser_origin
 
 BASE = "/user/alice/"
 HUB_ENV = {"JUPYTERHUB_SERVICE_PREFIX": BASE}
@@ -128,3 +128,18 @@ async def test_without_a_public_url_a_kernel_consent_is_409_and_creates_nothing(
     assert jp_base_url.lstrip("/") + "offline-token/callback" in refused["message"]
     status, listed = await api.get("tokens")
     assert status == 200 and listed["tokens"] == []
+
+
+def test_the_hub_service_has_one_callback_for_everybody():
+    """``jupyter-offline-token serve``: <public hub URL>/services/<name>/callback."""
+    service = {
+        "JUPYTERHUB_SERVICE_PREFIX": "/services/offline-token/",
+        "JUPYTERHUB_PUBLIC_URL": "https://hub.example.org/services/offline-token/",
+    }
+    callback = CallbackURL(
+        "/services/offline-token/", environ=service, callback_path=SERVICE_CALLBACK_PATH
+    )
+    assert (
+        callback.redirect_uri(request_origin="http://127.0.0.1:10101")
+        == "https://hub.example.org/services/offline-token/callback"
+    )

@@ -47,3 +47,15 @@ def routes() -> list[tuple[str, Any]]:
         (rf"{api}/tasks/{TASK_ID}/worker-credentials", TaskWorkerCredentialsHandler),
         (r"/offline-token/callback", CallbackHandler),
     ]
+
+
+def service_routes() -> list[tuple[str, Any]]:
+    """The extra routes of the JupyterHub service (``jupyter-offline-token serve``): the one
+    callback of every user, and the operators' health across users."""
+    from .callback import CallbackHandler
+    from .operator import OperatorHealthHandler
+
+    return [
+        (r"/callback", CallbackHandler),
+        (r"/api/offline-token/operator/health", OperatorHealthHandler),
+    ]

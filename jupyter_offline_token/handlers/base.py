@@ -18,6 +18,7 @@ from tornado import web
 
 from .. import rest_codes
 from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError
+from ..hub_scopes import ADMIN_SCOPE, holds, hub_scopes, is_hub_service
 from ..public_url import CallbackURL, browser_origin
 from ..services import Services
 from .errors import http_status
@@ -191,6 +192,11 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
 
     auth_resource = AUTH_RESOURCE
     task_principal: TaskPrincipal | None = None
+    # JupyterHub service only: the methods where ``?owner=<hub user>`` names another user's
+    # entries, for a holder of custom:offline-token:admin (metadata, audit, revoke; never an
+    # access token or a consent). ``acting_operator`` is then the hub user who acts.
+    operator_methods: frozenset[str] = frozenset()
+    acting_operator: str | None = None
 
     @property
     def services(self) -> Services:
@@ -224,7 +230,41 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         Jupyter user's (see OfflineTokenApp.owner_scope)."""
         if self.task_principal is not None:
             return self.task_principal.owner
-        return str(self.settings["offline_token_owner"](self.current_user))
+        own = str(self.settings["offline_token_owner"](self.current_user))
+        if not self.settings.get("offline_token_hub_service"):
+            return own
+        return self.owner_named_by_operator(own)
+
+    def owner_named_by_operator(self, own: str) -> str:
+        """``?owner=`` of an operator (JupyterHub service): 403 unless this route allows it and
+        the hub identity holds the admin scope for that user. A hub admin is no exception."""
+        if is_hub_service(self.current_user):
+            raise forbidden(
+                "a JupyterHub service's token owns no offline tokens: use a hub user's token"
+            )
+        named = self.get_query_argument("owner", None)
+        if named is None or named == own:
+            return own
+        if (self.request.method or "") not in self.operator_methods:
+            raise forbidden(
+                "?owner= is only for reading another user's token metadata and audit and for "
+                "revoking; access tokens, consents and tasks belong to their owner alone"
+            )
+        if not holds(hub_scopes(self.current_user), ADMIN_SCOPE, named):
+            raise forbidden(f"acting on another user's tokens needs the scope {ADMIN_SCOPE}")
+        if self.acting_operator is None:
+            log.info("operator: hub user %s acts for %s: %s", own, named, self.request.method)
+        self.acting_operator = own
+        return named
+
+    async def audit_operator(self, token_id: str, what: str) -> None:
+        """An audit event naming the hub user who acted on another user's entry (nothing when
+        the owner acted)."""
+        if self.acting_operator is None:
+            return
+        detail = f"{what} by hub user {self.acting_operator} for {self.owner} ({ADMIN_SCOPE})"
+        log.info("operator: %s token %s", detail, token_id)
+        await self.services.broker.audit(None, "operator", what, detail, token_id=token_id)
 
     async def prepare(self) -> None:  # type: ignore[override]
         """``Authorization: OfflineTokenTask <secret>`` is resolved here, not by the identity

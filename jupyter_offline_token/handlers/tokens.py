@@ -104,6 +104,8 @@ class ConsentsHandler(OfflineTokenHandler):
 
 
 class TokensHandler(OfflineTokenHandler):
+    operator_methods = frozenset({"GET"})
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -137,12 +139,15 @@ class TokensHandler(OfflineTokenHandler):
 
 
 class TokenHandler(TokensHandler):
+    operator_methods = frozenset({"GET", "DELETE"})
+
     @web.authenticated
     @authorized
     async def get(self, token_id: str) -> None:
         broker = await self.services.ready()
         record = await broker.get_token(self.owner, token_id)
         linked = await self._linked_tasks([record.id])
+        await self.audit_operator(record.id, "read")
         self.write_json(
             token_json(
                 record, failing_since=self.failing_since(record.id), tasks=linked.get(record.id, [])
@@ -157,6 +162,7 @@ class TokenHandler(TokensHandler):
         result = await broker.delete_token(
             self.owner, token_id, revoke=query.revoke, force=query.force
         )
+        await self.audit_operator(token_id, "revoke")
         if result["warning"]:
             self.write_json(result)
         else:
@@ -180,6 +186,8 @@ class AccessTokenHandler(OfflineTokenHandler):
 
 
 class AuditHandler(OfflineTokenHandler):
+    operator_methods = frozenset({"GET"})
+
     @web.authenticated
     @authorized
     async def get(self, token_id: str) -> None:
@@ -187,6 +195,7 @@ class AuditHandler(OfflineTokenHandler):
         broker = await self.services.ready()
         await broker.get_token(self.owner, token_id)
         events = await broker.vault.list_audit(token_id, limit=query.limit)
+        await self.audit_operator(token_id, "audit")
         self.write_json(
             {
                 "events": [
