@@ -322,10 +322,11 @@ class TokenBroker:
             if self._gate is not None:
                 self._gate.attempt_started(token_id)
             try:
-                token = await self.grants.run(token_id)
+                token = await self.grants.run(token_id, min_ttl=min_ttl, record=record)
             except ProviderFault as fault:
                 raise await self._retry_later(token_id, fault) from None
-        metrics.access_token_requests_total.labels(source="refresh").inc()
+        if not token.from_store:  # counted as "shared" where it was read
+            metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
 
     def _check_retry_wait(self, token_id: str) -> None:
@@ -374,7 +375,7 @@ class TokenBroker:
                     return RefreshOutcome(kind="gone")
                 if record.status != ACTIVE:
                     return RefreshOutcome(kind="permanent", error=record.last_error or "inactive")
-                token = await self.grants.run(token_id, reason=reason)
+                token = await self.grants.run(token_id, reason=reason, record=record)
         except NotFound:
             return RefreshOutcome(kind="gone")
         except ProviderFault as fault:
