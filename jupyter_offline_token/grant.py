@@ -133,10 +133,12 @@ class RefreshGrants:
         reason: str = "on_demand",
         min_ttl: float = DEFAULT_MIN_TTL,
         record: TokenRecord | None = None,
+        adopt_first: bool = True,
     ) -> AccessToken:
         """One refresh grant, or the access token another process's grant stored when it is
-        good enough (``adoption``); the caller holds this token's in-process lock (and passes
-        the active entry it just read, if it did)."""
+        good enough (``adoption``), looked for before the lease (unless the caller just did:
+        ``adopt_first`` False) and again under it. The caller holds this token's in-process
+        lock (and passes the active entry it just read, if it did)."""
         broker = self.broker
         provider, _ = broker.require_provider()
         pending = self.inflight.get(token_id)
@@ -148,7 +150,7 @@ class RefreshGrants:
             raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
         rule = self.adoption(token_id, reason, min_ttl)
         # Before the lease: a sibling's fresh token costs one read and takes no lock.
-        found = await self.adopt(token_id, rule, record)
+        found = await self.adopt(token_id, rule, record) if adopt_first else None
         if found is not None:
             return found
         started = time.perf_counter()

@@ -117,15 +117,20 @@ async def test_taken_over_after_the_provider_answered_fails_without_sending_the_
 
 
 async def test_introspection_fault_changes_nothing_and_the_check_stays_pending(
-    api, idp, offline_app, injector
+    api, idp, offline_app, injector, caplog
 ):
     token_id = await grant(api, idp)
     broker = offline_app.services.broker
     broker.forget(token_id)
     await _die_holding_the_lease(offline_app, token_id)
+    stored = await broker.vault.read_refresh_token(token_id)
     injector.arm("503", path_suffix="/introspection")
     before = idp.stats()
-    status, err = await api.post("tokens", token_id, "access-token")
+    with caplog.at_level(logging.DEBUG):
+        status, err = await api.post("tokens", token_id, "access-token")
+    assert stored not in str(err)
+    assert caplog.records  # the fault was logged ...
+    assert not [r for r in caplog.records if stored in r.getMessage()]  # ... without the token
     assert status == 503 and err["error"] == "provider_unavailable", err
     assert injector.faults_served == 1
     assert idp.stats()["refresh_token_grants"] == before["refresh_token_grants"]
