@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from . import access_cached, refresh_path, single_flight, vault_scale
+from . import access_cached, refresh_path, shared_vault, single_flight, vault_scale
 from .harness import Settings
 
 BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
     "single_flight": single_flight.run,
     "refresh_path": refresh_path.run,
     "vault_scale": vault_scale.run,
+    "shared_vault": shared_vault.run,
 }
 # Wall-clock limit of each benchmark, (quick, full) seconds; cleanup runs on expiry.
 TIME_LIMITS = {
@@ -30,6 +31,7 @@ TIME_LIMITS = {
     "single_flight": (60, 300),
     "refresh_path": (60, 300),
     "vault_scale": (120, 420),
+    "shared_vault": (300, 600),
 }
 
 
