@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from fault_injection import FaultInjector
 from server_fixtures import TEST_KEY, grant, metric
 
 from jupyter_offline_token.access_token import access_token_from, shared_from
@@ -124,3 +125,32 @@ async def test_proactive_refresh_adopts_a_newer_sibling_token_once(api, idp, off
     # Keep-alive always uses the refresh token (its point is to keep the session alive).
     outcome = await broker.refresh(token_id, "keepalive")
     assert outcome.kind == "success" and grants(idp) == before + 2
+
+
+async def test_a_siblings_grant_serves_while_the_provider_fails_for_this_process(
+    api, idp, offline_app, sibling
+):
+    """This process's last attempt failed (it waits for the scheduler's retry): a token the
+    sibling got meanwhile is served at once instead of a 503."""
+    token_id = await grant(api, idp)
+    broker = offline_app.services.broker
+    broker.forget(token_id)
+    fault = FaultInjector()
+    working = broker.provider
+    broker.provider = ProviderClient(
+        idp.issuer, idp.client_id, idp.client_secret, http_timeout=2.0, transport=fault
+    )
+    try:
+        fault.arm("503")
+        status, err = await api.post("tokens", token_id, "access-token")
+        assert status == 503, err
+        status, err = await api.post("tokens", token_id, "access-token")
+        assert status == 503 and "next attempt in" in err["message"], err  # the retry wait
+        theirs = await sibling.get_access_token(None, token_id)
+        status, ours = await api.post("tokens", token_id, "access-token")
+        assert status == 200, ours
+        assert ours["access_token"] == theirs.access_token
+        assert fault.faults_served == 1  # the wait was honoured: no second attempt here
+    finally:
+        await broker.provider.aclose()
+        broker.provider = working
