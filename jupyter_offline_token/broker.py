@@ -331,7 +331,9 @@ class TokenBroker:
             if self._gate is not None:
                 self._gate.attempt_started(token_id)
             try:
-                token = await self.grants.run(token_id, min_ttl=min_ttl, adopt_first=False)
+                token = await self.grants.run(
+                    token_id, min_ttl=min_ttl, record=record, adopt_first=False
+                )
             except ProviderFault as fault:
                 raise await self._retry_later(token_id, fault) from None
         if not token.from_store:  # counted as "shared" where it was read

@@ -137,8 +137,9 @@ class RefreshGrants:
     ) -> AccessToken:
         """One refresh grant, or the access token another process's grant stored when it is
         good enough (``adoption``), looked for before the lease (unless the caller just did:
-        ``adopt_first`` False) and again under it. The caller holds this token's in-process
-        lock (and passes the active entry it just read, if it did)."""
+        ``adopt_first`` False) and again under it if a refresh was committed meanwhile. The
+        caller holds this token's in-process lock and passes ``record``, the entry as read
+        before that first look, if it has it."""
         broker = self.broker
         provider, _ = broker.require_provider()
         pending = self.inflight.get(token_id)
@@ -169,6 +170,10 @@ class RefreshGrants:
         # From here the provider may rotate the refresh token: the rest runs as its own task that
         # neither a shutdown nor a client hanging up can cut short, so a rotated token always
         # reaches the vault. aclose() waits for it; a second caller joins it (see above).
+        if record is not None and start.record.refresh_count == record.refresh_count:
+            # No refresh was committed since the look before the lease (a refresh bumps the
+            # count in the commit that stores its access token): no need to look again.
+            rule = None
         work = asyncio.ensure_future(self._under_lease(provider, start, rule, reason, started))
         self.inflight[token_id] = work
         work.add_done_callback(lambda done: self._forget(token_id, done))
