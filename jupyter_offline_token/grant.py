@@ -167,13 +167,13 @@ class RefreshGrants:
                 "request consent again",
                 code=rest_codes.TOKEN_FAILED,
             ) from None
-        # From here the provider may rotate the refresh token: the rest runs as its own task that
-        # neither a shutdown nor a client hanging up can cut short, so a rotated token always
-        # reaches the vault. aclose() waits for it; a second caller joins it (see above).
         if record is not None and start.record.refresh_count == record.refresh_count:
             # No refresh was committed since the look before the lease (a refresh bumps the
             # count in the commit that stores its access token): no need to look again.
             rule = None
+        # From here the provider may rotate the refresh token: the rest runs as its own task that
+        # neither a shutdown nor a client hanging up can cut short, so a rotated token always
+        # reaches the vault. aclose() waits for it; a second caller joins it (see above).
         work = asyncio.ensure_future(self._under_lease(provider, start, rule, reason, started))
         self.inflight[token_id] = work
         work.add_done_callback(lambda done: self._forget(token_id, done))
