@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from . import access_cached, dask_workers, refresh_path, single_flight, vault_scale
+from . import access_cached, dask_workers, refresh_path, shared_vault, single_flight, vault_scale
 from .harness import Settings
 
 BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
     "refresh_path": refresh_path.run,
     "vault_scale": vault_scale.run,
     "dask_workers": dask_workers.run,
+    "shared_vault": shared_vault.run,
 }
 # Wall-clock limit of each benchmark, (quick, full) seconds; cleanup runs on expiry.
 TIME_LIMITS = {
@@ -32,6 +33,7 @@ TIME_LIMITS = {
     "refresh_path": (60, 300),
     "vault_scale": (120, 420),
     "dask_workers": (240, 900),
+    "shared_vault": (300, 600),
 }
 
 

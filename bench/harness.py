@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "RawRefresher",
     "Settings",
     "check",
+    "forget_shared_access_tokens",
     "grant_via_server",
     "own_refresh_token",
     "percentile",
@@ -117,11 +119,14 @@ class JupyterServer:
         self,
         workdir: Path,
         *,
-        vault_path: Path,
+        vault_path: Path | None,
         encryption_key: str,
         provider: DevProvider | None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        """``vault_path`` None: ``args`` say where the vault is (a shared vault's backend)."""
         self.workdir = workdir
+        self.args = args
         self.vault_path = vault_path
         self.encryption_key = encryption_key
         self.provider = provider
@@ -186,11 +191,12 @@ class JupyterServer:
             "--ServerApp.port_retries=0",
             f"--ServerApp.root_dir={self.workdir / 'root'}",
             f"--IdentityProvider.token={self.token}",
-            f"--OfflineTokenApp.vault_path={self.vault_path}",
+            *([f"--OfflineTokenApp.vault_path={self.vault_path}"] if self.vault_path else []),
             "--ServerApp.jpserver_extensions="
             + json.dumps({"jupyter_offline_token": True, "bench.baseline_ext": True}).replace(
                 "true", "True"
             ),
+            *self.args,
         ]
         if os.geteuid() == 0:
             argv.append("--allow-root")  # only because this process runs as root
@@ -236,6 +242,21 @@ class JupyterServer:
                 process.wait(timeout=10)
         if self._log is not None:
             self._log.close()
+
+
+def forget_shared_access_tokens(vault_path: Path) -> None:
+    """As if every access token had expired: clear the access tokens a SQLite vault shares
+    between processes (issue 11), so the next request makes a grant. A server restart alone no
+    longer forces one (it empties the memory cache, not the vault)."""
+    conn = sqlite3.connect(vault_path, timeout=30.0)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE tokens SET access_ct = NULL, access_nonce = NULL, access_key_id = NULL, "
+                "access_expires_at = NULL"
+            )
+    finally:
+        conn.close()
 
 
 async def grant_via_server(server: JupyterServer, provider: DevProvider, label: str) -> str:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .models import iso
+from .models import SharedAccessToken, iso
 from .oidc import TokenResponse
 
 DEFAULT_ACCESS_TTL = 60.0  # when the provider does not say (no expires_in)
@@ -24,6 +24,7 @@ class AccessToken:
     scope: str | None
     obtained_at: float  # monotonic, for single flight
     owner: str = ""  # the entry's owner, so a cache hit needs no vault read
+    from_store: bool = False  # another process's grant, read from the shared store
 
     def __repr__(self) -> str:
         return f"AccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
@@ -53,6 +54,29 @@ def access_token_from(response: TokenResponse, now: float, *, owner: str) -> Acc
         scope=response.scope,
         obtained_at=time.monotonic(),
         owner=owner,
+    )
+
+
+def shared_from(token: AccessToken) -> SharedAccessToken:
+    """What the store keeps of a grant's access token for the other processes."""
+    return SharedAccessToken(
+        access_token=token.access_token,
+        token_type=token.token_type,
+        expires_at=token.expires_at,
+        scope=token.scope,
+    )
+
+
+def adopted(shared: SharedAccessToken, *, owner: str) -> AccessToken:
+    """The cache entry for an access token another process obtained (read from the store)."""
+    return AccessToken(
+        access_token=shared.access_token,
+        token_type=shared.token_type,
+        expires_at=shared.expires_at,
+        scope=shared.scope,
+        obtained_at=time.monotonic(),
+        owner=owner,
+        from_store=True,
     )
 
 

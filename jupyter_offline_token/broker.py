@@ -3,7 +3,8 @@ entry point to consent (consent.py), refresh grants (grant.py) and revocation (r
 
 The broker is the only place that sees a refresh token in clear, and only for the few
 milliseconds between decrypting it and sending it to the provider. Access tokens live in an
-in-memory cache keyed by ``persistent_token_id``.
+in-memory cache keyed by ``persistent_token_id``; the last grant's is also kept encrypted in the
+store, so processes sharing it make one grant per expiry (grant.py).
 """
 
 from __future__ import annotations
@@ -290,8 +291,10 @@ class TokenBroker:
 
         The cache is checked first: entries leave it when their token fails, is revoked or is
         deleted, so a hit needs no vault read (the hot path of every warm token). On a miss,
-        callers queue on the token's lock before any vault read: the first one refreshes, the
-        others take its result (the cache entry knows its owner), so a burst costs one read.
+        callers queue on the token's lock before any vault read: the first one serves the
+        access token another process stored for this expiry, if it lives ``min_ttl``, or
+        refreshes (looking again under the cross-process lease); the others take its result
+        (the cache entry knows its owner), so a burst costs one read.
         """
         if self._gate is not None:
             self._gate.check_clock()  # a laptop's wake: due refreshes run now, not in 30 s
@@ -317,15 +320,24 @@ class TokenBroker:
             record = await self.owned(owner, token_id)
             raise_unusable(record)
             self.require_provider()
+            # Another process's grant for this expiry, if it stored one (issue 11): even while
+            # the provider fails for this process.
+            rule = self.grants.adoption(token_id, "on_demand", min_ttl)
+            shared = await self.grants.adopt(token_id, rule, record)
+            if shared is not None:
+                return shared
             # Callers who queued behind a failed attempt must not each try again.
             self._check_retry_wait(token_id)
             if self._gate is not None:
                 self._gate.attempt_started(token_id)
             try:
-                token = await self.grants.run(token_id)
+                token = await self.grants.run(
+                    token_id, min_ttl=min_ttl, record=record, adopt_first=False
+                )
             except ProviderFault as fault:
                 raise await self._retry_later(token_id, fault) from None
-        metrics.access_token_requests_total.labels(source="refresh").inc()
+        if not token.from_store:  # counted as "shared" where it was read
+            metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
 
     def _check_retry_wait(self, token_id: str) -> None:
@@ -374,7 +386,7 @@ class TokenBroker:
                     return RefreshOutcome(kind="gone")
                 if record.status != ACTIVE:
                     return RefreshOutcome(kind="permanent", error=record.last_error or "inactive")
-                token = await self.grants.run(token_id, reason=reason)
+                token = await self.grants.run(token_id, reason=reason, record=record)
         except NotFound:
             return RefreshOutcome(kind="gone")
         except ProviderFault as fault:

@@ -11,11 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import health, metrics, models, rest_codes
-from .access_token import AccessToken, access_token_from, idle_expiry
+from .access_token import (
+    DEFAULT_MIN_TTL,
+    AccessToken,
+    access_token_from,
+    adopted,
+    idle_expiry,
+    shared_from,
+)
 from .errors import (
     Conflict,
     DecryptionError,
@@ -26,8 +35,19 @@ from .errors import (
     TransientProviderError,
     VaultError,
 )
-from .models import ACTIVE, EXPIRED, FAILED, IDLE, PENDING, REVOKED, AuditEvent, TokenRecord
+from .models import (
+    ACTIVE,
+    EXPIRED,
+    FAILED,
+    IDLE,
+    PENDING,
+    REVOKED,
+    AuditEvent,
+    RefreshStart,
+    TokenRecord,
+)
 from .oidc import ProviderClient, TokenResponse
+from .takeover import CheckPending, check_taken_over
 
 if TYPE_CHECKING:
     from .broker import TokenBroker
@@ -46,6 +66,21 @@ class ProviderFault(ProviderUnavailable):
         self.provider_retry_after = provider_retry_after
 
 
+class _Lease:
+    """Whether this grant's lease is already given up (by fail() or the durable record)."""
+
+    released = False
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """When a shared access token (another process's grant) serves instead of a new grant:
+    it must outlive wall time ``valid_until`` and expire after ``newer_than``."""
+
+    valid_until: float
+    newer_than: float = -math.inf
+
+
 class RefreshGrants:
     """The grants under way for one broker, keyed by token id."""
 
@@ -53,9 +88,58 @@ class RefreshGrants:
         self.broker = broker
         self.inflight: dict[str, asyncio.Future[AccessToken]] = {}
         self.closing = False
+        # Entries whose interrupted refresh could not be checked yet (introspection failed
+        # transiently): check again before their refresh token is ever sent.
+        self.unchecked: set[str] = set()
 
-    async def run(self, token_id: str, *, reason: str = "on_demand") -> AccessToken:
-        """One refresh grant; the caller holds this token's in-process lock."""
+    def adoption(self, token_id: str, reason: str, min_ttl: float) -> Adoption | None:
+        """The rule for serving another process's access token instead of a grant. On demand:
+        valid for the caller's ``min_ttl``. Proactive (warm, retry): newer than the one this
+        process has cached and valid for DEFAULT_MIN_TTL, so a sibling's fresh grant is taken
+        up rather than repeated. Keep-alive never adopts: its point is to use the refresh token."""
+        if reason == "keepalive":
+            return None
+        now = self.broker.clock()
+        if reason == "on_demand":
+            return Adoption(now + min_ttl)
+        cached = self.broker.cached(token_id)
+        newer_than = cached.expires_at if cached is not None else -math.inf
+        return Adoption(now + DEFAULT_MIN_TTL, newer_than)
+
+    async def adopt(
+        self, token_id: str, rule: Adoption | None, record: TokenRecord | None = None
+    ) -> AccessToken | None:
+        """Serve the shared access token when ``rule`` allows it (no grant)."""
+        if rule is None:
+            return None
+        broker = self.broker
+        shared = await broker.vault.read_access_token(token_id, valid_until=rule.valid_until)
+        if shared is None or shared.expires_at <= rule.newer_than:
+            return None
+        if record is None:
+            record = await broker.vault.get(token_id)
+            if record is None or record.status != ACTIVE:
+                return None
+        token = adopted(shared, owner=record.owner)
+        broker.remember(token_id, token)
+        metrics.access_token_requests_total.labels(source="shared").inc()
+        await broker.notify_refreshed(record, token)
+        return token
+
+    async def run(
+        self,
+        token_id: str,
+        *,
+        reason: str = "on_demand",
+        min_ttl: float = DEFAULT_MIN_TTL,
+        record: TokenRecord | None = None,
+        adopt_first: bool = True,
+    ) -> AccessToken:
+        """One refresh grant, or the access token another process's grant stored when it is
+        good enough (``adoption``), looked for before the lease (unless the caller just did:
+        ``adopt_first`` False) and again under it if a refresh was committed meanwhile. The
+        caller holds this token's in-process lock and passes ``record``, the entry as read
+        before that first look, if it has it."""
         broker = self.broker
         provider, _ = broker.require_provider()
         pending = self.inflight.get(token_id)
@@ -65,9 +149,14 @@ class RefreshGrants:
             return await asyncio.shield(pending)
         if self.closing:
             raise ProviderUnavailable("the server is shutting down; try again", retry_after=5)
+        rule = self.adoption(token_id, reason, min_ttl)
+        # Before the lease: a sibling's fresh token costs one read and takes no lock.
+        found = await self.adopt(token_id, rule, record) if adopt_first else None
+        if found is not None:
+            return found
         started = time.perf_counter()
         try:
-            record, refresh_token = await self.begin(token_id)
+            start = await self.begin(token_id)
         except DecryptionError:
             failed = await broker.vault.get(token_id)
             if failed is not None:
@@ -78,12 +167,14 @@ class RefreshGrants:
                 "request consent again",
                 code=rest_codes.TOKEN_FAILED,
             ) from None
+        if record is not None and start.record.refresh_count == record.refresh_count:
+            # No refresh was committed since the look before the lease (a refresh bumps the
+            # count in the commit that stores its access token): no need to look again.
+            rule = None
         # From here the provider may rotate the refresh token: the rest runs as its own task that
         # neither a shutdown nor a client hanging up can cut short, so a rotated token always
         # reaches the vault. aclose() waits for it; a second caller joins it (see above).
-        work = asyncio.ensure_future(
-            self._under_lease(provider, record, refresh_token, reason, started)
-        )
+        work = asyncio.ensure_future(self._under_lease(provider, start, rule, reason, started))
         self.inflight[token_id] = work
         work.add_done_callback(lambda done: self._forget(token_id, done))
         return await asyncio.shield(work)
@@ -104,53 +195,101 @@ class RefreshGrants:
     async def _under_lease(
         self,
         provider: ProviderClient,
-        record: TokenRecord,
-        refresh_token: str | None,
+        start: RefreshStart,
+        rule: Adoption | None,
         reason: str,
         started: float,
     ) -> AccessToken:
+        lease = _Lease()
+        try:
+            return await self._leased(provider, start, rule, reason, started, lease)
+        finally:
+            if not lease.released:
+                with contextlib.suppress(EntryGone, VaultError):
+                    await self.broker.vault.release_lease(start.record.id, self.broker.holder)
+
+    async def _leased(
+        self,
+        provider: ProviderClient,
+        start: RefreshStart,
+        rule: Adoption | None,
+        reason: str,
+        started: float,
+        lease: _Lease,
+    ) -> AccessToken:
+        record, refresh_token = start.record, start.refresh_token
+        raise_unusable(record)
+        if refresh_token is None:
+            lease.released = True
+            await self.broker.fail(
+                record, "no refresh token stored", kind=models.KIND_GRANT_REJECTED
+            )
+            raise Conflict(
+                f"offline token {record.id} has no refresh token: request consent again",
+                code=rest_codes.TOKEN_FAILED,
+            )
+        if start.taken_over or record.id in self.unchecked:
+            await self._check_taken_over(provider, record, refresh_token, lease)
+        # Under the lease: another process may have refreshed while we waited for it.
+        found = await self.adopt(record.id, rule, record)
+        if found is not None:
+            return found
+        return await self._grant(provider, record, refresh_token, reason, started, lease)
+
+    async def _check_taken_over(
+        self, provider: ProviderClient, record: TokenRecord, refresh_token: str, lease: _Lease
+    ) -> None:
+        """The previous holder died or hung after taking the lease: its grant may have rotated
+        the stored refresh token out. When the check cannot be made now, the lease is kept
+        until it expires, so no process sends the token before it is checked."""
+        try:
+            await check_taken_over(self.broker, provider, record, refresh_token)
+        except CheckPending as exc:
+            lease.released = True  # kept on purpose: other processes take it over, and check
+            self.unchecked.add(record.id)
+            raise await self._transient(record, exc) from None
+        except Conflict:
+            lease.released = True  # fail() released it
+            self.unchecked.discard(record.id)
+            raise
+        self.unchecked.discard(record.id)
+
+    async def _grant(
+        self,
+        provider: ProviderClient,
+        record: TokenRecord,
+        refresh_token: str,
+        reason: str,
+        started: float,
+        lease: _Lease,
+    ) -> AccessToken:
         broker = self.broker
         token_id = record.id
-        lease_released = False
         try:
-            raise_unusable(record)
-            if refresh_token is None:
-                lease_released = True
-                await broker.fail(
-                    record, "no refresh token stored", kind=models.KIND_GRANT_REJECTED
-                )
-                raise Conflict(
-                    f"offline token {token_id} has no refresh token: request consent again",
-                    code=rest_codes.TOKEN_FAILED,
-                )
-            try:
-                response = await provider.refresh(refresh_token)
-            except PermanentProviderError as exc:
-                lease_released = True  # fail() releases it
-                raise await self._rejected(record, exc) from None
-            except TransientProviderError as exc:
-                raise await self._transient(record, exc) from None
-            now = broker.clock()
-            rotated = response.refresh_token if response.refresh_token != refresh_token else None
-            # Durable before anything from this response leaves the process.
-            try:
-                updated = await self._record(provider, record, response, rotated, reason)
-            except EntryGone:
-                lease_released = True
-                raise NotFound(f"offline token {token_id} was deleted during its refresh") from None
-            lease_released = True
-            token = access_token_from(response, now, owner=record.owner)
-            broker.remember(token_id, token)
-            metrics.refresh_total.labels(result="success").inc()
-            metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
-            await broker.notify_refreshed(updated, token)
-            if record.refresh_state != IDLE:
-                await broker.notify_status_change(updated)
-            return token
-        finally:
-            if not lease_released:
-                with contextlib.suppress(EntryGone, VaultError):
-                    await broker.vault.release_lease(token_id, broker.holder)
+            response = await provider.refresh(refresh_token)
+        except PermanentProviderError as exc:
+            lease.released = True  # fail() releases it
+            raise await self._rejected(record, exc) from None
+        except TransientProviderError as exc:
+            raise await self._transient(record, exc) from None
+        now = broker.clock()
+        rotated = response.refresh_token if response.refresh_token != refresh_token else None
+        token = access_token_from(response, now, owner=record.owner)
+        # Durable (with the access token for the other processes) before anything from this
+        # response leaves the process.
+        try:
+            updated = await self._record(provider, record, response, rotated, reason, token)
+        except EntryGone:
+            lease.released = True
+            raise NotFound(f"offline token {token_id} was deleted during its refresh") from None
+        lease.released = True
+        broker.remember(token_id, token)
+        metrics.refresh_total.labels(result="success").inc()
+        metrics.refresh_duration_seconds.observe(time.perf_counter() - started)
+        await broker.notify_refreshed(updated, token)
+        if record.refresh_state != IDLE:
+            await broker.notify_status_change(updated)
+        return token
 
     async def _rejected(self, record: TokenRecord, exc: PermanentProviderError) -> Conflict:
         """The provider refused the refresh token for good: the entry fails."""
@@ -183,6 +322,7 @@ class RefreshGrants:
         response: TokenResponse,
         rotated: str | None,
         reason: str,
+        token: AccessToken,
     ) -> TokenRecord:
         """Store the grant's result; if the entry vanished meanwhile (deleted by another
         process), revoke the orphaned rotated token so no live grant is left behind."""
@@ -205,6 +345,7 @@ class RefreshGrants:
                     owner=record.owner,
                     detail=f"{reason}{', rotated' if rotated else ''}",
                 ),
+                access=shared_from(token),
             )
         except EntryGone:
             if rotated:
@@ -213,7 +354,7 @@ class RefreshGrants:
                 log.warning("offline token %s was deleted during its refresh", token_id)
             raise
 
-    async def begin(self, token_id: str) -> tuple[TokenRecord, str | None]:
+    async def begin(self, token_id: str) -> RefreshStart:
         """Wait for the cross-process refresh lease (another server may be refreshing), then
         return the entry and its refresh token, read under that lease."""
         broker = self.broker
@@ -227,7 +368,7 @@ class RefreshGrants:
             except EntryGone:
                 raise NotFound(f"no offline token {token_id!r}") from None
             if got is not None:
-                return got.record, got.refresh_token
+                return got
             if time.monotonic() > deadline:
                 raise ProviderUnavailable(
                     "another process is refreshing this token; try again shortly", retry_after=2

@@ -43,6 +43,9 @@ ACTION_FIX_CONFIGURATION = "fix_configuration"
 
 # last_error of an entry whose stored token cannot be decrypted
 DECRYPT_FAILED = "cannot decrypt: wrong key or tampered"
+# last_error of an entry whose refresh was cut short (process killed) after the provider had
+# answered: the stored refresh token was rotated out and must never be sent (issue 11).
+REFRESH_INTERRUPTED = "refresh interrupted after the provider answered"
 
 _MAX_ERROR_CHARS = 200
 
@@ -72,6 +75,12 @@ def failure_detail(error: str | None, kind: str | None) -> str:
         return (
             "the stored token cannot be decrypted (wrong key or tampered): check "
             "encryption_keys, or request consent again"
+        )
+    if error == REFRESH_INTERRUPTED:
+        return (
+            "a refresh was interrupted after the provider answered (the server stopped before "
+            "storing the new refresh token), so the stored one is no longer valid: request "
+            "consent again"
         )
     reason = f" ({error})" if error else ""
     return f"refresh token rejected by the provider{reason}: request consent again"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 REFRESH_RESULTS = ("success", "transient_error", "permanent_error")
-ACCESS_SOURCES = ("cache", "refresh")
+ACCESS_SOURCES = ("cache", "refresh", "shared")  # shared: another process's grant
 
 refresh_total = Counter(
     "offline_token_refresh",

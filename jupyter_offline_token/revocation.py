@@ -97,7 +97,7 @@ class TokenRevocation:
         result = Deletion()
         refresh_token: str | None = None
         try:
-            _, refresh_token = await broker.grants.begin(token_id)  # takes the lease
+            refresh_token = (await broker.grants.begin(token_id)).refresh_token  # takes the lease
         except DecryptionError:
             result.warning = "the stored token could not be decrypted, so it was not revoked"
         try:

@@ -174,6 +174,33 @@ class ProviderClient:
             raise self._status_error(response, "revocation endpoint", url, redact=(token,))
         return True
 
+    async def introspect(
+        self,
+        token: str,
+        *,
+        token_type_hint: str = "refresh_token",  # noqa: S107 (a hint name)
+    ) -> bool | None:
+        """RFC 7662: whether the provider says ``token`` is active; None when it has no
+        introspection endpoint. TransientProviderError when it cannot tell now (network, 5xx,
+        an answer without a boolean ``active``); PermanentProviderError for an OAuth error
+        answer (such as a client not allowed to introspect)."""
+        meta = await self.metadata()
+        url = meta.introspection_endpoint
+        if not url:
+            return None
+        form = {"token": token, "token_type_hint": token_type_hint}
+        response = await self._post_with_client_auth(url, form, what="introspection endpoint")
+        if not response.is_success:
+            raise self._status_error(response, "introspection endpoint", url, redact=(token,))
+        active = json_object(response, "introspection endpoint", url).get("active")
+        if not isinstance(active, bool):
+            raise TransientProviderError(
+                "introspection endpoint answered without a boolean 'active'",
+                kind="malformed",
+                status_code=response.status_code,
+            )
+        return active
+
     def _client_auth(self, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         """Form and headers with this client's authentication added (OIDC Core 9)."""
         form = dict(form)

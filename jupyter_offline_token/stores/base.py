@@ -267,13 +267,14 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         Callers loop in batches, so no write lock is held for the whole backlog."""
 
     # --- shared access tokens (issue 11: one grant per expiry across processes) ----------------
+    @abstractmethod
     async def read_access_token(
         self, token_id: str, *, valid_until: float
     ) -> SharedAccessToken | None:
         """The access token stored by the last refresh (in any process), decrypted, when it is
         still valid at wall time ``valid_until``; None otherwise, when the entry is not active,
-        or when it cannot be decrypted (it is only a cache: never an error)."""
-        raise NotImplementedError  # issue 11 integration: abstract once every backend has it
+        or when it cannot be decrypted (it is only a cache: never an error). Cleared by
+        ``activate`` and whenever the entry leaves ``active`` or is deleted."""
 
     # --- cluster coordination (issue 11: several processes share one store) -------------------
     @abstractmethod

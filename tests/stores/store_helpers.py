@@ -24,6 +24,7 @@ from jupyter_offline_token.stores.sqlite.sql import transaction
 
 REFRESH = "rt-PLAINTEXT-refresh-token-6f1d2c"
 ROTATED = "rt-PLAINTEXT-rotated-token-9a8b7c"
+ACCESS = "at-PLAINTEXT-access-token-3c4d5e"
 VERIFIER = "pkce-verifier-PLAINTEXT-4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f"
 NONCE = "oidc-nonce-PLAINTEXT-77aa"
 SECRETS = ConsentSecrets(
@@ -148,6 +149,19 @@ class SQLiteBackend:
         assert isinstance(token_store, SQLiteTokenStore)
         return SQLiteTaskStore(token_store)
 
+    def copy_columns(self, source_id: str, target_id: str, columns: list[str]) -> None:
+        """Copy raw stored values from one entry's row to another's, behind the store's back
+        (an attacker with write access to the storage moving a ciphertext)."""
+        assignments = ", ".join(
+            f"{column} = (SELECT {column} FROM tokens WHERE id = ?)"  # noqa: S608
+            for column in columns
+        )
+        tamper(
+            self.path,
+            f"UPDATE tokens SET {assignments} WHERE id = ?",  # noqa: S608
+            (*[source_id] * len(columns), target_id),
+        )
+
 
 PG_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"  # bytes 0..31, base64url; tests only
 
@@ -170,6 +184,20 @@ class PostgresBackend:
         from jupyter_offline_token.stores.postgres import PostgresTaskStore
 
         return PostgresTaskStore(token_store)
+
+    def copy_columns(self, source_id: str, target_id: str, columns: list[str]) -> None:
+        """As SQLiteBackend.copy_columns: raw values moved behind the store's back."""
+        import psycopg
+
+        assignments = ", ".join(
+            f"{column} = (SELECT {column} FROM tokens WHERE id = %s)"  # noqa: S608
+            for column in columns
+        )
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE tokens SET {assignments} WHERE id = %s",  # noqa: S608
+                (*[source_id] * len(columns), target_id),
+            )
 
 
 # A further backend is one class like SQLiteBackend plus one entry here.

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from store_helpers import (
+    ACCESS,
     NONCE,
     REFRESH,
     ROTATED,
@@ -33,7 +34,7 @@ from store_helpers import (
 
 from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.errors import DecryptionError, VaultError
-from jupyter_offline_token.models import IDLE, AuditEvent
+from jupyter_offline_token.models import IDLE, AuditEvent, SharedAccessToken
 from jupyter_offline_token.stores.sqlite import SCHEMA_VERSION, SQLiteTokenStore, schema
 
 
@@ -148,12 +149,16 @@ async def test_secrets_never_stored_in_plaintext(tmp_path: Path) -> None:
     await v.open()
     record = await make_active(v, owner="owner-positive-control")
     second = await make_pending(v, owner="owner-positive-control")  # consent secrets at rest
-    await v.record_refresh(record.id, new_refresh_token=ROTATED, idle_expires_at=None, now=5.0)
+    shared = SharedAccessToken(ACCESS, "Bearer", 9e9, "openid")
+    await v.record_refresh(
+        record.id, new_refresh_token=ROTATED, idle_expires_at=None, now=5.0, access=shared
+    )
+    assert await v.read_access_token(record.id, valid_until=6.0) == shared
     assert path.with_name(path.name + "-wal").exists()
 
     def check(blob: bytes) -> None:
         assert b"owner-positive-control" in blob  # proves we read the real data
-        for secret in (REFRESH, ROTATED, VERIFIER, NONCE):
+        for secret in (REFRESH, ROTATED, VERIFIER, NONCE, ACCESS):
             assert secret.encode() not in blob
         assert KeyRing.load_file(v.key_file) is not None
         key_line = v.key_file.read_text().splitlines()[-1]

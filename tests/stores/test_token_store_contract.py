@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from store_helpers import (
+    ACCESS,
     BACKENDS,
     REFRESH,
     ROTATED,
@@ -41,6 +42,7 @@ from jupyter_offline_token.models import (
     TOKEN_STATUSES,
     AuditEvent,
     ConsentSecrets,
+    SharedAccessToken,
 )
 from jupyter_offline_token.paging import Cursor
 from jupyter_offline_token.stores import ERROR_KINDS, TokenStore
@@ -621,3 +623,100 @@ async def test_sharing_account_finds_only_the_owners_other_active_entries_of_tha
     assert await vault.sharing_account(
         first, owner="alice", subject="sub-a", client_id="jupyter", limit=1
     ) == [second]
+
+
+# --- the shared access token (issue 11: one grant per expiry across processes) ----------------
+def _shared(expires_at: float = 5000.0, token: str = ACCESS) -> SharedAccessToken:
+    return SharedAccessToken(
+        access_token=token, token_type="Bearer", expires_at=expires_at, scope="openid profile"
+    )
+
+
+async def _refreshed(vault: TokenStore, access: SharedAccessToken | None) -> str:
+    record = await make_active(vault)
+    assert await vault.begin_refresh(record.id, "p1", 30.0, 1100.0) is not None
+    await vault.record_refresh(
+        record.id,
+        new_refresh_token=ROTATED,
+        idle_expires_at=None,
+        now=1100.0,
+        holder="p1",
+        access=access,
+    )
+    return record.id
+
+
+async def test_shared_access_token_round_trip_for_another_store(
+    vault: TokenStore, backend: Any
+) -> None:
+    token_id = await _refreshed(vault, _shared())
+    other = backend.token_store()
+    await other.open()
+    try:
+        assert await other.read_access_token(token_id, valid_until=1200.0) == _shared()
+    finally:
+        await other.close()
+    assert await vault.read_refresh_token(token_id) == ROTATED  # the same commit
+    # The next refresh replaces it; one without an access token clears it.
+    await vault.record_refresh(
+        token_id,
+        new_refresh_token=None,
+        idle_expires_at=None,
+        now=1300.0,
+        access=_shared(6000.0, "at-second"),
+    )
+    assert await vault.read_access_token(token_id, valid_until=1300.0) == _shared(
+        6000.0, "at-second"
+    )
+    await vault.record_refresh(token_id, new_refresh_token=None, idle_expires_at=None, now=1400)
+    assert await vault.read_access_token(token_id, valid_until=1400.0) is None
+    assert await vault.read_access_token(str(uuid.uuid4()), valid_until=0.0) is None
+    assert "PLAINTEXT" not in repr(_shared())
+
+
+async def test_shared_access_token_must_outlive_valid_until(vault: TokenStore) -> None:
+    token_id = await _refreshed(vault, _shared(expires_at=5000.0))
+    assert await vault.read_access_token(token_id, valid_until=4999.0) is not None
+    assert await vault.read_access_token(token_id, valid_until=5000.0) is None
+    assert await vault.read_access_token(token_id, valid_until=6000.0) is None
+
+
+@pytest.mark.parametrize("how", ["revoke", "fail", "delete", "expire", "reactivate"])
+async def test_shared_access_token_cleared_when_the_entry_changes(
+    vault: TokenStore, how: str
+) -> None:
+    token_id = await _refreshed(vault, _shared())
+    other_id = await _refreshed(vault, _shared(token="at-other-entry"))
+    if how == "revoke":
+        await vault.set_status(token_id, REVOKED, now=1500.0)
+    elif how == "fail":
+        await vault.mark_failed(token_id, error="invalid_grant", now=1500.0)
+    elif how == "delete":
+        assert await vault.delete(token_id)
+    elif how == "expire":
+        await vault.set_status(token_id, EXPIRED, now=1500.0)
+    else:
+        await vault.activate(
+            token_id,
+            refresh_token=REFRESH,
+            subject="sub-123",
+            scopes=["openid"],
+            idle_expires_at=None,
+            now=1500.0,
+        )
+        assert (await vault.get(token_id)).status == ACTIVE  # type: ignore[union-attr]
+    assert await vault.read_access_token(token_id, valid_until=1500.0) is None
+    # Only that entry's: the other keeps its own.
+    kept = await vault.read_access_token(other_id, valid_until=1500.0)
+    assert kept is not None and kept.access_token == "at-other-entry"
+
+
+async def test_shared_access_token_is_bound_to_its_entry(vault: TokenStore, backend: Any) -> None:
+    """A ciphertext moved to another entry (same owner, same key) does not decrypt there: None,
+    never an error and never the other entry's token."""
+    source = await _refreshed(vault, _shared(token="at-source"))
+    target = await _refreshed(vault, _shared(token="at-target"))
+    backend.copy_columns(source, target, ["access_ct", "access_nonce", "access_key_id"])
+    assert await vault.read_access_token(target, valid_until=1200.0) is None
+    found = await vault.read_access_token(source, valid_until=1200.0)
+    assert found is not None and found.access_token == "at-source"

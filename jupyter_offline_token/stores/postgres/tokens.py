@@ -168,7 +168,9 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
                 "secret_key_id = %s, subject = %s, scopes = %s, idle_expires_at = %s, "
                 "updated_at = %s, refresh_state = 'idle', next_attempt_at = NULL, "
                 "retry_count = 0, last_error = NULL, last_error_kind = NULL, "
-                "consent_ct = NULL, consent_nonce = NULL, consent_key_id = NULL WHERE id = %s",
+                "consent_ct = NULL, consent_nonce = NULL, consent_key_id = NULL, "
+                "access_ct = NULL, access_nonce = NULL, access_key_id = NULL, "
+                "access_expires_at = NULL WHERE id = %s",
                 (ct, nonce, key_id, subject, scope_text, idle_expires_at, now, token_id),
             )
             return await rows.existing(conn, token_id)

@@ -12,8 +12,8 @@ import contextlib
 import sqlite3
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, TokenRecord
-from . import audit, rows
+from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from . import audit, rows, shared_access
 from .database import Database
 from .sql import transaction
 
@@ -90,8 +90,10 @@ def record_refresh(
     holder: str | None,
     event: AuditEvent | None,
     retention: int,
+    access: SharedAccessToken | None = None,
 ) -> TokenRecord:
-    """On the worker thread: the one durable transaction of a successful refresh."""
+    """On the worker thread: the one durable transaction of a successful refresh (with the
+    grant's access token for the other processes, or None to clear the shared one)."""
     with transaction(conn):
         row = conn.execute(
             "SELECT owner, lease_holder FROM tokens WHERE id = ?", (token_id,)
@@ -111,6 +113,7 @@ def record_refresh(
                 "UPDATE tokens SET secret_ct = ?, secret_nonce = ?, secret_key_id = ? WHERE id = ?",
                 (ct, nonce, key_id, token_id),
             )
+        shared_access.store(database, conn, token_id, row["owner"], access)
         conn.execute(
             "UPDATE tokens SET last_refresh_at = ?, refresh_count = refresh_count + 1, "
             "last_error = NULL, last_error_kind = NULL, retry_count = 0, refresh_state = 'idle', "
@@ -125,3 +128,21 @@ def record_refresh(
         if event is not None:
             audit.insert(conn, event, retention)
         return rows.existing(conn, token_id)
+
+
+def read_refresh_token(database: Database, conn: sqlite3.Connection, token_id: str) -> str:
+    """On the worker thread: decrypt the stored refresh token (EntryGone when none)."""
+    row = conn.execute(
+        "SELECT owner, secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+        (token_id,),
+    ).fetchone()
+    if row is None or row["secret_ct"] is None:
+        raise EntryGone(token_id, "refresh token of vault entry")
+    plain = database.decrypt(
+        row["secret_key_id"],
+        row["secret_nonce"],
+        row["secret_ct"],
+        rows.refresh_aad(token_id, row["owner"]),
+        what=f"the refresh token of vault entry {token_id}",
+    )
+    return plain.decode()

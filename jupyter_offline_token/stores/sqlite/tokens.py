@@ -37,7 +37,7 @@ from ...models import (
 from ...paging import Cursor, Page, check_limit
 from ..base import ERROR_KINDS, TokenStore
 from . import audit as audit_rows
-from . import consent, leases, rows
+from . import consent, leases, rows, shared_access
 from .cluster import SQLiteClusterMethods
 from .database import Database
 from .schema import ATTENTION
@@ -185,7 +185,9 @@ class SQLiteTokenStore(SQLiteClusterMethods, TokenStore):
                     "secret_key_id = ?, subject = ?, scopes = ?, idle_expires_at = ?, "
                     "updated_at = ?, refresh_state = 'idle', next_attempt_at = NULL, "
                     "retry_count = 0, last_error = NULL, last_error_kind = NULL, "
-                    "consent_ct = NULL, consent_nonce = NULL, consent_key_id = NULL WHERE id = ?",
+                    "consent_ct = NULL, consent_nonce = NULL, consent_key_id = NULL, "
+                    "access_ct = NULL, access_nonce = NULL, access_key_id = NULL, "
+                    "access_expires_at = NULL WHERE id = ?",
                     (ct, nonce, key_id, subject, scope_text, idle_expires_at, now, token_id),
                 )
                 return rows.existing(conn, token_id)
@@ -325,23 +327,14 @@ class SQLiteTokenStore(SQLiteClusterMethods, TokenStore):
         return await self.run(work)
 
     async def read_refresh_token(self, token_id: str) -> str:
-        def work(conn: sqlite3.Connection) -> str:
-            row = conn.execute(
-                "SELECT owner, secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
-                (token_id,),
-            ).fetchone()
-            if row is None or row["secret_ct"] is None:
-                raise EntryGone(token_id, "refresh token of vault entry")
-            plain = self.database.decrypt(
-                row["secret_key_id"],
-                row["secret_nonce"],
-                row["secret_ct"],
-                rows.refresh_aad(token_id, row["owner"]),
-                what=f"the refresh token of vault entry {token_id}",
-            )
-            return plain.decode()
+        return await self.run(lambda conn: leases.read_refresh_token(self.database, conn, token_id))
 
-        return await self.run(work)
+    async def read_access_token(
+        self, token_id: str, *, valid_until: float
+    ) -> SharedAccessToken | None:
+        return await self.run(
+            lambda conn: shared_access.read(self.database, conn, token_id, valid_until)
+        )
 
     # --- the refresh path ----------------------------------------------------------------------
     async def acquire_lease(self, token_id: str, holder: str, ttl: float, now: float) -> bool:
@@ -402,6 +395,7 @@ class SQLiteTokenStore(SQLiteClusterMethods, TokenStore):
                 holder=holder,
                 event=audit,
                 retention=retention,
+                access=access,
             )
 
         return await self.run(work)
