@@ -1,0 +1,240 @@
+"""The OpenAPI description (jupyter_offline_token/openapi.json) is kept true: every route and
+method of the server's handler table is described and nothing else is, every error code is in
+it, the server serves it, and the answers of real flows (consent with the dev provider, tokens,
+access tokens, tasks, events, pages, errors) validate against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_validator import SpecValidator
+from rest_scenarios import MAX_PENDING, run
+from server_fixtures import Api, grant
+from tornado import web
+
+from jupyter_offline_token import rest_codes
+from jupyter_offline_token.handlers.openapi import load_spec
+
+pytestmark = pytest.mark.timeout(120)
+
+PACKAGE = "jupyter_offline_token."
+VERBS = ("get", "post", "put", "patch", "delete")
+ERROR = "/components/schemas/Error"
+
+
+def _operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(path, m) for path, item in spec["paths"].items() for m in item if m in VERBS}
+
+
+def _routes_of(router: Any) -> list[tuple[str, type]]:
+    """Every (pattern, handler class) in a tornado router, nested routers included."""
+    found: list[tuple[str, type]] = []
+    for rule in getattr(router, "rules", []):
+        target = rule.target
+        if hasattr(target, "rules"):
+            found.extend(_routes_of(target))
+        elif isinstance(target, type) and hasattr(rule.matcher, "regex"):
+            found.append((rule.matcher.regex.pattern, target))
+    return found
+
+
+def _template(pattern: str, base_url: str) -> str:
+    """``/base/api/offline-token/tokens/(?P<token_id>[^/]+)$`` -> ``/api/.../{token_id}``."""
+    path = pattern.removesuffix("$").removeprefix(base_url.rstrip("/"))
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path)
+    return path.replace("/?", "/")
+
+
+def _methods(handler: type) -> set[str]:
+    """The verbs a handler class implements (RequestHandler's own answer 405)."""
+    return {m for m in VERBS if getattr(handler, m) is not getattr(web.RequestHandler, m)}
+
+
+def test_the_spec_is_well_formed():
+    spec = load_spec()
+    assert spec["openapi"].startswith("3.1")
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    text = json.dumps(spec)
+    for ref in set(re.findall(r'"\$ref": "#([^"]+)"', text)):
+        node: Any = spec
+        for part in ref.strip("/").split("/"):
+            assert part in node, f"unresolved $ref #{ref}"
+            node = node[part]
+    ids = [op["operationId"] for path, m in _operations(spec) for op in [spec["paths"][path][m]]]
+    assert len(ids) == len(set(ids)), "operationIds must be unique"
+    for path, item in spec["paths"].items():
+        declared = {p["$ref"].rsplit("/", 1)[1] for p in item.get("parameters", [])}
+        names = {spec["components"]["parameters"][d]["name"] for d in declared}
+        assert names == set(re.findall(r"{(\w+)}", path)), path
+
+
+def test_every_route_and_method_is_described_and_back(jp_serverapp, jp_base_url):
+    """Fails when a route or a verb is added to the server without describing it (or a described
+    one disappears): the server's own handler table, not a list kept by hand."""
+    served: set[tuple[str, str]] = set()
+    for pattern, handler in _routes_of(jp_serverapp.web_app.default_router):
+        if handler.__module__.startswith(PACKAGE):
+            served |= {(_template(pattern, jp_base_url), m) for m in _methods(handler)}
+    described = _operations(load_spec())
+    assert served, "no route of the extension found in the server's handler table"
+    assert sorted(served - described) == [], "routes the spec does not describe"
+    assert sorted(described - served) == [], "described routes the server does not have"
+
+
+def test_every_error_code_is_in_the_spec():
+    schemas = load_spec()["components"]["schemas"]
+    json_codes = set(schemas["ErrorCode"]["enum"])
+    page_codes = set(schemas["CallbackErrorCode"]["enum"])
+    assert not json_codes & page_codes
+    assert sorted(json_codes | page_codes) == sorted(rest_codes.CODES)
+    # Every JSON code's status is a status some operation answers with a JSON error.
+    statuses = {
+        int(status)
+        for item in load_spec()["paths"].values()
+        for m, op in item.items()
+        if m in VERBS
+        for status in op["responses"]
+    }
+    # 405 is any route's answer to a verb it does not take; 500 is a bug, never described;
+    # jupyter_server refuses a missing credential with 403, not 401.
+    undescribed = {rest_codes.INTERNAL_ERROR, rest_codes.ERROR, rest_codes.UNAUTHORIZED}
+    missing = {
+        c: rest_codes.CODES[c].status
+        for c in json_codes - undescribed
+        if rest_codes.CODES[c].status not in statuses | {405}
+    }
+    assert missing == {}, "codes whose status no operation describes"
+
+
+class CheckedApi(Api):
+    """The suite's Api whose every answer is validated against the spec."""
+
+    def __init__(self, jp_fetch: Any, validator: SpecValidator, user: str | None = None) -> None:
+        super().__init__(jp_fetch, user)
+        self.validator = validator
+        self.problems: list[str] = []
+
+    async def request(self, method: str, *parts: str, **kw: Any) -> tuple[int, Any]:
+        status, payload = await super().request(method, *parts, **kw)
+        path = "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+        if parts and parts[-1].endswith("/"):
+            path += "/"
+        body = payload if isinstance(payload, str) else json.dumps(payload)
+        content_type = self.last_headers.get("Content-Type", "")
+        self.problems += self.validator.check(method, path, status, content_type, body)
+        return status, payload
+
+
+class CheckedWorld:
+    """rest_scenarios' world on the real server, through CheckedApi."""
+
+    def __init__(self, api: CheckedApi, provider: Any) -> None:
+        self.api = api
+        self.provider = provider
+
+    async def request(
+        self, method: str, path: str, *, raw: bytes | None, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        parts = path.split("/")
+        return await self.api.request(
+            method, "api", "offline-token", *parts, raw=raw, params=params or None
+        )
+
+    async def grant(self, consent_url: str) -> None:
+        location = await asyncio.to_thread(self.provider.complete_consent, consent_url)
+        status, page = await self.api.callback(location)
+        assert status in (200, 303), page
+
+
+@pytest.fixture
+def offline_token_config(offline_token_config):
+    return {**offline_token_config, "max_pending_consents": MAX_PENDING}
+
+
+@pytest.fixture
+def checked(jp_fetch) -> CheckedApi:
+    return CheckedApi(jp_fetch, SpecValidator())
+
+
+async def test_the_server_serves_the_spec(checked, jp_base_url):
+    status, served = await checked.get("openapi.json")
+    assert status == 200
+    assert [s["url"] for s in served["servers"]] == [jp_base_url]
+    assert {**served, "servers": load_spec()["servers"]} == load_spec()
+    status, refused = await checked.get("openapi.json", headers={"Authorization": "token wrong"})
+    assert status == 403 and refused["error"] == rest_codes.FORBIDDEN
+    assert not checked.problems, "\n".join(checked.problems)
+
+
+async def test_the_rest_scenarios_answer_as_described(checked, idp, tasks):
+    """The shared REST scenarios (every route, most error codes) validated against the spec."""
+    problems = await run(CheckedWorld(checked, idp))
+    assert not problems, "\n".join(problems)
+    assert not checked.problems, "\n".join(checked.problems)
+    exercised = {(c.template, c.method) for c in checked.validator.checked}
+    assert len(exercised) >= 14, exercised
+
+
+async def test_more_flows_answer_as_described(checked, idp, tasks):
+    """What the scenarios leave out: pages, the event stream, a deletion with a warning,
+    refused credentials; then every described operation has been seen at least once."""
+    api = checked
+    first = await grant(api, idp, label="first")
+    second = await grant(api, idp, label="second")  # the same user: shares the account
+    status, task = await api.post("tasks", body={"name": "events", "persistent_token_id": first})
+    assert status == 201, task
+    link = {"persistent_token_id": first}
+    assert (await api.post("tasks", task["id"], "link", body=link))[0] == 200
+    assert (await api.post("tasks", task["id"], "execute"))[0] == 202
+    assert (await api.get("tasks", task["id"]))[0] == 200
+    assert (await api.get("tasks", params={"status": "running"}))[0] == 200
+    status, done = await api.patch("tasks", task["id"], body={"status": "completed"})
+    assert status == 200 and done["status"] == "completed", done
+    status, stream = await api.get("tasks", task["id"], "events")
+    assert status == 200 and "event: task" in stream, stream
+    events = [json.loads(line[5:]) for line in stream.splitlines() if line.startswith("data:")]
+    assert events and events[-1]["status"] == "completed", events
+    for event in events:
+        api.problems += api.validator.validate(event, "/components/schemas/Task", "event")
+    assert (await api.get("tasks", task["id"], "log"))[0] == 200
+    assert (await api.post("tasks", task["id"], "cancel", raw=b"{}"))[0] == 409
+    assert (await api.post("tasks", task["id"], "execute", raw=b'{"x": 1}'))[0] == 400
+    assert (await api.delete("tasks", task["id"]))[0] == 204
+    status, deleted = await api.delete("tokens", second)
+    assert status == 200 and deleted["warning"], deleted
+    assert (await api.get("tokens", first, "audit"))[0] == 200
+    assert (await api.get("health", params={"limit": "5"}))[0] == 200
+    # credentials the server refuses
+    bad_task = {"Authorization": "OfflineTokenTask not-a-credential"}
+    assert (await api.post("tokens", first, "access-token", headers=bad_task))[0] == 403
+    assert (await api.get("tokens", headers=bad_task))[0] == 403
+    assert (await api.get("tokens", headers={"Authorization": "token wrong"}))[0] == 403
+    # the pages
+    assert (await api.request("GET", "offline-token/"))[0] == 200
+    assert (await api.request("GET", "offline-token", "callback"))[0] == 400
+    unknown = {"state": "never-issued", "code": "x"}
+    assert (await api.request("GET", "offline-token", "callback", params=unknown))[0] == 400
+    assert (await api.get("openapi.json"))[0] == 200
+    assert not api.problems, "\n".join(api.problems)
+    seen = {(c.template, c.method) for c in api.validator.checked}
+    unseen = _operations(load_spec()) - seen
+    assert sorted(unseen) == [], "operations no flow of this module exercised"
+
+
+def test_the_validator_sees_drift():
+    """The helper above is not a rubber stamp: a missing key, an undescribed status, a wrong
+    media type and an unknown error code are each reported."""
+    validator = SpecValidator()
+    path = "/api/offline-token/tasks/abc/log"
+    assert validator.check("GET", path, 200, "application/json", '{"lines": []}') == []
+    assert validator.check("GET", path, 200, "application/json", "{}")
+    assert validator.check("GET", path, 418, "application/json", '{"lines": []}')
+    assert validator.check("GET", path, 200, "text/html", "<p>")
+    assert validator.check("GET", path, 404, "application/json", '{"error": "x", "message": "m"}')
+    assert validator.check("GET", "/api/offline-token/nowhere", 404, "application/json", "{}")
