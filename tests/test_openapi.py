@@ -238,3 +238,19 @@ def test_the_validator_sees_drift():
     assert validator.check("GET", path, 200, "text/html", "<p>")
     assert validator.check("GET", path, 404, "application/json", '{"error": "x", "message": "m"}')
     assert validator.check("GET", "/api/offline-token/nowhere", 404, "application/json", "{}")
+
+
+class TestNotConfigured:
+    """Without issuer and client_id every other route answers 503 not_configured (described);
+    the description is still served: it depends on no setting."""
+
+    @pytest.fixture
+    def offline_token_config(self, tmp_path):
+        return {"vault_path": str(tmp_path / "v" / "vault.db")}
+
+    async def test_the_spec_is_served_and_503_is_described(self, checked):
+        status, served = await checked.get("openapi.json")
+        assert status == 200 and served["paths"] == load_spec()["paths"]
+        status, err = await checked.post("consents", body={})
+        assert status == 503 and err["error"] == rest_codes.NOT_CONFIGURED
+        assert not checked.problems, "\n".join(checked.problems)
