@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
+import time
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_validator import SpecValidator
 from rest_scenarios import MAX_PENDING, run
-from server_fixtures import Api, grant
+from server_fixtures import Api, grant, task_processes
 from tornado import web
 
 from jupyter_offline_token import rest_codes
@@ -110,6 +112,15 @@ def test_every_error_code_is_in_the_spec():
         if rest_codes.CODES[c].status not in statuses | {405}
     }
     assert missing == {}, "codes whose status no operation describes"
+    # Each status's error schema lists exactly the codes rest_codes gives that status, so an
+    # answer whose code and status disagree fails the validation of real answers.
+    for name, schema in schemas.items():
+        if re.fullmatch(r"Error\d{3}", name):
+            status = int(name[5:])
+            expected = [
+                c for c in schemas["ErrorCode"]["enum"] if rest_codes.CODES[c].status == status
+            ]
+            assert schema["properties"]["error"]["enum"] == expected, name
 
 
 class CheckedApi(Api):
@@ -237,7 +248,69 @@ def test_the_validator_sees_drift():
     assert validator.check("GET", path, 418, "application/json", '{"lines": []}')
     assert validator.check("GET", path, 200, "text/html", "<p>")
     assert validator.check("GET", path, 404, "application/json", '{"error": "x", "message": "m"}')
+    conflict = '{"error": "conflict", "message": "m"}'  # a real code, at the wrong status
+    assert validator.check("GET", path, 404, "application/json", conflict)
     assert validator.check("GET", "/api/offline-token/nowhere", 404, "application/json", "{}")
+
+
+SECRET_TO_FILE = """
+import os, pathlib, sys, time
+print("started", flush=True)
+secret = pathlib.Path(sys.argv[1])
+secret.touch(mode=0o600)
+secret.write_text(os.environ["JUPYTER_OFFLINE_TOKEN_TASK_SECRET"])
+time.sleep(120)
+"""
+
+
+async def _until(predicate: Any, what: str, limit: float = 40.0) -> Any:
+    """Poll until truthy; a hang guard, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    while not (value := await predicate()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_a_task_credential_gets_described_answers(checked, idp, tasks, tmp_path):
+    """The TaskCredential scheme: a running command task's own credential, where it reaches
+    (its token's access token, its task) and where it does not (403)."""
+    api = checked
+    token_id = await grant(api, idp, label="task credential")
+    other = await grant(api, idp, label="not the task's")
+    secret_file = tmp_path / "secret"
+    command = [sys.executable, "-c", SECRET_TO_FILE, str(secret_file)]
+    body = {"name": "cred", "kind": "command", "command": command, "persistent_token_id": token_id}
+    status, task = await api.post("tasks", body=body)
+    assert status == 201, task
+    assert (await api.post("tasks", task["id"], "execute"))[0] == 202
+
+    async def secret() -> str:
+        return secret_file.read_text() if secret_file.exists() else ""
+
+    credential = {"Authorization": f"OfflineTokenTask {await _until(secret, 'the secret')}"}
+
+    async def logged() -> bool:
+        return bool((await api.get("tasks", task["id"], "log"))[1]["lines"])
+
+    await _until(logged, "the task's first output line")
+    status, access = await api.post("tokens", token_id, "access-token", headers=credential)
+    assert status == 200 and access["access_token"], status
+    assert (await api.get("tasks", task["id"], headers=credential))[0] == 200
+    report = {"progress": 5, "message": "from the task"}
+    assert (await api.patch("tasks", task["id"], body=report, headers=credential))[0] == 200
+    assert (await api.post("tokens", other, "access-token", headers=credential))[0] == 403
+    assert (await api.get("tokens", headers=credential))[0] == 403
+    assert (await api.delete("tasks", task["id"], headers=credential))[0] == 403
+    status, cancelled = await api.post("tasks", task["id"], "cancel")
+    assert status == 200 and cancelled["status"] == "cancelled", cancelled
+
+    async def ended() -> bool:
+        return not task_processes(task["id"])
+
+    await _until(ended, "the task's process to end")
+    assert (await api.get("tasks", task["id"], headers=credential))[0] == 403
+    assert not api.problems, "\n".join(api.problems)
 
 
 class TestNotConfigured:

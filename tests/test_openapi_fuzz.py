@@ -32,7 +32,7 @@ from server_fixtures import grant
 
 pytestmark = pytest.mark.timeout(180)
 
-EXAMPLES = 12  # per operation and generation mode
+EXAMPLES = 10  # per operation and generation mode
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
