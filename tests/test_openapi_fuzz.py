@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
@@ -48,6 +50,7 @@ NOT_SEEDED = {
     ("GET", "/api/offline-token/tasks/{task_id}/events"),
 }
 
+ACCESS_TOKEN = re.compile(r'"access_token":\s*"[^"]*"?')
 TOKEN_STATE = ("persistent_token_id", "status", "label", "task_id", "scopes", "keep_warm", "tasks")
 TASK_STATE = (
     "id",
@@ -98,11 +101,14 @@ class Vault:
         return list(page[what])
 
 
+def _redact(text: str) -> str:
+    """Failure messages never show an access token the server answered."""
+    return ACCESS_TOKEN.sub('"access_token": "<redacted>"', text)
+
+
 def _describe(case: Any, status: int, text: str) -> str:
-    return (
-        f"{case.method} {case.formatted_path} query={case.query} body={case.body!r:.200}: "
-        f"{status} {text[:300]}"
-    )
+    request = f"{case.method} {case.formatted_path} query={case.query} body={case.body!r:.200}"
+    return f"{request}: {status} {_redact(text)[:300]}"
 
 
 def fuzz(schema: Any, base_url: str, headers: dict[str, str], seeds: dict[str, str]) -> Outcome:
@@ -120,9 +126,9 @@ def fuzz(schema: Any, base_url: str, headers: dict[str, str], seeds: dict[str, s
         try:
             case.validate_response(response, checks=CHECKS)
         except (Failure, FailureGroup) as exc:
+            detail = _redact(str(exc).strip())  # schemathesis quotes the body it judged
             outcome.problems.append(
-                f"{_describe(case, response.status_code, response.text)}"
-                f"\n    {str(exc).strip()[:800]}"
+                f"{_describe(case, response.status_code, response.text)}\n    {detail[:800]}"
             )
         after = vault.snapshot()
         if 400 <= response.status_code < 500:
@@ -172,6 +178,14 @@ def _run_examples(strategy: Any, run_case: Any) -> None:
         run_case(case)
 
     examples()
+
+
+@pytest.fixture(autouse=True)
+def hypothesis_home(tmp_path):
+    """Hypothesis's caches in the test's directory, not in the worktree."""
+    set_hypothesis_home_dir(tmp_path / "hypothesis")
+    yield
+    set_hypothesis_home_dir(None)
 
 
 async def test_schemathesis_finds_no_server_error_and_no_change_by_a_rejection(
