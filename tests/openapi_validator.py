@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +55,17 @@ class SpecValidator:
         return None
 
     def check(
-        self, method: str, path: str, status: int, content_type: str, body: bytes | str
+        self,
+        method: str,
+        path: str,
+        status: int,
+        content_type: str,
+        body: bytes | str,
+        headers: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Problems with one answer (an empty list: it conforms). ``path`` is relative to the
-        server's base_url, starting with ``/``."""
+        server's base_url, starting with ``/``; the described ``headers`` that the answer has
+        are checked too."""
         method = method.lower()
         where = f"{method.upper()} {path} -> {status}"
         template = self.template_for(path)
@@ -76,18 +84,42 @@ class SpecValidator:
         if "$ref" in response:
             pointer = response["$ref"][1:]
             response = self._resolve(pointer)
+        problems = self._check_headers(where, response, headers or {})
         content = response.get("content")
         media_type = content_type.split(";")[0].strip().lower() or None
         self.checked.append(Checked(template, method, status, media_type if content else None))
         if not content:
             text = body.decode() if isinstance(body, bytes) else body
-            return [f"{where}: a body where none is described: {text[:200]!r}"] if text else []
+            return problems + (
+                [f"{where}: a body where none is described: {text[:200]!r}"] if text else []
+            )
         if media_type not in content:
-            return [f"{where}: content type {content_type!r}, described: {sorted(content)}"]
+            return [
+                *problems,
+                f"{where}: content type {content_type!r}, described: {sorted(content)}",
+            ]
         schema_pointer = pointer + _pointer("content", media_type, "schema")
         if media_type == "application/json":
-            return self._validate_json(where, body, schema_pointer)
-        return []
+            return problems + self._validate_json(where, body, schema_pointer)
+        return problems
+
+    def _check_headers(
+        self, where: str, response: dict[str, Any], headers: Mapping[str, str]
+    ) -> list[str]:
+        problems = []
+        for name, header in response.get("headers", {}).items():
+            if "$ref" in header:
+                header = self._resolve(header["$ref"][1:])
+            value = headers.get(name)
+            if value is None:
+                if header.get("required"):
+                    problems.append(f"{where}: the required header {name} is missing")
+                continue
+            validator = Draft202012Validator(header["schema"], format_checker=None)
+            problems += [
+                f"{where}: header {name}: {e.message}" for e in validator.iter_errors(value)
+            ]
+        return problems
 
     def _resolve(self, pointer: str) -> Any:
         node: Any = self.spec

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from fault_injection import FaultInjector
 from jsonschema import Draft202012Validator
 from openapi_validator import SpecValidator
 from rest_scenarios import MAX_PENDING, run
@@ -21,6 +22,7 @@ from tornado import web
 
 from jupyter_offline_token import rest_codes
 from jupyter_offline_token.handlers.openapi import load_spec
+from jupyter_offline_token.oidc import ProviderClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,7 +140,8 @@ class CheckedApi(Api):
             path += "/"
         body = payload if isinstance(payload, str) else json.dumps(payload)
         content_type = self.last_headers.get("Content-Type", "")
-        self.problems += self.validator.check(method, path, status, content_type, body)
+        headers = dict(self.last_headers.get_all())
+        self.problems += self.validator.check(method, path, status, content_type, body, headers)
         return status, payload
 
 
@@ -251,6 +254,12 @@ def test_the_validator_sees_drift():
     conflict = '{"error": "conflict", "message": "m"}'  # a real code, at the wrong status
     assert validator.check("GET", path, 404, "application/json", conflict)
     assert validator.check("GET", "/api/offline-token/nowhere", 404, "application/json", "{}")
+    busy = '{"error": "provider_unavailable", "message": "m"}'
+    access = "/api/offline-token/tokens/abc/access-token"
+    assert (
+        validator.check("POST", access, 503, "application/json", busy, {"Retry-After": "7"}) == []
+    )
+    assert validator.check("POST", access, 503, "application/json", busy, {"Retry-After": "soon"})
 
 
 SECRET_TO_FILE = """
@@ -311,6 +320,34 @@ async def test_a_task_credential_gets_described_answers(checked, idp, tasks, tmp
     await _until(ended, "the task's process to end")
     assert (await api.get("tasks", task["id"], headers=credential))[0] == 403
     assert not api.problems, "\n".join(api.problems)
+
+
+async def test_provider_faults_answer_as_described(checked, idp, offline_app):
+    """503 provider_unavailable with its Retry-After, from the access-token route and from a
+    deletion whose revocation fails (the faults the real provider cannot make on demand)."""
+    token_id = await grant(checked, idp, label="faults")
+    fault = FaultInjector()
+    broker = offline_app.services.broker
+    original, broker.provider = (
+        broker.provider,
+        ProviderClient(
+            idp.issuer, idp.client_id, idp.client_secret, http_timeout=1.0, transport=fault
+        ),
+    )
+    try:
+        broker._cache.clear()  # the next request must reach the provider
+        fault.arm("503")
+        status, err = await checked.post("tokens", token_id, "access-token")
+        assert status == 503 and err["error"] == rest_codes.PROVIDER_UNAVAILABLE, err
+        assert checked.last_headers.get("Retry-After"), "Retry-After missing"
+        fault.arm("refuse", path_suffix="/revocation")
+        status, err = await checked.delete("tokens", token_id)
+        assert status == 503 and err["error"] == rest_codes.PROVIDER_UNAVAILABLE, err
+        assert (await checked.get("tokens", token_id))[1]["status"] == "active"
+    finally:
+        await broker.provider.aclose()
+        broker.provider = original
+    assert not checked.problems, "\n".join(checked.problems)
 
 
 class TestNotConfigured:
