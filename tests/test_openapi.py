@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import pytest
 from fault_injection import FaultInjector
 from jsonschema import Draft202012Validator
@@ -22,6 +23,7 @@ from tornado import web
 
 from jupyter_offline_token import rest_codes
 from jupyter_offline_token.handlers.openapi import load_spec
+from jupyter_offline_token.kernel.testing import FakeOfflineTokenAPI
 from jupyter_offline_token.oidc import ProviderClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,6 +195,47 @@ async def test_the_rest_scenarios_answer_as_described(checked, idp, tasks):
     assert not checked.problems, "\n".join(checked.problems)
     exercised = {(c.template, c.method) for c in checked.validator.checked}
     assert len(exercised) >= 14, exercised
+
+
+def test_the_kernel_fake_answers_as_described():
+    """kernel.testing's fake of this API (what users test against) runs the same scenarios and
+    its answers validate against the spec too."""
+    fake = FakeOfflineTokenAPI(max_pending_consents=MAX_PENDING)
+    http = httpx.Client(
+        base_url=fake.base_url + "api/offline-token/",
+        headers={"Authorization": f"token {fake.server_token}"},
+        transport=fake.transport(),
+    )
+    validator = SpecValidator()
+    problems: list[str] = []
+
+    class FakeWorld:
+        async def request(
+            self, method: str, path: str, *, raw: bytes | None, params: dict[str, str]
+        ) -> tuple[int, Any]:
+            answer = http.request(method, path, content=raw, params=params)
+            content_type = answer.headers.get("Content-Type", "")
+            problems.extend(
+                validator.check(
+                    method,
+                    f"/api/offline-token/{path}",
+                    answer.status_code,
+                    content_type,
+                    answer.content,
+                    dict(answer.headers),
+                )
+            )
+            if "json" in content_type and answer.content:
+                return answer.status_code, answer.json()
+            return answer.status_code, answer.text
+
+        async def grant(self, consent_url: str) -> None:
+            assert http.get(consent_url).status_code == 200
+
+    with http:
+        assert not asyncio.run(run(FakeWorld()))
+    assert not problems, "\n".join(problems)
+    assert len(validator.checked) > 50, "the scenarios' answers were not all checked"
 
 
 async def test_more_flows_answer_as_described(checked, idp, tasks):
