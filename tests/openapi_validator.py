@@ -27,6 +27,22 @@ def _pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def parse_events(text: str) -> list[dict[str, str]]:
+    """Server-sent events: blocks of ``field: value`` lines; ``:`` lines are comments."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            event[name] = f"{event[name]}\n{value}" if name in event else value
+        if event:
+            events.append(event)
+    return events
+
+
 @dataclass
 class Checked:
     """What one answer was checked against (for a test to see that it was)."""
@@ -101,6 +117,26 @@ class SpecValidator:
         schema_pointer = pointer + _pointer("content", media_type, "schema")
         if media_type == "application/json":
             return problems + self._validate_json(where, body, schema_pointer)
+        if media_type == "text/event-stream":
+            return problems + self._validate_events(where, body, schema_pointer)
+        return problems
+
+    def _validate_events(self, where: str, body: bytes | str, schema_pointer: str) -> list[str]:
+        """Each server-sent event as ``{"event", "data", ...}`` against the schema, and its
+        data against the schema's ``contentSchema`` when the data is JSON."""
+        text = body.decode() if isinstance(body, bytes) else body
+        schema = self._resolve(schema_pointer)
+        if "$ref" in schema:
+            schema_pointer = schema["$ref"][1:]
+        data_pointer = schema_pointer + _pointer("properties", "data", "contentSchema")
+        problems = []
+        for n, event in enumerate(parse_events(text)):
+            problems += self.validate(event, schema_pointer, f"{where} event {n}")
+            try:
+                data = json.loads(event.get("data", ""))
+            except ValueError:
+                continue
+            problems += self.validate(data, data_pointer, f"{where} event {n} data")
         return problems
 
     def _check_headers(

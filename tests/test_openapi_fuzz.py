@@ -32,9 +32,13 @@ from schemathesis.specs.openapi.checks import (
 )
 from server_fixtures import grant
 
+from jupyter_offline_token.tasks.models import PROCESS_KINDS
+from jupyter_offline_token.tasks.runners import LocalTaskRunner, TaskLaunch, TaskRun
+
 pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = 10  # per operation and generation mode
+SEQUENCES, SEQUENCE_STEPS = 15, 6  # stateful: chains along the spec's links
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -74,6 +78,8 @@ class Outcome:
     cases: int = 0
     rejected: int = 0
     accepted: int = 0
+    in_sequences: int = 0
+    followed_links: int = 0  # 2xx answers in sequences on an entry a previous step created
     unsatisfiable: list[str] = dataclasses.field(default_factory=list)  # nothing to negate
     problems: list[str] = dataclasses.field(default_factory=list)
 
@@ -111,18 +117,27 @@ def _describe(case: Any, status: int, text: str) -> str:
     return f"{request}: {status} {_redact(text)[:300]}"
 
 
-def fuzz(schema: Any, base_url: str, headers: dict[str, str], seeds: dict[str, str]) -> Outcome:
-    """Run every operation's cases in this (worker) thread; return what happened."""
-    session = requests.Session()
-    session.headers.update(headers)
-    vault = Vault(session, f"{base_url}api/offline-token/")
-    outcome = Outcome()
-    state = vault.snapshot()
+class Fuzzer:
+    """Calls the server with generated cases and judges every answer: schemathesis's checks,
+    and for a 4xx the vault's state before and after (it must not have changed)."""
 
-    def run_case(case: Any) -> None:
-        nonlocal state
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        self.session.headers.update(headers)
+        self.vault = Vault(self.session, f"{base_url}api/offline-token/")
+        self.outcome = Outcome()
+        self.state = self.vault.snapshot()
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "session": self.session, "timeout": 30}
+
+    def run_case(self, case: Any) -> None:
+        self.judge(case, case.call(**self.call_kwargs()))
+
+    def judge(self, case: Any, response: Any) -> None:
+        outcome = self.outcome
         outcome.cases += 1
-        response = case.call(base_url=base_url, session=session, timeout=30)
         try:
             case.validate_response(response, checks=CHECKS)
         except (Failure, FailureGroup) as exc:
@@ -130,38 +145,81 @@ def fuzz(schema: Any, base_url: str, headers: dict[str, str], seeds: dict[str, s
             outcome.problems.append(
                 f"{_describe(case, response.status_code, response.text)}\n    {detail[:800]}"
             )
-        after = vault.snapshot()
+        after = self.vault.snapshot()
         if 400 <= response.status_code < 500:
             outcome.rejected += 1
-            if after != state:
+            if after != self.state:
                 outcome.problems.append(
                     f"state changed by a rejected request: "
                     f"{_describe(case, response.status_code, response.text)}"
                 )
         else:
             outcome.accepted += 1
-        state = after
+        self.state = after
 
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        strategies = [
-            operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
-            operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE),
-        ]
-        names = {p.name for p in operation.path_parameters}
-        if names and (operation.method.upper(), operation.path) not in NOT_SEEDED:
-            strategies.append(
-                operation.as_strategy(
-                    generation_mode=schemathesis.GenerationMode.POSITIVE,
-                    path_parameters={n: seeds[n] for n in names},
-                )
+    def each_operation(self, schema: Any, seeds: dict[str, str]) -> None:
+        """Every operation: valid and invalid cases, and valid ones on the seeded entries."""
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            positive, negative = (
+                schemathesis.GenerationMode.POSITIVE,
+                schemathesis.GenerationMode.NEGATIVE,
             )
-        for strategy in strategies:
-            try:
-                _run_examples(strategy, run_case)
-            except Unsatisfiable:
-                outcome.unsatisfiable.append(f"{operation.method.upper()} {operation.path}")
-    return outcome
+            strategies = [
+                operation.as_strategy(generation_mode=positive),
+                operation.as_strategy(generation_mode=negative),
+            ]
+            names = {p.name for p in operation.path_parameters}
+            if names and (operation.method.upper(), operation.path) not in NOT_SEEDED:
+                fixed = {n: seeds[n] for n in names}
+                strategies.append(
+                    operation.as_strategy(generation_mode=positive, path_parameters=fixed)
+                )
+            for strategy in strategies:
+                try:
+                    _run_examples(strategy, self.run_case)
+                except Unsatisfiable:
+                    self.outcome.unsatisfiable.append(
+                        f"{operation.method.upper()} {operation.path}"
+                    )
+
+    def sequences(self, schema: Any) -> None:
+        """Stateful: chains along the spec's links (a consent, then its token; a task, then
+        its link, execute, report, cancel, delete), every answer judged the same way."""
+        fuzzer = self
+
+        # A created task's event stream stays open until the task ends: not in a sequence.
+        machine = schema.exclude(operation_id="taskEvents").as_state_machine()
+
+        class Sequences(machine):  # type: ignore[misc]
+            def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+                return fuzzer.call_kwargs()
+
+            def validate_response(self, response: Any, case: Any, *args: Any, **kw: Any) -> None:
+                fuzzer.judge(case, response)
+                if "{" in case.path and response.status_code < 300:
+                    fuzzer.outcome.followed_links += 1
+
+        Sequences.run(
+            settings=settings(
+                max_examples=SEQUENCES,
+                stateful_step_count=SEQUENCE_STEPS,
+                database=None,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
+        )
+
+
+def fuzz(schema: Any, base_url: str, headers: dict[str, str], seeds: dict[str, str]) -> Outcome:
+    """Run every case in this (worker) thread; return what happened."""
+    fuzzer = Fuzzer(base_url, headers)
+    fuzzer.each_operation(schema, seeds)
+    before = fuzzer.outcome.cases
+    fuzzer.sequences(schema)
+    fuzzer.outcome.in_sequences = fuzzer.outcome.cases - before
+    return fuzzer.outcome
 
 
 def _run_examples(strategy: Any, run_case: Any) -> None:
@@ -180,6 +238,22 @@ def _run_examples(strategy: Any, run_case: Any) -> None:
     examples()
 
 
+class NoProcessRunner(LocalTaskRunner):
+    """Generated command and notebook tasks start no process (their argv is random text, and a
+    sequence may link one to the seeded active token): their start fails with a reason, as a
+    real start error does. Demo tasks run as usual."""
+
+    async def start(self, launch: TaskLaunch) -> TaskRun:
+        if launch.task.kind in PROCESS_KINDS:
+            raise OSError("the fuzz test starts no process")
+        return await super().start(launch)
+
+
+@pytest.fixture
+def offline_token_config(offline_token_config):
+    return {**offline_token_config, "task_runner_class": NoProcessRunner}
+
+
 @pytest.fixture(autouse=True)
 def hypothesis_home(tmp_path):
     """Hypothesis's caches in the test's directory, not in the worktree."""
@@ -191,6 +265,7 @@ def hypothesis_home(tmp_path):
 async def test_schemathesis_finds_no_server_error_and_no_change_by_a_rejection(
     api, idp, tasks, jp_http_port, jp_base_url, jp_auth_header
 ):
+    assert isinstance(tasks.runner, NoProcessRunner)
     active = await grant(api, idp, label="fuzz seed")
     status, task = await api.post("tasks", body={"name": "seed", "persistent_token_id": active})
     assert status == 201, task
@@ -206,3 +281,4 @@ async def test_schemathesis_finds_no_server_error_and_no_change_by_a_rejection(
     )
     # Not vacuous: many cases ran, and both kinds of answers were seen.
     assert outcome.cases >= 200 and outcome.rejected >= 100 and outcome.accepted >= 30, outcome
+    assert outcome.followed_links, "no sequence reached an entry an earlier step created"
