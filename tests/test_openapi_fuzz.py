@@ -1,7 +1,9 @@
 """schemathesis against a running server, from the served OpenAPI description: a bounded number
-of generated requests per operation (valid ones, and invalid ones from negative generation), with
-0 server errors, answers that conform to the description, and the vault's state unchanged by
-every request the server rejected (4xx).
+of generated requests per operation (valid ones, invalid ones from negative generation, and valid
+ones aimed at a granted token and its task), then short sequences along the description's links
+(a consent and its token, a task and its routes). Every answer: 0 server errors, conforming to the
+description (status, media type, schema, invalid input rejected), and for a rejection (4xx) the
+vault's state (tokens and tasks as the API lists them) unchanged.
 
 The server is the suite's in-process Jupyter server on a real port; schemathesis calls it with
 ``requests`` from a worker thread while the test's event loop serves. Generation is derandomized,
