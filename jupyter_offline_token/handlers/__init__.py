@@ -10,6 +10,7 @@ TASK_ID = r"(?P<task_id>[^/]+)"
 
 def routes() -> list[tuple[str, Any]]:
     from .callback import CallbackHandler
+    from .openapi import OpenAPIHandler, load_spec
     from .tasks import (
         TaskCancelHandler,
         TaskEventsHandler,
@@ -29,8 +30,10 @@ def routes() -> list[tuple[str, Any]]:
         TokensHandler,
     )
 
+    load_spec()  # read the package's openapi.json now, not on the event loop
     api = r"/api/offline-token"
     return [
+        (rf"{api}/openapi.json", OpenAPIHandler),
         (rf"{api}/consents", ConsentsHandler),
         (rf"{api}/tokens", TokensHandler),
         (rf"{api}/tokens/{ID}", TokenHandler),
