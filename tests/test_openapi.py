@@ -250,6 +250,10 @@ async def test_more_flows_answer_as_described(checked, idp, tasks):
     assert (await api.post("tasks", task["id"], "link", body=link))[0] == 200
     assert (await api.post("tasks", task["id"], "execute"))[0] == 202
     assert (await api.get("tasks", task["id"]))[0] == 200
+    status, minted = await api.post("tasks", task["id"], "worker-credentials")
+    assert status == 201, minted
+    worker = {"Authorization": f"OfflineTokenTask {minted['credential']}"}
+    assert (await api.get("tasks", task["id"], headers=worker))[0] == 200
     assert (await api.get("tasks", params={"status": "running"}))[0] == 200
     status, done = await api.patch("tasks", task["id"], body={"status": "completed"})
     assert status == 200 and done["status"] == "completed", done
