@@ -7,7 +7,8 @@ delay from A's answer to B's first refusal is measured and printed with ``-s``, 
 poll interval); a ``command`` task created on A fetches an access token with its own task
 credential, and its record is the same seen from B. One grant per expiry across both is
 tests/test_grant_shared.py (parametrised over both backends); a SIGKILL mid-refresh on
-PostgreSQL is tests/test_grant_killed.py.
+PostgreSQL is tests/test_grant_killed.py. A is given the database URL on its command line, B
+in a file and runs at ``--debug``: neither log holds the database password or any secret.
 """
 
 from __future__ import annotations
@@ -46,11 +47,17 @@ def vault(
         f"c.OfflineTokenApp.client_id = {idp.client_id!r}\n"
         f"c.OfflineTokenApp.client_secret = {idp.client_secret!r}\n"
     )
-    env = {"JUPYTER_OFFLINE_TOKEN_KEYS": TEST_KEY, "JUPYTER_OFFLINE_TOKEN_DATABASE_URL": url}
+    env = {"JUPYTER_OFFLINE_TOKEN_KEYS": TEST_KEY}
+    # A gets the URL on the command line (inline: warned about), B from a file, at --debug.
+    url_file = root / "db-url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o600)
     started: list[Server] = []
     try:
-        for name in ("a", "b"):
-            started.append(start_server(root / name, config=config, env=env))
+        inline = (f"--OfflineTokenApp.database_url={url}",)
+        started.append(start_server(root / "a", config=config, env=env, args=inline))
+        env_b = {**env, "JUPYTER_OFFLINE_TOKEN_DATABASE_URL_FILE": str(url_file)}
+        started.append(start_server(root / "b", config=config, env=env_b, args=("--debug",)))
         yield Vault(url, started[0], started[1])
         for server in started:
             assert server.sigterm() == 0
@@ -58,6 +65,11 @@ def vault(
             assert pg_cluster.password not in log and TEST_KEY not in log
             assert idp.client_secret not in log
             assert "Traceback" not in log, log[-3000:]
+        a_log, b_log = started[0].log(), started[1].log()
+        assert "OfflineTokenApp.database_url is set inline" in a_log
+        assert "database_url is set inline" not in b_log
+        assert "[D " in b_log  # --debug really logged at debug level
+        assert not list(root.rglob("vault.db")) and not list(root.rglob("vault.key"))
     finally:
         for server in started:
             if server.proc.poll() is None:
