@@ -239,15 +239,22 @@ class OfflineTokenApp(OfflineTokenSettings, ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Open the vault off the event loop and start background work. A vault that cannot
-        open answers 503 vault_unavailable (Services); any other failure here turns the
-        extension off (503 naming it) instead of leaving half-started parts behind."""
+        open answers 503 vault_unavailable (Services) while Services retries in the background
+        and starts the rest once it opens; any other failure here turns the extension off (503
+        naming it) instead of leaving half-started parts behind."""
         services = self.services
         if services is None:
             return
         with contextlib.suppress(Exception):
             await services.ready()
         if services.error is not None:
+            services.retry_open(self._start_background)
             return
+        await self._start_background()
+
+    async def _start_background(self) -> None:
+        services = self.services
+        assert services is not None
         try:
             await services.start_background()
         except Exception as exc:

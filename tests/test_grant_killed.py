@@ -1,6 +1,8 @@
 """A server process SIGKILLed mid-refresh loses nothing and causes no replay (issue 11), with
 real processes: server A (its provider traffic through tests/holding_proxy.py) and server B on
-one SQLite vault, the real dev provider (rotating refresh tokens; a replay revokes the grant).
+one vault, the real dev provider (rotating refresh tokens; a replay revokes the grant). (b) and
+(c) run on a SQLite vault, then on a PostgreSQL one; (a), whose take-over is the lease expiry (b)
+also waits for, on SQLite alone (it costs a lease's lifetime).
 
 (a) killed while its grant is held before reaching the provider: B takes the lease over once it
     expires, introspection says active, B refreshes; no invalid_grant at the provider.
@@ -38,19 +40,30 @@ def vault_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("killed")
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def database_url(request):
+    """None: the SQLite vault under vault_dir; else a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_cluster").create_database()
+
+
 @pytest.fixture(scope="module")
-def server_b(vault_dir, idp):
-    server = start_vault_server(vault_dir / "b", idp, vault_dir / "vault" / "vault.db")
+def server_b(vault_dir, idp, database_url):
+    workdir = vault_dir / ("b-postgres" if database_url else "b-sqlite")
+    vault = vault_dir / "vault" / "vault.db"
+    server = start_vault_server(workdir, idp, vault, database_url=database_url)
     yield server
     server.sigterm()
 
 
 @pytest.fixture
-def server_a(vault_dir, idp, proxy, request):
+def server_a(vault_dir, idp, proxy, request, database_url):
     proxy.mode = "pass"
     proxy.held.clear()
     workdir = vault_dir / f"a-{request.node.name}"
-    server = start_vault_server(workdir, idp, vault_dir / "vault" / "vault.db", proxy=proxy.url)
+    vault = vault_dir / "vault" / "vault.db"
+    server = start_vault_server(workdir, idp, vault, proxy=proxy.url, database_url=database_url)
     yield server
     if server.proc.poll() is None:
         server.proc.kill()
@@ -69,6 +82,7 @@ async def _kill_once_held(server, proxy: HoldingProxy, call: asyncio.Future) -> 
         await call
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_killed_before_reaching_the_provider(server_a, server_b, proxy, idp):
     token_id = await consent(server_a, idp)
     async with httpx.AsyncClient(timeout=120.0) as client:

@@ -1,5 +1,5 @@
-"""Two real ``jupyter server`` processes on ONE SQLite vault make ONE refresh grant per
-access-token expiry (issue 11), counted at the real dev provider.
+"""Two real ``jupyter server`` processes on ONE vault (SQLite, then PostgreSQL) make ONE refresh
+grant per access-token expiry (issue 11), counted at the real dev provider.
 
 Each round waits until the last access token has expired, then fires concurrent callers at both
 servers at once. Before the shared access token, each server granted on its own: 2 per expiry.
@@ -30,13 +30,14 @@ def idp_8s():
     provider.stop()
 
 
-@pytest.fixture
-def two_servers(tmp_path, idp_8s):
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_servers(request, tmp_path, idp_8s):
     vault = tmp_path / "shared" / "vault.db"
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     started = []
     try:
         for name in ("a", "b"):
-            started.append(start_vault_server(tmp_path / name, idp_8s, vault))
+            started.append(start_vault_server(tmp_path / name, idp_8s, vault, database_url=url))
         yield started
     finally:
         for server in started:

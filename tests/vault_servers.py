@@ -1,7 +1,8 @@
-"""Real ``jupyter server`` processes sharing one SQLite vault, for the issue-11 tests
-(test_grant_shared.py, test_grant_killed.py): start one configured for a dev provider, grant
-consent through it, ask it for access tokens. Started with ``test_app_config_server.start_server``
-(own config/data/runtime dirs, this checkout first on the path)."""
+"""Real ``jupyter server`` processes sharing one vault (a SQLite file, or a PostgreSQL database
+when given its URL), for the issue-11 tests (test_grant_shared.py, test_grant_killed.py): start
+one configured for a dev provider, grant consent through it, ask it for access tokens. Started
+with ``test_app_config_server.start_server`` (own config/data/runtime dirs, this checkout first on
+the path)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def start_vault_server(
     *,
     proxy: str | None = None,
     http_timeout: float = 5.0,
+    database_url: str | None = None,
 ) -> Server:
-    """A server for ``idp`` on the vault at ``vault_path``; ``proxy``: an HTTP proxy URL its
-    provider requests go through."""
+    """A server for ``idp`` on the vault at ``vault_path``, or in the PostgreSQL database at
+    ``database_url`` when given; ``proxy``: an HTTP proxy URL its provider requests go
+    through."""
     config = (
         f"c.OfflineTokenApp.issuer = {idp.issuer!r}\n"
         f"c.OfflineTokenApp.client_id = {idp.client_id!r}\n"
@@ -34,6 +37,8 @@ def start_vault_server(
         "JUPYTER_OFFLINE_TOKEN_CLIENT_SECRET": idp.client_secret,
         "JUPYTER_OFFLINE_TOKEN_KEYS": TEST_KEY,
     }
+    if database_url is not None:
+        env["JUPYTER_OFFLINE_TOKEN_DATABASE_URL"] = database_url
     env.update({"NO_PROXY": "", "no_proxy": ""})
     if proxy is not None:
         env.update({"HTTP_PROXY": proxy, "http_proxy": proxy})

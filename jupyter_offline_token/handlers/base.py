@@ -17,10 +17,10 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from .. import rest_codes
-from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError
+from ..errors import Forbidden, InvalidRequest, NotConfigured, OfflineTokenError, VaultError
 from ..hub_scopes import ADMIN_SCOPE, holds, hub_scopes, is_hub_service
 from ..public_url import CallbackURL, browser_origin
-from ..services import Services
+from ..services import Services, unavailable
 from .errors import http_status
 
 if TYPE_CHECKING:
@@ -347,6 +347,8 @@ class OfflineTokenHandler(ExtensionHandlerMixin, APIHandler):
         self.finish()
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, VaultError) and not isinstance(e, OfflineTokenError):
+            e = unavailable(e)  # a store failing under a request (its database went away): 503
         if isinstance(e, OfflineTokenError):
             if self._finished:
                 return
