@@ -170,6 +170,11 @@ def _report_cached(tallies: dict[str, Tally], grants: int, procs: int) -> None:
         f"  capacity ratio (SQLite / PostgreSQL server CPU per request) per round pair: "
         f"{' '.join(f'{p:.2f}' for p in pairs)} (median {statistics.median(pairs):.2f})"
     )
+    rates = [p / s for s, p in zip(sqlite.rates, pg.rates, strict=True)]
+    print(
+        f"  req/s ratio (PostgreSQL / SQLite) per round pair: "
+        f"{' '.join(f'{r:.2f}' for r in rates)} (median {statistics.median(rates):.2f})"
+    )
     errors = float(sqlite.errors + pg.errors)
     check("failed requests (both backends)", errors, 0, at_most=True)
     check(
