@@ -15,7 +15,16 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from . import access_cached, dask_workers, refresh_path, shared_vault, single_flight, vault_scale
+from . import (
+    access_cached,
+    dask_workers,
+    postgres_store,
+    refresh_path,
+    shared_vault,
+    single_flight,
+    vault_scale,
+    vault_scale_pg,
+)
 from .harness import Settings
 
 BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
@@ -25,6 +34,10 @@ BENCHMARKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
     "vault_scale": vault_scale.run,
     "dask_workers": dask_workers.run,
     "shared_vault": shared_vault.run,
+    "pg_shared_vault": shared_vault.run_postgres,
+    "pg_cached": postgres_store.run_cached,
+    "pg_refresh": postgres_store.run_refresh,
+    "pg_vault_scale": vault_scale_pg.run,
 }
 # Wall-clock limit of each benchmark, (quick, full) seconds; cleanup runs on expiry.
 TIME_LIMITS = {
@@ -33,7 +46,11 @@ TIME_LIMITS = {
     "refresh_path": (60, 300),
     "vault_scale": (120, 420),
     "dask_workers": (240, 900),
-    "shared_vault": (300, 600),
+    "shared_vault": (600, 1200),  # SQLite, then PostgreSQL
+    "pg_shared_vault": (300, 600),
+    "pg_cached": (90, 420),
+    "pg_refresh": (60, 300),
+    "pg_vault_scale": (180, 600),
 }
 
 

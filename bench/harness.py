@@ -25,15 +25,19 @@ from jupyter_offline_token.oidc import new_pkce, new_state
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "dev"))
 
+from dev_postgres import PostgresCluster  # noqa: E402
 from dev_provider import DevProvider  # noqa: E402
 
 __all__ = [
     "ROOT",
     "DevProvider",
     "JupyterServer",
+    "PostgresCluster",
     "RawRefresher",
     "Settings",
     "check",
+    "database_args",
+    "durable_cluster",
     "forget_shared_access_tokens",
     "grant_via_server",
     "own_refresh_token",
@@ -257,6 +261,24 @@ def forget_shared_access_tokens(vault_path: Path) -> None:
             )
     finally:
         conn.close()
+
+
+def database_args(url: str) -> tuple[str, ...]:
+    """A server's settings for a PostgreSQL vault at ``url`` (its key comes from the
+    environment, ``JUPYTER_OFFLINE_TOKEN_KEYS``, as for SQLite)."""
+    return (f"--OfflineTokenApp.database_url={url}",)
+
+
+async def durable_cluster() -> PostgresCluster:
+    """A started throwaway PostgreSQL server with fsync, full_page_writes and synchronous_commit
+    on (SQLite vaults run with synchronous=FULL): the caller stops it."""
+    cluster = PostgresCluster(durable=True)
+    try:
+        await asyncio.to_thread(cluster.start)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 async def grant_via_server(server: JupyterServer, provider: DevProvider, label: str) -> str:

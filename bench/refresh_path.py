@@ -20,7 +20,7 @@ import httpx
 from jupyter_offline_token.broker import ProviderSettings, TokenBroker
 from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.oidc import ProviderClient
-from jupyter_offline_token.stores import SQLiteTokenStore
+from jupyter_offline_token.stores import SQLiteTokenStore, TokenStore
 
 from .harness import (
     RAW_REDIRECT_URI,
@@ -38,7 +38,11 @@ OWNER = "bench"
 
 def build_broker(provider: DevProvider, vault_path: Path) -> TokenBroker:
     """The same parts OfflineTokenApp.build_services wires, for the dev provider."""
-    vault = SQLiteTokenStore(vault_path, encryption_keys=[KeyRing.generate()])
+    return broker_on(provider, SQLiteTokenStore(vault_path, encryption_keys=[KeyRing.generate()]))
+
+
+def broker_on(provider: DevProvider, vault: TokenStore) -> TokenBroker:
+    """A broker on ``vault`` (any backend) for the dev provider, as the app wires it."""
     settings = ProviderSettings(
         issuer=provider.issuer,
         client_id=provider.client_id,

@@ -8,13 +8,15 @@ callers ask for the default min_ttl of 30 s), then fires the burst from 4 load p
 aimed at one server (round robin). As in ``single_flight``, every burst is framed by the same
 burst at ``/bench/constant`` on the same servers (same run), so its latency has a baseline.
 
-The vault's backend is a parameter (``Backend``): SQLite, one file, today; a PostgreSQL backend
-adds a ``Backend`` whose ``server_args`` carry its ``database_url``.
+The vault's backend is a parameter (``Backend``): SQLite, one file; PostgreSQL, one database of a
+throwaway durable cluster (fsync and synchronous_commit on), its ``database_url`` on every
+server's command line. ``shared_vault`` runs both, ``pg_shared_vault`` PostgreSQL alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import tempfile
 import time
@@ -28,8 +30,11 @@ from jupyter_offline_token.crypto import KeyRing
 from .harness import (
     DevProvider,
     JupyterServer,
+    PostgresCluster,
     Settings,
     check,
+    database_args,
+    durable_cluster,
     grant_via_server,
     percentile,
     show_latency,
@@ -55,7 +60,12 @@ class Backend:
 
 
 SQLITE = Backend("sqlite", lambda work: (f"--OfflineTokenApp.vault_path={work / 'vault.db'}",))
-BACKENDS = [SQLITE]
+BACKENDS = ("sqlite", "postgresql")
+
+
+def postgres_backend(cluster: PostgresCluster) -> Backend:
+    """A fresh database of ``cluster`` for each configuration."""
+    return Backend("postgresql", lambda work: database_args(cluster.create_database()))
 
 
 @dataclass
@@ -138,11 +148,30 @@ async def _configuration(
     return found
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, backend_names: tuple[str, ...] = BACKENDS) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        backends = []
+        for name in backend_names:
+            if name == "sqlite":
+                backends.append(SQLITE)
+            else:
+                cluster = await durable_cluster()
+                stack.callback(cluster.stop)
+                backends.append(postgres_backend(cluster))
+        await _run(settings, backends)
+
+
+async def run_postgres(settings: Settings) -> None:
+    """PostgreSQL alone (``pg_shared_vault``)."""
+    await run(settings, ("postgresql",))
+
+
+async def _run(settings: Settings, backends: list[Backend]) -> None:
     rounds = settings.pick(1, 2)
     print(
         f"  {CALLERS} concurrent callers from {LOAD_PROCESSES} load processes, spread over "
-        f"{' and '.join(map(str, SERVER_COUNTS))} servers sharing one vault; {rounds} expiry(ies) "
+        f"{' and '.join(map(str, SERVER_COUNTS))} servers sharing one vault "
+        f"({', '.join(b.name for b in backends)}); {rounds} expiry(ies) "
         f"each; dev provider access tokens live {ACCESS_TTL} s, callers need {DEFAULT_MIN_TTL} s"
     )
     provider = DevProvider(access_token_ttl=ACCESS_TTL)
@@ -152,7 +181,7 @@ async def run(settings: Settings) -> None:
         await asyncio.gather(
             *(asyncio.wrap_future(pool.submit(time.time)) for _ in range(LOAD_PROCESSES))
         )
-        for backend in BACKENDS:
+        for backend in backends:
             for count in SERVER_COUNTS:
                 found = await _configuration(pool, provider, backend, count, rounds)
                 _report(backend, count, found)

@@ -36,6 +36,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -81,9 +82,52 @@ def _status(roll: float) -> str:
     return "revoked"
 
 
+TOKEN_COLUMNS = (
+    "id, owner, issuer, client_id, status, scopes, created_at, updated_at, label, subject, "
+    "consent_expires_at, last_refresh_at, refresh_count, last_error, refresh_state, state_hash, "
+    "consent_ct, consent_nonce, consent_key_id, secret_ct, secret_nonce, secret_key_id"
+)
+TASK_COLUMNS = (
+    "id, owner, name, kind, status, persistent_token_id, progress, message, spec, created_at, "
+    "updated_at, started_at, completed_at"
+)
+
+
+@dataclass
+class Generated:
+    """The rows of one vault (in TOKEN_COLUMNS and TASK_COLUMNS order), the entry ids and a
+    few ``{id: refresh token}`` samples to decrypt back through the store."""
+
+    tokens: list[tuple[Any, ...]]
+    tasks: list[tuple[Any, ...]]
+    ids: list[str]
+    samples: dict[str, bytes]
+
+
 def fill(path: Path, key: str, entries: int, seed: int = 7) -> tuple[list[str], dict[str, bytes]]:
     """Bulk-insert ``entries`` entries and as many tasks of one owner into the (already
-    created) vault at ``path``; return the entry ids and a few ``{id: refresh token}`` samples."""
+    created) SQLite vault at ``path``; return the entry ids and a few samples."""
+    made = generate(key, entries, seed)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 22)})",  # noqa: S608
+            made.tokens,
+        )
+        conn.executemany(
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
+            made.tasks,
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return made.ids, made.samples
+
+
+def generate(key: str, entries: int, seed: int = 7) -> Generated:
+    """``entries`` entries and as many tasks of the server's owner, with real ciphertexts."""
     rng = random.Random(seed)
     ring = KeyRing.from_config([key])
     owner = _server_owner()
@@ -172,28 +216,7 @@ def fill(path: Path, key: str, entries: int, seed: int = 7) -> tuple[list[str], 
                 created + 600,
             )
         )
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO tokens (id, owner, issuer, client_id, status, scopes, created_at, "
-            "updated_at, label, subject, consent_expires_at, last_refresh_at, refresh_count, "
-            "last_error, refresh_state, state_hash, consent_ct, consent_nonce, consent_key_id, "
-            "secret_ct, secret_nonce, secret_key_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        conn.executemany(
-            "INSERT INTO tasks (id, owner, name, kind, status, persistent_token_id, progress, "
-            "message, spec, created_at, updated_at, started_at, completed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            tasks,
-        )
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-    return ids, samples
+    return Generated(rows, tasks, ids, samples)
 
 
 def deep_cursors(path: Path, table: str, count: int, seed: int = 3) -> list[str]:
@@ -321,8 +344,13 @@ class Start:
     rss: float  # VmRSS MiB after 20 health calls
 
 
-async def server_start(work: Path, vault_path: Path, key: str) -> Start:
-    server = JupyterServer(work, vault_path=vault_path, encryption_key=key, provider=None)
+async def server_start(
+    work: Path, vault_path: Path | None, key: str, args: tuple[str, ...] = ()
+) -> Start:
+    """``vault_path`` None: ``args`` say where the vault is (a PostgreSQL database)."""
+    server = JupyterServer(
+        work, vault_path=vault_path, encryption_key=key, provider=None, args=args
+    )
     server.start()
     try:
         healthy = await server.wait_healthy(timeout=120)
