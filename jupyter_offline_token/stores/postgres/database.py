@@ -8,6 +8,7 @@ connection runs with ``synchronous_commit = on``: a COMMIT returns once it is du
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -94,9 +95,12 @@ class Database:
                 max_size=self._pool_size,
                 kwargs={"autocommit": True, "row_factory": dict_row},
                 configure=_configure,
-                # One empty query per checkout: a connection the server dropped (a restart, a
-                # failover, an idle-connection killer) is replaced instead of failing a request.
-                check=AsyncConnectionPool.check_connection,
+                # A connection idle for a while is checked (one empty query) at checkout: one
+                # the server dropped (a restart, a failover, an idle-connection killer) is
+                # replaced instead of failing a request. A busy one is not (a round trip on every
+                # call of the refresh path); if it died meanwhile, the first statement fails
+                # before anything ran and the call is made again on a fresh connection.
+                check=_check_if_idle,
                 open=False,
                 name="offline-token-vault",
             )
@@ -197,26 +201,49 @@ class Database:
         psycopg errors become VaultError (the password never shown)."""
         pool = self._require_pool()
         attempts = _RETRIES if retry else 1
-        for attempt in range(1, attempts + 1):
+        attempt = dead = 0
+        while True:
+            attempt += 1
             try:
-                async with pool.connection() as conn, conn.transaction():
-                    if not durable:
-                        await conn.execute("SET LOCAL synchronous_commit = off")
-                    return await fn(conn)
+                async with pool.connection() as conn:
+                    if not await _begin(conn, durable=durable):
+                        _forget_use(conn)
+                        dead += 1
+                        if dead > self._pool_size:
+                            raise psycopg.OperationalError("every pooled connection is dead")
+                        attempt -= 1
+                        continue  # dead before BEGIN ran: nothing happened, another connection
+                    try:
+                        result = await fn(conn)
+                    except BaseException:
+                        if not conn.closed:
+                            with contextlib.suppress(psycopg.Error):
+                                await conn.execute("ROLLBACK")
+                        raise
+                    await conn.execute("COMMIT")
+                    return result
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
-                if attempt == attempts:
+                if attempt >= attempts:
                     raise self.error("vault database error", exc) from None
             except psycopg.Error as exc:  # psycopg_pool's PoolTimeout and PoolClosed too
                 raise self.error("vault database error", exc) from None
-        raise AssertionError("unreachable")
 
     async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run a read of one statement, ``fn(conn)``, without BEGIN/COMMIT (autocommit: one
         round trip instead of three). psycopg errors become VaultError."""
         pool = self._require_pool()
         try:
-            async with pool.connection() as conn:
-                return await fn(conn)
+            for attempt in (1, 2):
+                async with pool.connection() as conn:
+                    try:
+                        return await fn(conn)
+                    except psycopg.OperationalError:
+                        # A read is repeatable: a connection that died while pooled is
+                        # replaced and the read made once more.
+                        if attempt == 2 or not conn.closed:
+                            raise
+                        _forget_use(conn)
+            raise AssertionError("unreachable")
         except psycopg.Error as exc:
             raise self.error("vault database error", exc) from None
 
@@ -226,6 +253,34 @@ class Database:
             return self.keyring.decrypt(key_id, bytes(nonce), bytes(ct), aad)
         except DecryptionError as exc:
             raise DecryptionError(f"{what} cannot be decrypted: {exc}") from None
+
+
+# When each pooled connection last answered (by id: psycopg connections take no attributes).
+_LAST_USED: dict[int, float] = {}
+IDLE_CHECK_AFTER = 2.0  # seconds a pooled connection may sit unused before it is checked
+
+
+async def _check_if_idle(conn: Conn) -> None:
+    now = asyncio.get_running_loop().time()
+    if now - _LAST_USED.get(id(conn), 0.0) > IDLE_CHECK_AFTER:
+        await AsyncConnectionPool.check_connection(conn)
+    _LAST_USED[id(conn)] = now
+
+
+def _forget_use(conn: Conn) -> None:
+    _LAST_USED.pop(id(conn), None)
+
+
+async def _begin(conn: Conn, *, durable: bool) -> bool:
+    """BEGIN (and, for a lease, no wait for the WAL flush) in one round trip; False when the
+    connection turned out dead before anything ran (the caller takes another)."""
+    try:
+        await conn.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")
+    except psycopg.OperationalError:
+        if conn.closed:
+            return False
+        raise
+    return True
 
 
 async def _configure(conn: Conn) -> None:

@@ -18,6 +18,32 @@ from . import audit, rows
 from .database import Conn, Database
 
 
+class Owners:
+    """Entries' owners by id, remembered from the lease (an owner never changes), so a refresh
+    records its result without reading the row first (bounded)."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._owners: dict[str, str] = {}
+
+    def remember(self, token_id: str, owner: str) -> str:
+        if len(self._owners) >= self.LIMIT:
+            self._owners.clear()  # refilled by the next refreshes
+        self._owners[token_id] = owner
+        return owner
+
+    async def of(self, database: Database, token_id: str) -> str:
+        """The entry's owner. EntryGone."""
+        known = self._owners.get(token_id)
+        if known is not None:
+            return known
+        row = await database.read(lambda conn: rows.find_row(conn, token_id, "owner"))
+        if row is None:
+            raise EntryGone(token_id)
+        return self.remember(token_id, str(row["owner"]))
+
+
 def check_lease_args(holder: str, ttl: float) -> None:
     if not holder:
         raise ValueError("holder must not be empty")
@@ -48,27 +74,39 @@ async def take(
 async def begin(
     database: Database, token_id: str, holder: str, ttl: float, now: float
 ) -> RefreshStart | None:
-    """Lease + entry + refresh token in one transaction (no wait for the WAL flush: a lease
-    needs no durability); decrypt after the commit."""
+    """Lease + entry + refresh token in one statement of one transaction (no wait for the WAL
+    flush: a lease needs no durability); decrypt after the commit. The row is locked by the
+    CTE, so the holder it read is the one the UPDATE replaces."""
 
     columns = f"{rows.RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
 
-    async def work(conn: Conn) -> tuple[bool | None, TokenRecord | None, dict[str, Any]]:
-        taken, row = await take(conn, token_id, holder, ttl, now, returning=columns)
-        if taken is False:
-            return False, None, {}
-        return taken, rows.record(row), row
+    async def work(conn: Conn) -> dict[str, Any] | None:
+        cur = await conn.execute(
+            "WITH old AS (SELECT id AS old_id, lease_holder AS previous_holder, "  # noqa: S608
+            "lease_expires_at AS previous_expiry FROM tokens WHERE id = %(id)s FOR UPDATE) "
+            "UPDATE tokens SET lease_holder = %(holder)s, lease_expires_at = %(until)s "
+            "FROM old WHERE tokens.id = old.old_id AND (old.previous_holder IS NULL OR "
+            "old.previous_holder = %(holder)s OR old.previous_expiry IS NULL OR "
+            f"old.previous_expiry <= %(now)s) RETURNING old.previous_holder, {columns}",
+            {"id": token_id, "holder": holder, "until": now + ttl, "now": now},
+        )
+        row = await cur.fetchone()
+        if row is None:
+            await rows.locked(conn, token_id, "id")  # EntryGone, else another holder has it
+        return row
 
-    taken, record, secret = await database.run(work, durable=False)
-    if record is None:
+    row = await database.run(work, durable=False)
+    if row is None:
         return None
-    taken_over = taken is None
-    if secret["secret_ct"] is None:
+    record = rows.record(row)
+    previous = row["previous_holder"]
+    taken_over = previous is not None and previous != holder
+    if row["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
     plain = database.decrypt(
-        str(secret["secret_key_id"]),
-        secret["secret_nonce"],
-        secret["secret_ct"],
+        str(row["secret_key_id"]),
+        row["secret_nonce"],
+        row["secret_ct"],
         refresh_aad(token_id, record.owner),
         what=f"the refresh token of vault entry {token_id}",
     )
@@ -107,6 +145,7 @@ async def record_refresh(
     conn: Conn,
     token_id: str,
     *,
+    owner: str,
     secret: bytes | None,
     access: SharedAccessToken | None,
     idle_expires_at: float | None,
@@ -115,41 +154,64 @@ async def record_refresh(
     event: AuditEvent | None,
     retention: int,
 ) -> TokenRecord:
-    """Inside the one durable transaction of a successful refresh."""
-    row = await rows.locked(conn, token_id, "owner, lease_holder")
-    if holder is not None and row["lease_holder"] != holder:
-        raise VaultError(
-            f"the refresh lease of vault entry {token_id} is no longer held by "
-            "this worker; the refresh result was not stored"
-        )
-    owner = row["owner"]
+    """Inside the one durable transaction of a successful refresh, in one statement (the refresh
+    path's round trips): the row, the lease check, its audit event and the audit trim.
+    ``owner`` is the entry's owner (it never changes), for the ciphertexts' AAD."""
+    params: dict[str, Any] = {
+        "id": token_id,
+        "owner": owner,
+        "holder": holder,
+        "now": now,
+        "idle": idle_expires_at,
+        "ct": None,
+        "nonce": None,
+        "key_id": None,
+        "a_ct": None,
+        "a_nonce": None,
+        "a_key_id": None,
+        "a_expires": None,
+    }
     assignments = ""
-    rotated: tuple[object, ...] = ()
     if secret is not None:
         key_id, nonce, ct = database.keyring.encrypt(secret, refresh_aad(token_id, owner))
-        assignments = "secret_ct = %s, secret_nonce = %s, secret_key_id = %s, "
-        rotated = (ct, nonce, key_id)
+        assignments = "secret_ct = %(ct)s, secret_nonce = %(nonce)s, secret_key_id = %(key_id)s, "
+        params.update(ct=ct, nonce=nonce, key_id=key_id)
     if holder is not None:
         assignments += "lease_holder = NULL, lease_expires_at = NULL, "
-    shared: tuple[object, ...] = (None, None, None, None)
     if access is not None:
         key_id, nonce, ct = database.keyring.encrypt(
             encode_access(access), access_aad(token_id, owner)
         )
-        shared = (ct, nonce, key_id, access.expires_at)
-    # One statement (fewer round trips on the refresh path): ``assignments`` is built above
-    # from constants only.
-    cur = await conn.execute(
-        f"UPDATE tokens SET {assignments}last_refresh_at = %s, "  # noqa: S608
+        params.update(a_ct=ct, a_nonce=nonce, a_key_id=key_id, a_expires=access.expires_at)
+    lease_check = " AND lease_holder = %(holder)s" if holder is not None else ""
+    # ``assignments`` and ``lease_check`` are built above from constants only.
+    update = (
+        f"UPDATE tokens SET {assignments}last_refresh_at = %(now)s, "  # noqa: S608
         "refresh_count = refresh_count + 1, last_error = NULL, last_error_kind = NULL, "
-        "retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, idle_expires_at = %s, "
-        "updated_at = %s, access_ct = %s, access_nonce = %s, access_key_id = %s, "
-        f"access_expires_at = %s WHERE id = %s RETURNING {rows.RECORD_COLUMNS}",
-        (*rotated, now, idle_expires_at, now, *shared, token_id),
+        "retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, "
+        "idle_expires_at = %(idle)s, updated_at = %(now)s, access_ct = %(a_ct)s, "
+        "access_nonce = %(a_nonce)s, access_key_id = %(a_key_id)s, "
+        f"access_expires_at = %(a_expires)s WHERE id = %(id)s AND owner = %(owner)s{lease_check} "
+        f"RETURNING {rows.RECORD_COLUMNS}"
     )
+    inline_audit = event is not None and event.token_id == token_id
+    if inline_audit:
+        assert event is not None
+        params.update(audit.params(event, retention))
+        sql = f"WITH upd AS ({update}), {audit.AFTER_UPDATE_CTES} SELECT * FROM upd"  # noqa: S608
+    else:
+        sql = update
+    cur = await conn.execute(sql, params)
     updated = await cur.fetchone()
-    assert updated is not None  # the row is locked
-    if event is not None:
+    if updated is None:
+        row = await rows.find_row(conn, token_id, "owner, lease_holder")
+        if row is None:
+            raise EntryGone(token_id)
+        raise VaultError(
+            f"the refresh lease of vault entry {token_id} is no longer held by "
+            "this worker; the refresh result was not stored"
+        )
+    if event is not None and not inline_audit:
         await audit.insert(conn, event, retention)
     return rows.record(updated)
 

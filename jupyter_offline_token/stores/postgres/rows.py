@@ -53,6 +53,15 @@ async def find(conn: Conn, token_id: str) -> TokenRecord | None:
     return record(row) if row is not None else None
 
 
+async def find_row(conn: Conn, token_id: str, columns: str) -> dict[str, Any] | None:
+    """``columns`` of the entry's row (not locked), or None."""
+    cur = await conn.execute(
+        f"SELECT {columns} FROM tokens WHERE id = %s",  # noqa: S608
+        (token_id,),
+    )
+    return await cur.fetchone()
+
+
 async def existing(conn: Conn, token_id: str) -> TokenRecord:
     """The entry; EntryGone when it does not exist."""
     found = await find(conn, token_id)

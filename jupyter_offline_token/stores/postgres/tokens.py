@@ -72,6 +72,7 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
         self.audit_retention = audit_retention
         self.max_pending_consents = max_pending_consents
         self._listener = EvictionListener(url, self.database.shown_url)
+        self._owners = leases.Owners()  # for the refresh's AAD without a read
 
     def __repr__(self) -> str:
         keyring = getattr(self.database, "keyring", None)
@@ -344,7 +345,10 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
         self, token_id: str, holder: str, ttl: float, now: float
     ) -> RefreshStart | None:
         leases.check_lease_args(holder, ttl)
-        return await leases.begin(self.database, token_id, holder, ttl, now)
+        started = await leases.begin(self.database, token_id, holder, ttl, now)
+        if started is not None:
+            self._owners.remember(token_id, started.record.owner)
+        return started
 
     async def release_lease(self, token_id: str, holder: str) -> None:
         async def work(conn: Conn) -> None:
@@ -378,12 +382,14 @@ class PostgresTokenStore(ClusterCoordination, TokenStore):
             raise ValueError("access.expires_at must be a finite time")
         secret = new_refresh_token.encode() if new_refresh_token is not None else None
         retention = self.audit_retention
+        owner = await self._owners.of(self.database, token_id)
 
         async def work(conn: Conn) -> TokenRecord:
             return await leases.record_refresh(
                 self.database,
                 conn,
                 token_id,
+                owner=owner,
                 secret=secret,
                 access=access,
                 idle_expires_at=idle_expires_at,
