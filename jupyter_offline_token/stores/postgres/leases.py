@@ -14,15 +14,12 @@ from typing import Any
 from ...errors import EntryGone, VaultError
 from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
+from ..shared.records import RECORD_COLUMNS, token_record
+from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
 from .database import Conn, Database
 
-
-def check_lease_args(holder: str, ttl: float) -> None:
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
+_REFRESHED = pyformat(REFRESHED)
 
 
 async def take(
@@ -51,13 +48,13 @@ async def begin(
     """Lease + entry + refresh token in one transaction (no wait for the WAL flush: a lease
     needs no durability); decrypt after the commit."""
 
-    columns = f"{rows.RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
+    columns = f"{RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
 
     async def work(conn: Conn) -> tuple[bool | None, TokenRecord | None, dict[str, Any]]:
         taken, row = await take(conn, token_id, holder, ttl, now, returning=columns)
         if taken is False:
             return False, None, {}
-        return taken, rows.record(row), row
+        return taken, token_record(row), row
 
     taken, record, secret = await database.run(work, durable=False)
     if record is None:
@@ -140,18 +137,16 @@ async def record_refresh(
     # One statement (fewer round trips on the refresh path): ``assignments`` is built above
     # from constants only.
     cur = await conn.execute(
-        f"UPDATE tokens SET {assignments}last_refresh_at = %s, "  # noqa: S608
-        "refresh_count = refresh_count + 1, last_error = NULL, last_error_kind = NULL, "
-        "retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, idle_expires_at = %s, "
-        "updated_at = %s, access_ct = %s, access_nonce = %s, access_key_id = %s, "
-        f"access_expires_at = %s WHERE id = %s RETURNING {rows.RECORD_COLUMNS}",
+        f"UPDATE tokens SET {assignments}{_REFRESHED}, access_ct = %s, "  # noqa: S608
+        "access_nonce = %s, access_key_id = %s, "
+        f"access_expires_at = %s WHERE id = %s RETURNING {RECORD_COLUMNS}",
         (*rotated, now, idle_expires_at, now, *shared, token_id),
     )
     updated = await cur.fetchone()
     assert updated is not None  # the row is locked
     if event is not None:
         await audit.insert(conn, event, retention)
-    return rows.record(updated)
+    return token_record(updated)
 
 
 async def read_access(
@@ -183,4 +178,4 @@ async def read_access(
     return decode_access(plain)
 
 
-__all__ = ["EntryGone", "begin", "check_lease_args", "read_access", "record_refresh", "take"]
+__all__ = ["EntryGone", "begin", "read_access", "record_refresh", "take"]

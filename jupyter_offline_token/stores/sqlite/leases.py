@@ -13,16 +13,10 @@ import sqlite3
 
 from ...errors import EntryGone, VaultError
 from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ..shared import sql
 from . import audit, rows, shared_access
 from .database import Database
 from .sql import transaction
-
-
-def check_lease_args(holder: str, ttl: float) -> None:
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
 
 
 def take(
@@ -59,7 +53,7 @@ def begin(
                 return None
             record = rows.existing(conn, token_id)
             secret = conn.execute(
-                "SELECT secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+                f"SELECT {sql.SECRET_COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
                 (token_id,),
             ).fetchone()
     finally:
@@ -115,9 +109,7 @@ def record_refresh(
             )
         shared_access.store(database, conn, token_id, row["owner"], access)
         conn.execute(
-            "UPDATE tokens SET last_refresh_at = ?, refresh_count = refresh_count + 1, "
-            "last_error = NULL, last_error_kind = NULL, retry_count = 0, refresh_state = 'idle', "
-            "next_attempt_at = NULL, idle_expires_at = ?, updated_at = ? WHERE id = ?",
+            f"UPDATE tokens SET {sql.REFRESHED} WHERE id = ?",  # noqa: S608
             (now, idle_expires_at, now, token_id),
         )
         if holder is not None:
@@ -133,7 +125,7 @@ def record_refresh(
 def read_refresh_token(database: Database, conn: sqlite3.Connection, token_id: str) -> str:
     """On the worker thread: decrypt the stored refresh token (EntryGone when none)."""
     row = conn.execute(
-        "SELECT owner, secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+        f"SELECT {sql.SECRET_COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
         (token_id,),
     ).fetchone()
     if row is None or row["secret_ct"] is None:
