@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ...models import RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
-from ..shared.records import RECORD_COLUMNS, token_record
+from ..shared.records import RECORD_COLUMNS, Refreshed, token_record
 from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
 from .database import Conn, Database
@@ -99,20 +99,9 @@ def decode_access(plain: bytes) -> SharedAccessToken | None:
         return None
 
 
-async def record_refresh(
-    database: Database,
-    conn: Conn,
-    token_id: str,
-    *,
-    secret: bytes | None,
-    access: SharedAccessToken | None,
-    idle_expires_at: float | None,
-    now: float,
-    holder: str | None,
-    event: AuditEvent | None,
-    retention: int,
-) -> TokenRecord:
+async def record_refresh(database: Database, conn: Conn, done: Refreshed) -> TokenRecord:
     """Inside the one durable transaction of a successful refresh."""
+    token_id, holder, secret, access = done.token_id, done.holder, done.secret, done.access
     row = await rows.locked(conn, token_id, "owner, lease_holder")
     if holder is not None and row["lease_holder"] != holder:
         raise VaultError(
@@ -140,12 +129,12 @@ async def record_refresh(
         f"UPDATE tokens SET {assignments}{_REFRESHED}, access_ct = %s, "  # noqa: S608
         "access_nonce = %s, access_key_id = %s, "
         f"access_expires_at = %s WHERE id = %s RETURNING {RECORD_COLUMNS}",
-        (*rotated, now, idle_expires_at, now, *shared, token_id),
+        (*rotated, done.now, done.idle_expires_at, done.now, *shared, token_id),
     )
     updated = await cur.fetchone()
     assert updated is not None  # the row is locked
-    if event is not None:
-        await audit.insert(conn, event, retention)
+    if done.event is not None:
+        await audit.insert(conn, done.event, done.retention)
     return token_record(updated)
 
 

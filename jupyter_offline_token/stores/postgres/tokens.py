@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import uuid
 from typing import Any
 
 from ... import defaults
@@ -24,7 +23,6 @@ from ...models import (
     AuditEvent,
     ConsentSecrets,
     RefreshStart,
-    SharedAccessToken,
     TokenRecord,
 )
 from ...paging import check_limit
@@ -32,7 +30,7 @@ from ..aad import consent_aad, refresh_aad
 from ..base import TokenStore
 from ..shared import checks, sql
 from ..shared.entries import EntryMethods
-from ..shared.records import Row, encode_consent
+from ..shared.records import Refreshed, Row
 from . import audit as audit_rows
 from . import consent, leases, rows
 from .coordination import ClusterCoordination
@@ -98,30 +96,12 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
         await self.database.close()
 
     # --- consent ------------------------------------------------------------------------------
-    async def create_pending(
-        self,
-        *,
-        owner: str,
-        issuer: str,
-        client_id: str,
-        scopes: builtins.list[str],
-        state_hash: str,
-        secrets: ConsentSecrets,
-        consent_expires_at: float,
-        label: str = "",
-        task_id: str | None = None,
-        return_to: str | None = None,
-        now: float,
+    async def _insert_pending(
+        self, values: tuple[object, ...], payload: bytes, *, owner: str, now: float
     ) -> TokenRecord:
-        scope_text = checks.scopes_text(scopes)
-        checks.check_state_hash(state_hash)
-        token_id = str(uuid.uuid4())
-        key_id, nonce, ct = self.keyring_or_closed().encrypt(
-            encode_consent(secrets), consent_aad(token_id, owner)
-        )
-        values: tuple[object, ...] = (token_id, owner, issuer, client_id, PENDING, scope_text)
-        values += (now, now, label)
-        values += (task_id, consent_expires_at, return_to, state_hash, ct, nonce, key_id)
+        aad = consent_aad(str(values[0]), owner)
+        key_id, nonce, ct = self.keyring_or_closed().encrypt(payload, aad)
+        values += (ct, nonce, key_id)
         cap = self.max_pending_consents
         return await self.database.run(
             lambda conn: consent.insert_pending(conn, values, owner=owner, now=now, cap=cap)
@@ -135,25 +115,13 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
     async def consume_consent(self, token_id: str) -> ConsentSecrets | None:
         return await self.database.run(lambda conn: consent.consume(self.database, conn, token_id))
 
-    async def activate(
-        self,
-        token_id: str,
-        *,
-        refresh_token: str,
-        subject: str | None,
-        scopes: builtins.list[str],
-        idle_expires_at: float | None,
-        now: float,
+    async def _activate(
+        self, token_id: str, secret: bytes, params: tuple[object, ...]
     ) -> TokenRecord:
-        secret = checks.refresh_secret(refresh_token)
-        scope_text = checks.scopes_text(scopes)
-
         async def work(conn: Conn) -> TokenRecord:
             owner = (await rows.locked(conn, token_id, "owner"))["owner"]
             key_id, nonce, ct = self.keyring.encrypt(secret, refresh_aad(token_id, owner))
-            await conn.execute(
-                _ACTIVATE, (ct, nonce, key_id, subject, scope_text, idle_expires_at, now, token_id)
-            )
+            await conn.execute(_ACTIVATE, (ct, nonce, key_id, *params, token_id))
             return await rows.existing(conn, token_id)
 
         return await self.database.run(work)
@@ -224,39 +192,14 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
 
         await self.database.run(work, durable=False)
 
-    async def record_refresh(
-        self,
-        token_id: str,
-        *,
-        new_refresh_token: str | None,
-        idle_expires_at: float | None,
-        now: float,
-        holder: str | None = None,
-        audit: AuditEvent | None = None,
-        access: SharedAccessToken | None = None,
-    ) -> TokenRecord:
-        """Returns after a durable COMMIT (synchronous_commit = on): the rotated refresh token
-        is safe before the access token of that answer leaves the process."""
-        secret = checks.rotated_secret(new_refresh_token)
+    async def _record_refresh(self, refreshed: Refreshed) -> TokenRecord:
+        """Durable: synchronous_commit = on."""
+        access = refreshed.access
         if access is not None and not math.isfinite(access.expires_at):
             raise ValueError("access.expires_at must be a finite time")
-        retention = self.audit_retention
-
-        async def work(conn: Conn) -> TokenRecord:
-            return await leases.record_refresh(
-                self.database,
-                conn,
-                token_id,
-                secret=secret,
-                access=access,
-                idle_expires_at=idle_expires_at,
-                now=now,
-                holder=holder,
-                event=audit,
-                retention=retention,
-            )
-
-        return await self.database.run(work)
+        return await self.database.run(
+            lambda conn: leases.record_refresh(self.database, conn, refreshed)
+        )
 
     async def _update(self, token_id: str, assignments: str, params: tuple[Any, ...]) -> None:
         statement = sql.pyformat(f"UPDATE tokens SET {assignments} WHERE id = ?")  # noqa: S608

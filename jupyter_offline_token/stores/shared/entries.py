@@ -1,17 +1,27 @@
 """The TokenStore methods whose logic is the same in every SQL backend: the checks, the SQL
 and the records are shared; a backend supplies how one statement runs (``_fetch`` for a read,
-``_update`` for a one-row write), its order key and its "no limit" value."""
+``_update`` for a one-row write), its order key and its "no limit" value, and the
+transactions of the consent and refresh writes (``_insert_pending``, ``_activate``,
+``_record_refresh``: where it encrypts, what it locks)."""
 
 from __future__ import annotations
 
 import builtins
+import uuid
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from ...models import TOKEN_STATUSES, AuditEvent, TokenRecord
+from ...models import (
+    PENDING,
+    TOKEN_STATUSES,
+    AuditEvent,
+    ConsentSecrets,
+    SharedAccessToken,
+    TokenRecord,
+)
 from ...paging import Cursor, Page, check_limit
 from . import checks, sql
-from .records import Row, audit_event, keyset_page, token_record
+from .records import Refreshed, Row, audit_event, encode_consent, keyset_page, token_record
 
 
 class EntryMethods:
@@ -22,6 +32,8 @@ class EntryMethods:
     order_key: ClassVar[str]
     # The LIMIT value that means "no limit".
     no_limit: ClassVar[object]
+    # Audit events kept per token (the backend's setting).
+    audit_retention: int
 
     @abstractmethod
     async def _fetch(self, statement: str, params: Any = ()) -> builtins.list[Row]:
@@ -31,11 +43,88 @@ class EntryMethods:
     async def _update(self, token_id: str, assignments: str, params: tuple[Any, ...]) -> None:
         """``UPDATE tokens SET <assignments>`` for one entry; EntryGone when it does not exist."""
 
+    @abstractmethod
+    async def _insert_pending(
+        self, values: tuple[object, ...], payload: bytes, *, owner: str, now: float
+    ) -> TokenRecord:
+        """Encrypt ``payload`` (the consent secrets) and insert the entry: ``values`` in
+        ``sql.INSERT_PENDING``'s order up to ``state_hash`` (the first is the new id), under
+        the pending-consent cap. VaultError when ``state_hash`` is taken."""
+
+    @abstractmethod
+    async def _activate(
+        self, token_id: str, secret: bytes, params: tuple[object, ...]
+    ) -> TokenRecord:
+        """Encrypt ``secret`` for the entry's owner and run ``sql.ACTIVATE`` with ``params``
+        (subject, scopes, idle_expires_at, now) in one transaction. EntryGone."""
+
+    @abstractmethod
+    async def _record_refresh(self, refreshed: Refreshed) -> TokenRecord:
+        """The one durable transaction of a successful refresh."""
+
     async def _records(self, statement: str, params: Any = ()) -> builtins.list[TokenRecord]:
         return [token_record(row) for row in await self._fetch(statement, params)]
 
     async def _ids(self, statement: str, params: Any = ()) -> builtins.list[str]:
         return [row["id"] for row in await self._fetch(statement, params)]
+
+    # --- consent and the refresh path ----------------------------------------------------------
+    async def create_pending(
+        self,
+        *,
+        owner: str,
+        issuer: str,
+        client_id: str,
+        scopes: builtins.list[str],
+        state_hash: str,
+        secrets: ConsentSecrets,
+        consent_expires_at: float,
+        label: str = "",
+        task_id: str | None = None,
+        return_to: str | None = None,
+        now: float,
+    ) -> TokenRecord:
+        scope_text = checks.scopes_text(scopes)
+        checks.check_state_hash(state_hash)
+        values: tuple[object, ...] = (str(uuid.uuid4()), owner, issuer, client_id, PENDING)
+        values += (scope_text, now, now, label, task_id, consent_expires_at, return_to)
+        values += (state_hash,)
+        payload = encode_consent(secrets)
+        return await self._insert_pending(values, payload, owner=owner, now=now)
+
+    async def activate(
+        self,
+        token_id: str,
+        *,
+        refresh_token: str,
+        subject: str | None,
+        scopes: builtins.list[str],
+        idle_expires_at: float | None,
+        now: float,
+    ) -> TokenRecord:
+        secret = checks.refresh_secret(refresh_token)
+        params = (subject, checks.scopes_text(scopes), idle_expires_at, now)
+        return await self._activate(token_id, secret, params)
+
+    async def record_refresh(
+        self,
+        token_id: str,
+        *,
+        new_refresh_token: str | None,
+        idle_expires_at: float | None,
+        now: float,
+        holder: str | None = None,
+        audit: AuditEvent | None = None,
+        access: SharedAccessToken | None = None,
+    ) -> TokenRecord:
+        """Returns after a durable COMMIT: the rotated refresh token is safe before the access
+        token of that answer leaves the process."""
+        secret = checks.rotated_secret(new_refresh_token)
+        retention = self.audit_retention
+        refreshed = Refreshed(
+            token_id, secret, access, idle_expires_at, now, holder, audit, retention
+        )
+        return await self._record_refresh(refreshed)
 
     # --- reading ------------------------------------------------------------------------------
     async def get(self, token_id: str) -> TokenRecord | None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ...errors import VaultError
-from ...models import AuditEvent, ConsentSecrets, TokenRecord
+from ...models import AuditEvent, ConsentSecrets, SharedAccessToken, TokenRecord
 from ...paging import Cursor, Page
 from ...tasks.models import TaskRecord
 
@@ -36,6 +37,21 @@ TASK_COLUMNS = ", ".join(
     ).split()
 )
 AUDIT_COLUMNS = "id, ts, owner, token_id, task_id, action, result, detail"
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What the one durable transaction of a successful refresh stores (see
+    ``TokenStore.record_refresh``). The secrets stay out of the repr."""
+
+    token_id: str
+    secret: bytes | None = field(repr=False)  # the rotated refresh token; None: keep the old
+    access: SharedAccessToken | None = field(repr=False)  # None: clear the shared one
+    idle_expires_at: float | None
+    now: float
+    holder: str | None
+    event: AuditEvent | None
+    retention: int
 
 
 def token_record(row: Row) -> TokenRecord:

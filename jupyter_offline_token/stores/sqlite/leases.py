@@ -12,8 +12,9 @@ import contextlib
 import sqlite3
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ...models import RefreshStart, TokenRecord
 from ..shared import sql
+from ..shared.records import Refreshed
 from . import audit, rows, shared_access
 from .database import Database
 from .sql import transaction
@@ -73,21 +74,10 @@ def begin(
     return RefreshStart(record, plain.decode(), taken_over)
 
 
-def record_refresh(
-    database: Database,
-    conn: sqlite3.Connection,
-    token_id: str,
-    *,
-    secret: bytes | None,
-    idle_expires_at: float | None,
-    now: float,
-    holder: str | None,
-    event: AuditEvent | None,
-    retention: int,
-    access: SharedAccessToken | None = None,
-) -> TokenRecord:
+def record_refresh(database: Database, conn: sqlite3.Connection, done: Refreshed) -> TokenRecord:
     """On the worker thread: the one durable transaction of a successful refresh (with the
     grant's access token for the other processes, or None to clear the shared one)."""
+    token_id, holder = done.token_id, done.holder
     with transaction(conn):
         row = conn.execute(
             "SELECT owner, lease_holder FROM tokens WHERE id = ?", (token_id,)
@@ -99,26 +89,26 @@ def record_refresh(
                 f"the refresh lease of vault entry {token_id} is no longer held by "
                 "this worker; the refresh result was not stored"
             )
-        if secret is not None:
+        if done.secret is not None:
             key_id, nonce, ct = database.keyring.encrypt(
-                secret, rows.refresh_aad(token_id, row["owner"])
+                done.secret, rows.refresh_aad(token_id, row["owner"])
             )
             conn.execute(
                 "UPDATE tokens SET secret_ct = ?, secret_nonce = ?, secret_key_id = ? WHERE id = ?",
                 (ct, nonce, key_id, token_id),
             )
-        shared_access.store(database, conn, token_id, row["owner"], access)
+        shared_access.store(database, conn, token_id, row["owner"], done.access)
         conn.execute(
             f"UPDATE tokens SET {sql.REFRESHED} WHERE id = ?",  # noqa: S608
-            (now, idle_expires_at, now, token_id),
+            (done.now, done.idle_expires_at, done.now, token_id),
         )
         if holder is not None:
             conn.execute(
                 "UPDATE tokens SET lease_holder = NULL, lease_expires_at = NULL WHERE id = ?",
                 (token_id,),
             )
-        if event is not None:
-            audit.insert(conn, event, retention)
+        if done.event is not None:
+            audit.insert(conn, done.event, done.retention)
         return rows.existing(conn, token_id)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +32,7 @@ from ...paging import check_limit
 from ..base import TokenStore
 from ..shared import checks, sql
 from ..shared.entries import EntryMethods
-from ..shared.records import Row, encode_consent
+from ..shared.records import Refreshed, Row
 from . import audit as audit_rows
 from . import consent, leases, rows, shared_access
 from .cluster import SQLiteClusterMethods
@@ -104,27 +103,10 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
         await self.database.close()
 
     # --- consent ------------------------------------------------------------------------------
-    async def create_pending(
-        self,
-        *,
-        owner: str,
-        issuer: str,
-        client_id: str,
-        scopes: builtins.list[str],
-        state_hash: str,
-        secrets: ConsentSecrets,
-        consent_expires_at: float,
-        label: str = "",
-        task_id: str | None = None,
-        return_to: str | None = None,
-        now: float,
+    async def _insert_pending(
+        self, values: tuple[object, ...], payload: bytes, *, owner: str, now: float
     ) -> TokenRecord:
-        scope_text = checks.scopes_text(scopes)
-        checks.check_state_hash(state_hash)
-        token_id = str(uuid.uuid4())
-        payload = encode_consent(secrets)
-        values: tuple[Any, ...] = (token_id, owner, issuer, client_id, PENDING, scope_text)
-        values += (now, now, label, task_id, consent_expires_at, return_to, state_hash)
+        token_id = str(values[0])
         cap = self.max_pending_consents
 
         def work(conn: sqlite3.Connection) -> TokenRecord:
@@ -143,27 +125,14 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
     async def consume_consent(self, token_id: str) -> ConsentSecrets | None:
         return await self.run(lambda conn: consent.consume(self.database, conn, token_id))
 
-    async def activate(
-        self,
-        token_id: str,
-        *,
-        refresh_token: str,
-        subject: str | None,
-        scopes: builtins.list[str],
-        idle_expires_at: float | None,
-        now: float,
+    async def _activate(
+        self, token_id: str, secret: bytes, params: tuple[object, ...]
     ) -> TokenRecord:
-        secret = checks.refresh_secret(refresh_token)
-        scope_text = checks.scopes_text(scopes)
-
         def work(conn: sqlite3.Connection) -> TokenRecord:
             with transaction(conn):
                 owner = rows.owner_of(conn, token_id)
                 key_id, nonce, ct = self.keyring.encrypt(secret, rows.refresh_aad(token_id, owner))
-                conn.execute(
-                    sql.ACTIVATE,
-                    (ct, nonce, key_id, subject, scope_text, idle_expires_at, now, token_id),
-                )
+                conn.execute(sql.ACTIVATE, (ct, nonce, key_id, *params, token_id))
                 return rows.existing(conn, token_id)
 
         return await self.run(work)
@@ -229,37 +198,10 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
 
         await self.run(work)
 
-    async def record_refresh(
-        self,
-        token_id: str,
-        *,
-        new_refresh_token: str | None,
-        idle_expires_at: float | None,
-        now: float,
-        holder: str | None = None,
-        audit: AuditEvent | None = None,
-        access: SharedAccessToken | None = None,
-    ) -> TokenRecord:
+    async def _record_refresh(self, refreshed: Refreshed) -> TokenRecord:
         """Returns after COMMIT (synchronous=FULL): one commit instead of two on the refresh
-        path, the rotated token durable before the access token leaves the process."""
-        secret = checks.rotated_secret(new_refresh_token)
-        retention = self.audit_retention
-
-        def work(conn: sqlite3.Connection) -> TokenRecord:
-            return leases.record_refresh(
-                self.database,
-                conn,
-                token_id,
-                secret=secret,
-                idle_expires_at=idle_expires_at,
-                now=now,
-                holder=holder,
-                event=audit,
-                retention=retention,
-                access=access,
-            )
-
-        return await self.run(work)
+        path."""
+        return await self.run(lambda conn: leases.record_refresh(self.database, conn, refreshed))
 
     async def _update(self, token_id: str, assignments: str, params: tuple[Any, ...]) -> None:
         statement = f"UPDATE tokens SET {assignments} WHERE id = ?"  # noqa: S608
