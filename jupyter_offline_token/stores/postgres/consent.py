@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ...errors import EntryGone, VaultError
 from ...models import ConsentSecrets, TokenRecord
-from ..aad import consent_aad
 from ..shared import sql
 from ..shared.checks import check_pending_count
 from ..shared.records import decode_consent
+from ..shared.sealed import unseal
 from .database import LOCK_PENDING_CAP, Conn, Database
 from .rows import existing, locked
 
@@ -46,13 +46,7 @@ async def consume(database: Database, conn: Conn, token_id: str) -> ConsentSecre
     row = await locked(conn, token_id, sql.CONSENT_COLUMNS)
     if row["consent_ct"] is None:
         return None
-    plain = database.decrypt(
-        row["consent_key_id"],
-        row["consent_nonce"],
-        row["consent_ct"],
-        consent_aad(token_id, row["owner"]),
-        what=f"the consent secrets of vault entry {token_id}",
-    )
+    plain = unseal(database, row, "consent", token_id, row["owner"])
     await conn.execute(f"UPDATE tokens SET {sql.ERASE_CONSENT} WHERE id = %s", (token_id,))  # noqa: S608
     return decode_consent(plain, token_id)
 

@@ -15,6 +15,7 @@ from ...errors import EntryGone, VaultError
 from ...models import RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
 from ..shared.records import RECORD_COLUMNS, Refreshed, token_record
+from ..shared.sealed import unseal
 from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
 from .database import Conn, Database
@@ -62,13 +63,7 @@ async def begin(
     taken_over = taken is None
     if secret["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
-    plain = database.decrypt(
-        str(secret["secret_key_id"]),
-        secret["secret_nonce"],
-        secret["secret_ct"],
-        refresh_aad(token_id, record.owner),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, secret, "secret", token_id, record.owner)
     return RefreshStart(record, plain.decode(), taken_over)
 
 
@@ -156,12 +151,7 @@ async def read_access(
     if row is None:
         return None
     try:
-        plain = database.keyring.decrypt(
-            str(row["access_key_id"]),
-            bytes(row["access_nonce"]),  # type: ignore[call-overload]
-            bytes(row["access_ct"]),  # type: ignore[call-overload]
-            access_aad(token_id, str(row["owner"])),
-        )
+        plain = unseal(database, row, "access", token_id, str(row["owner"]))
     except Exception:  # only a cache: a key or a row it cannot read is a miss
         return None
     return decode_access(plain)

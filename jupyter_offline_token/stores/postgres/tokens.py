@@ -31,6 +31,7 @@ from ..base import TokenStore
 from ..shared import checks, sql
 from ..shared.entries import EntryMethods
 from ..shared.records import Refreshed, Row
+from ..shared.sealed import unseal
 from . import audit as audit_rows
 from . import consent, leases, rows
 from .coordination import ClusterCoordination
@@ -73,17 +74,10 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
         self.max_pending_consents = max_pending_consents
         self._listener = EvictionListener(url, self.database.shown_url)
 
-    def __repr__(self) -> str:
-        keyring = getattr(self.database, "keyring", None)
-        key_ids = sorted(keyring.key_ids) if keyring is not None else []
-        return (
-            f"{type(self).__name__}(url={self.database.shown_url!r}, "
-            f"state={self.database.state}, key_ids={key_ids!r})"
-        )
+    database: Database
 
-    @property
-    def keyring(self) -> KeyRing:
-        return self.database.keyring
+    def __repr__(self) -> str:
+        return self._describe(f"url={self.database.shown_url!r}")
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -160,14 +154,7 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
         row = await self.database.read(work)
         if row is None or row["secret_ct"] is None:
             raise EntryGone(token_id, "refresh token of vault entry")
-        plain = self.database.decrypt(
-            row["secret_key_id"],
-            row["secret_nonce"],
-            row["secret_ct"],
-            refresh_aad(token_id, row["owner"]),
-            what=f"the refresh token of vault entry {token_id}",
-        )
-        return plain.decode()
+        return unseal(self.database, row, "secret", token_id, row["owner"]).decode()
 
     # --- the refresh path ----------------------------------------------------------------------
     async def acquire_lease(self, token_id: str, holder: str, ttl: float, now: float) -> bool:

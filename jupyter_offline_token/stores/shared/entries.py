@@ -9,8 +9,9 @@ from __future__ import annotations
 import builtins
 import uuid
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+from ...crypto import KeyRing
 from ...models import (
     PENDING,
     TOKEN_STATUSES,
@@ -24,6 +25,14 @@ from . import checks, sql
 from .records import Refreshed, Row, audit_event, encode_consent, keyset_page, token_record
 
 
+class StoreDatabase(Protocol):
+    keyring: KeyRing
+
+    @property
+    def state(self) -> str:
+        """new, open or closed."""
+
+
 class EntryMethods:
     """Mixed in before ``TokenStore``. ``_fetch`` and ``_update`` take SQL with ``?``
     placeholders (``sql.pyformat`` converts it where the driver wants ``%s``)."""
@@ -34,6 +43,17 @@ class EntryMethods:
     no_limit: ClassVar[object]
     # Audit events kept per token (the backend's setting).
     audit_retention: int
+    database: StoreDatabase
+
+    @property
+    def keyring(self) -> KeyRing:
+        return self.database.keyring
+
+    def _describe(self, where: str) -> str:
+        """The repr: where the vault is (never a password), its state and key ids."""
+        keyring = getattr(self.database, "keyring", None)
+        key_ids = sorted(keyring.key_ids) if keyring is not None else []
+        return f"{type(self).__name__}({where}, state={self.database.state}, key_ids={key_ids!r})"
 
     @abstractmethod
     async def _fetch(self, statement: str, params: Any = ()) -> builtins.list[Row]:

@@ -9,7 +9,7 @@ from ...models import ConsentSecrets
 from ..shared import sql
 from ..shared.checks import check_pending_count
 from ..shared.records import decode_consent
-from . import rows
+from ..shared.sealed import unseal
 from .database import Database
 from .sql import transaction
 
@@ -33,12 +33,6 @@ def consume(database: Database, conn: sqlite3.Connection, token_id: str) -> Cons
             raise EntryGone(token_id)
         if row["consent_ct"] is None:
             return None
-        plain = database.decrypt(
-            row["consent_key_id"],
-            row["consent_nonce"],
-            row["consent_ct"],
-            rows.consent_aad(token_id, row["owner"]),
-            what=f"the consent secrets of vault entry {token_id}",
-        )
+        plain = unseal(database, row, "consent", token_id, row["owner"])
         conn.execute(f"UPDATE tokens SET {sql.ERASE_CONSENT} WHERE id = ?", (token_id,))  # noqa: S608
     return decode_consent(plain, token_id)

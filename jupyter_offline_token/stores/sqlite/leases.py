@@ -15,6 +15,7 @@ from ...errors import EntryGone, VaultError
 from ...models import RefreshStart, TokenRecord
 from ..shared import sql
 from ..shared.records import Refreshed
+from ..shared.sealed import unseal
 from . import audit, rows, shared_access
 from .database import Database
 from .sql import transaction
@@ -64,13 +65,7 @@ def begin(
     taken_over = taken is None
     if secret["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
-    plain = database.decrypt(
-        secret["secret_key_id"],
-        secret["secret_nonce"],
-        secret["secret_ct"],
-        rows.refresh_aad(token_id, record.owner),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, secret, "secret", token_id, record.owner)
     return RefreshStart(record, plain.decode(), taken_over)
 
 
@@ -120,11 +115,5 @@ def read_refresh_token(database: Database, conn: sqlite3.Connection, token_id: s
     ).fetchone()
     if row is None or row["secret_ct"] is None:
         raise EntryGone(token_id, "refresh token of vault entry")
-    plain = database.decrypt(
-        row["secret_key_id"],
-        row["secret_nonce"],
-        row["secret_ct"],
-        rows.refresh_aad(token_id, row["owner"]),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, row, "secret", token_id, row["owner"])
     return plain.decode()

@@ -12,6 +12,7 @@ import sqlite3
 
 from ...errors import DecryptionError
 from ...models import ACTIVE, SharedAccessToken
+from ..shared.sealed import unseal
 from . import rows
 from .database import Database
 
@@ -56,13 +57,7 @@ def read(
     if expires_at is None or expires_at <= valid_until:
         return None
     try:
-        plain = database.decrypt(
-            row["access_key_id"],
-            row["access_nonce"],
-            row["access_ct"],
-            rows.access_aad(token_id, row["owner"]),
-            what=f"the shared access token of vault entry {token_id}",
-        )
+        plain = unseal(database, row, "access", token_id, row["owner"])
         fields = json.loads(plain)
         return SharedAccessToken(
             access_token=str(fields["access_token"]),

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ... import defaults
-from ...crypto import KeyRing
 from ...errors import EntryGone, VaultError
 from ...models import (
     EXPIRED,
@@ -70,17 +69,10 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
         self.audit_retention = audit_retention
         self.max_pending_consents = max_pending_consents
 
-    def __repr__(self) -> str:
-        keyring = getattr(self.database, "keyring", None)
-        key_ids = sorted(keyring.key_ids) if keyring is not None else []
-        return (
-            f"{type(self).__name__}(path={str(self.path)!r}, state={self.database.state}, "
-            f"key_ids={key_ids!r})"
-        )
+    database: Database
 
-    @property
-    def keyring(self) -> KeyRing:
-        return self.database.keyring
+    def __repr__(self) -> str:
+        return self._describe(f"path={str(self.path)!r}")
 
     @property
     def key_file(self) -> Path:
