@@ -17,9 +17,7 @@ from ...crypto import KeyRing
 from ...errors import EntryGone
 from ...models import (
     EXPIRED,
-    FAILED,
     PENDING,
-    REVOKED,
     AuditEvent,
     ConsentSecrets,
     RefreshStart,
@@ -38,7 +36,6 @@ from .coordination import ClusterCoordination
 from .database import Conn, Database
 from .listener import EvictionListener
 
-PURGEABLE_STATUSES = [EXPIRED, FAILED, REVOKED]
 DEFAULT_POOL_SIZE = 10
 _ACTIVATE = sql.pyformat(sql.ACTIVATE)
 _RELEASE_LEASE = sql.pyformat(sql.RELEASE_LEASE)
@@ -218,7 +215,7 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
                 "WITH doomed AS (SELECT id FROM tokens WHERE status = ANY(%s) AND updated_at < %s "
                 "ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED) "
                 "DELETE FROM tokens t USING doomed WHERE t.id = doomed.id RETURNING t.id",
-                (PURGEABLE_STATUSES, before, limit),
+                (list(checks.PURGEABLE_STATUSES), before, limit),
             )
             if ids:
                 await conn.execute("DELETE FROM audit WHERE token_id = ANY(%s)", (ids,))

@@ -6,10 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import TooManyPendingConsents
-from ...models import IDLE, REFRESH_FAILED, RETRYING, SCHEDULED, TOKEN_STATUSES
+from ...models import (
+    EXPIRED,
+    FAILED,
+    IDLE,
+    REFRESH_FAILED,
+    RETRYING,
+    REVOKED,
+    SCHEDULED,
+    TOKEN_STATUSES,
+)
 from ..base import ERROR_KINDS
 
 REFRESH_STATES = (IDLE, SCHEDULED, RETRYING, REFRESH_FAILED)
+# Entries the retention purge deletes once unchanged for that long.
+PURGEABLE_STATUSES = (EXPIRED, FAILED, REVOKED)
 # Columns a task update may set (spec and identity never change after creation).
 TASK_MUTABLE = frozenset(
     {

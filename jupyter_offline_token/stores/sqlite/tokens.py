@@ -18,9 +18,7 @@ from ... import defaults
 from ...errors import EntryGone, VaultError
 from ...models import (
     EXPIRED,
-    FAILED,
     PENDING,
-    REVOKED,
     AuditEvent,
     ConsentSecrets,
     RefreshStart,
@@ -39,9 +37,6 @@ from .database import Database
 from .sql import delete_stale, transaction
 
 T = TypeVar("T")
-
-# Entries the retention purge deletes once unchanged for that long.
-PURGEABLE_STATUSES = (EXPIRED, FAILED, REVOKED)
 
 
 class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
@@ -221,7 +216,9 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
         check_limit(limit)
 
         def work(conn: sqlite3.Connection) -> builtins.list[str]:
-            ids = delete_stale(conn, "tokens", PURGEABLE_STATUSES, before, limit, also=["audit"])
+            ids = delete_stale(
+                conn, "tokens", checks.PURGEABLE_STATUSES, before, limit, also=["audit"]
+            )
             if ids:
                 # As in delete(): copy the zeroed cells into the main file (never waits).
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
