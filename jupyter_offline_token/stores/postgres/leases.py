@@ -8,13 +8,12 @@ revokes the whole grant at most providers.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ...errors import EntryGone, VaultError
 from ...models import RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
-from ..shared.records import RECORD_COLUMNS, Refreshed, token_record
+from ..shared.records import RECORD_COLUMNS, Refreshed, decode_access, encode_access, token_record
 from ..shared.sealed import unseal
 from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
@@ -67,33 +66,6 @@ async def begin(
     return RefreshStart(record, plain.decode(), taken_over)
 
 
-def encode_access(access: SharedAccessToken) -> bytes:
-    """The shared access token's plaintext (``expires_at`` lives in its own column, so an
-    expired one is skipped without decrypting)."""
-    return json.dumps(
-        {
-            "access_token": access.access_token,
-            "token_type": access.token_type,
-            "expires_at": access.expires_at,
-            "scope": access.scope,
-        }
-    ).encode()
-
-
-def decode_access(plain: bytes) -> SharedAccessToken | None:
-    try:
-        data = json.loads(plain)
-        scope = data.get("scope")
-        return SharedAccessToken(
-            access_token=str(data["access_token"]),
-            token_type=str(data["token_type"]),
-            expires_at=float(data["expires_at"]),
-            scope=None if scope is None else str(scope),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 async def record_refresh(database: Database, conn: Conn, done: Refreshed) -> TokenRecord:
     """Inside the one durable transaction of a successful refresh."""
     token_id, holder, secret, access = done.token_id, done.holder, done.secret, done.access
@@ -140,7 +112,7 @@ async def read_access(
 
     async def work(conn: Conn) -> dict[str, object] | None:
         cur = await conn.execute(
-            "SELECT owner, access_ct, access_nonce, access_key_id FROM tokens "
+            "SELECT owner, access_ct, access_nonce, access_key_id, access_expires_at FROM tokens "
             "WHERE id = %s AND status = 'active' AND access_ct IS NOT NULL "
             "AND access_expires_at > %s",
             (token_id, valid_until),
@@ -154,7 +126,7 @@ async def read_access(
         plain = unseal(database, row, "access", token_id, str(row["owner"]))
     except Exception:  # only a cache: a key or a row it cannot read is a miss
         return None
-    return decode_access(plain)
+    return decode_access(plain, float(row["access_expires_at"]))  # type: ignore[arg-type]
 
 
 __all__ = ["EntryGone", "begin", "read_access", "record_refresh", "take"]

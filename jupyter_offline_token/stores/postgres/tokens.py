@@ -47,6 +47,7 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
 
     order_key = "seq"
     no_limit = None
+    database: Database
 
     def __init__(
         self,
@@ -70,8 +71,6 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
         self.audit_retention = audit_retention
         self.max_pending_consents = max_pending_consents
         self._listener = EvictionListener(url, self.database.shown_url)
-
-    database: Database
 
     def __repr__(self) -> str:
         return self._describe(f"url={self.database.shown_url!r}")

@@ -150,6 +150,35 @@ def encode_consent(secrets: ConsentSecrets) -> bytes:
     ).encode()
 
 
+def encode_access(access: SharedAccessToken) -> bytes:
+    """The shared access token's plaintext (its expiry also stands in its own column, so an
+    expired one is skipped without decrypting)."""
+    return json.dumps(
+        {
+            "access_token": access.access_token,
+            "token_type": access.token_type,
+            "expires_at": access.expires_at,
+            "scope": access.scope,
+        }
+    ).encode()
+
+
+def decode_access(plain: bytes, expires_at: float) -> SharedAccessToken | None:
+    """The token, expiring at the column's ``expires_at``; None when the plaintext is
+    malformed (it is only a cache)."""
+    try:
+        fields = json.loads(plain)
+        scope = fields.get("scope")
+        return SharedAccessToken(
+            access_token=str(fields["access_token"]),
+            token_type=str(fields.get("token_type") or "Bearer"),
+            expires_at=float(expires_at),
+            scope=scope if isinstance(scope, str) else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def decode_consent(plain: bytes, token_id: str) -> ConsentSecrets:
     """VaultError (naming the entry, never the data) when the plaintext is malformed."""
     try:

@@ -7,11 +7,11 @@ instead of making its own grant. It is only a cache: anything wrong with it read
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from ...errors import DecryptionError
 from ...models import ACTIVE, SharedAccessToken
+from ..shared.records import decode_access, encode_access
 from ..shared.sealed import unseal
 from . import rows
 from .database import Database
@@ -31,8 +31,7 @@ def store(
     if access is None:
         conn.execute(f"UPDATE tokens SET {CLEAR_SQL} WHERE id = ?", (token_id,))  # noqa: S608
         return
-    fields = {"access_token": access.access_token, "token_type": access.token_type}
-    payload = json.dumps({**fields, "scope": access.scope}).encode()
+    payload = encode_access(access)
     key_id, nonce, ct = database.keyring.encrypt(payload, rows.access_aad(token_id, owner))
     conn.execute(
         "UPDATE tokens SET access_ct = ?, access_nonce = ?, access_key_id = ?, "
@@ -58,12 +57,6 @@ def read(
         return None
     try:
         plain = unseal(database, row, "access", token_id, row["owner"])
-        fields = json.loads(plain)
-        return SharedAccessToken(
-            access_token=str(fields["access_token"]),
-            token_type=str(fields.get("token_type") or "Bearer"),
-            expires_at=float(expires_at),
-            scope=fields.get("scope") if isinstance(fields.get("scope"), str) else None,
-        )
-    except (DecryptionError, ValueError, KeyError, TypeError):
+    except (DecryptionError, ValueError, TypeError):
         return None
+    return decode_access(plain, float(expires_at))

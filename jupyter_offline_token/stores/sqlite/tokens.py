@@ -44,6 +44,7 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
 
     order_key = "rowid"
     no_limit = -1
+    database: Database
 
     def __init__(
         self,
@@ -63,8 +64,6 @@ class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
         self.path = self.database.path
         self.audit_retention = audit_retention
         self.max_pending_consents = max_pending_consents
-
-    database: Database
 
     def __repr__(self) -> str:
         return self._describe(f"path={str(self.path)!r}")
