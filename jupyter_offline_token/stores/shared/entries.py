@@ -174,7 +174,8 @@ class EntryMethods:
         self, token_id: str, *, owner: str, subject: str, client_id: str, limit: int = 100
     ) -> builtins.list[str]:
         check_limit(limit)
-        return await self._ids(sql.SHARING_ACCOUNT, (owner, subject, client_id, token_id, limit))
+        statement = sql.sharing_account(self.order_key)
+        return await self._ids(statement, (owner, subject, client_id, token_id, limit))
 
     async def list_page(
         self,
@@ -193,8 +194,8 @@ class EntryMethods:
         if cursor is not None:
             where.append(f"(created_at, {order}) < (?, ?)")
             params += [cursor.created_at, cursor.rowid]
-        statement = f"{sql.SELECT_RECORD.replace(' FROM', f', {order} AS _r FROM', 1)}"
-        statement += sql.where_clause(where) + f" ORDER BY created_at DESC, {order} DESC LIMIT ?"
+        statement = sql.select_records(order) + sql.where_clause(where)
+        statement += f" ORDER BY created_at DESC, {order} DESC LIMIT ?"
         params.append(limit + 1)
         return keyset_page(await self._fetch(statement, params), limit, token_record)
 

@@ -79,11 +79,7 @@ REFRESHED = (
     "last_error_kind = NULL, retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, "
     "idle_expires_at = ?, updated_at = ?"
 )
-# The owner's other active entries of one account and client: owner, subject, client, id, limit.
-SHARING_ACCOUNT = (
-    "SELECT id FROM tokens WHERE owner = ? AND status = 'active' AND subject = ? "
-    "AND client_id = ? AND id <> ? ORDER BY created_at DESC LIMIT ?"
-)
+
 COUNT_BY_STATUS = "SELECT status, SUM(n) AS n FROM token_counts"
 COUNT_BY_STATE = "SELECT status, refresh_state, n FROM token_counts WHERE owner = ? AND n > 0"
 STALE_IDS = (
@@ -124,6 +120,20 @@ SET_INTERRUPTED = (
     "status = 'interrupted', credential_hash = NULL, queued_at = NULL, runner = NULL, "
     "completed_at = ?, updated_at = ?, message = ?"
 )
+
+
+def sharing_account(order: str) -> str:
+    """The owner's other active entries of one account and client, newest first (``order``
+    breaks ties): owner, subject, client id, id, limit."""
+    return (
+        "SELECT id FROM tokens WHERE owner = ? AND status = 'active' AND subject = ? "  # noqa: S608
+        f"AND client_id = ? AND id <> ? ORDER BY created_at DESC, {order} DESC LIMIT ?"
+    )
+
+
+def select_records(order: str) -> str:
+    """Records with the order key ``order`` as ``_r`` (keyset pages)."""
+    return f"SELECT {RECORD_COLUMNS}, {order} AS _r FROM tokens"  # noqa: S608
 
 
 def select_tasks(order: str) -> str:
