@@ -29,24 +29,3 @@ async def insert(conn: Conn, event: AuditEvent, retention: int) -> None:
             "keep": retention - 1,
         },
     )
-
-
-async def newest(conn: Conn, token_id: str, limit: int) -> list[AuditEvent]:
-    cur = await conn.execute(
-        "SELECT id, ts, owner, token_id, task_id, action, result, detail FROM audit "
-        "WHERE token_id = %s ORDER BY id DESC LIMIT %s",
-        (token_id, limit),
-    )
-    return [
-        AuditEvent(
-            ts=row["ts"],
-            action=row["action"],
-            result=row["result"],
-            token_id=row["token_id"],
-            task_id=row["task_id"],
-            owner=row["owner"],
-            detail=row["detail"],
-            id=row["id"],
-        )
-        for row in await cur.fetchall()
-    ]

@@ -8,21 +8,18 @@ revokes the whole grant at most providers.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ...models import RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
+from ..shared.records import RECORD_COLUMNS, Refreshed, decode_access, encode_access, token_record
+from ..shared.sealed import unseal
+from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
 from .database import Conn, Database
 
-
-def check_lease_args(holder: str, ttl: float) -> None:
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
+_REFRESHED = pyformat(REFRESHED)
 
 
 async def take(
@@ -51,13 +48,13 @@ async def begin(
     """Lease + entry + refresh token in one transaction (no wait for the WAL flush: a lease
     needs no durability); decrypt after the commit."""
 
-    columns = f"{rows.RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
+    columns = f"{RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
 
     async def work(conn: Conn) -> tuple[bool | None, TokenRecord | None, dict[str, Any]]:
         taken, row = await take(conn, token_id, holder, ttl, now, returning=columns)
         if taken is False:
             return False, None, {}
-        return taken, rows.record(row), row
+        return taken, token_record(row), row
 
     taken, record, secret = await database.run(work, durable=False)
     if record is None:
@@ -65,57 +62,13 @@ async def begin(
     taken_over = taken is None
     if secret["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
-    plain = database.decrypt(
-        str(secret["secret_key_id"]),
-        secret["secret_nonce"],
-        secret["secret_ct"],
-        refresh_aad(token_id, record.owner),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, secret, "secret", token_id, record.owner)
     return RefreshStart(record, plain.decode(), taken_over)
 
 
-def encode_access(access: SharedAccessToken) -> bytes:
-    """The shared access token's plaintext (``expires_at`` lives in its own column, so an
-    expired one is skipped without decrypting)."""
-    return json.dumps(
-        {
-            "access_token": access.access_token,
-            "token_type": access.token_type,
-            "expires_at": access.expires_at,
-            "scope": access.scope,
-        }
-    ).encode()
-
-
-def decode_access(plain: bytes) -> SharedAccessToken | None:
-    try:
-        data = json.loads(plain)
-        scope = data.get("scope")
-        return SharedAccessToken(
-            access_token=str(data["access_token"]),
-            token_type=str(data["token_type"]),
-            expires_at=float(data["expires_at"]),
-            scope=None if scope is None else str(scope),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-async def record_refresh(
-    database: Database,
-    conn: Conn,
-    token_id: str,
-    *,
-    secret: bytes | None,
-    access: SharedAccessToken | None,
-    idle_expires_at: float | None,
-    now: float,
-    holder: str | None,
-    event: AuditEvent | None,
-    retention: int,
-) -> TokenRecord:
+async def record_refresh(database: Database, conn: Conn, done: Refreshed) -> TokenRecord:
     """Inside the one durable transaction of a successful refresh."""
+    token_id, holder, secret, access = done.token_id, done.holder, done.secret, done.access
     row = await rows.locked(conn, token_id, "owner, lease_holder")
     if holder is not None and row["lease_holder"] != holder:
         raise VaultError(
@@ -140,18 +93,16 @@ async def record_refresh(
     # One statement (fewer round trips on the refresh path): ``assignments`` is built above
     # from constants only.
     cur = await conn.execute(
-        f"UPDATE tokens SET {assignments}last_refresh_at = %s, "  # noqa: S608
-        "refresh_count = refresh_count + 1, last_error = NULL, last_error_kind = NULL, "
-        "retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, idle_expires_at = %s, "
-        "updated_at = %s, access_ct = %s, access_nonce = %s, access_key_id = %s, "
-        f"access_expires_at = %s WHERE id = %s RETURNING {rows.RECORD_COLUMNS}",
-        (*rotated, now, idle_expires_at, now, *shared, token_id),
+        f"UPDATE tokens SET {assignments}{_REFRESHED}, access_ct = %s, "  # noqa: S608
+        "access_nonce = %s, access_key_id = %s, "
+        f"access_expires_at = %s WHERE id = %s RETURNING {RECORD_COLUMNS}",
+        (*rotated, done.now, done.idle_expires_at, done.now, *shared, token_id),
     )
     updated = await cur.fetchone()
     assert updated is not None  # the row is locked
-    if event is not None:
-        await audit.insert(conn, event, retention)
-    return rows.record(updated)
+    if done.event is not None:
+        await audit.insert(conn, done.event, done.retention)
+    return token_record(updated)
 
 
 async def read_access(
@@ -161,7 +112,7 @@ async def read_access(
 
     async def work(conn: Conn) -> dict[str, object] | None:
         cur = await conn.execute(
-            "SELECT owner, access_ct, access_nonce, access_key_id FROM tokens "
+            "SELECT owner, access_ct, access_nonce, access_key_id, access_expires_at FROM tokens "
             "WHERE id = %s AND status = 'active' AND access_ct IS NOT NULL "
             "AND access_expires_at > %s",
             (token_id, valid_until),
@@ -172,15 +123,10 @@ async def read_access(
     if row is None:
         return None
     try:
-        plain = database.keyring.decrypt(
-            str(row["access_key_id"]),
-            bytes(row["access_nonce"]),  # type: ignore[call-overload]
-            bytes(row["access_ct"]),  # type: ignore[call-overload]
-            access_aad(token_id, str(row["owner"])),
-        )
+        plain = unseal(database, row, "access", token_id, str(row["owner"]))
     except Exception:  # only a cache: a key or a row it cannot read is a miss
         return None
-    return decode_access(plain)
+    return decode_access(plain, float(row["access_expires_at"]))  # type: ignore[arg-type]
 
 
-__all__ = ["EntryGone", "begin", "check_lease_args", "read_access", "record_refresh", "take"]
+__all__ = ["EntryGone", "begin", "read_access", "record_refresh", "take"]
