@@ -6,9 +6,13 @@ import builtins
 
 from ...models import SharedAccessToken
 from ...paging import check_limit
+from ..shared.checks import check_sweep_args
+from ..shared.sql import EVICTIONS_AFTER, pyformat
 from . import leases
 from .database import Conn, Database
 from .listener import EvictionListener
+
+_EVICTIONS_AFTER = pyformat(EVICTIONS_AFTER)
 
 
 async def evictions_after(conn: Conn, cursor: int | None, limit: int) -> tuple[int, list[str]]:
@@ -17,10 +21,7 @@ async def evictions_after(conn: Conn, cursor: int | None, limit: int) -> tuple[i
         row = await cur.fetchone()
         assert row is not None
         return int(row["end"]), []
-    cur = await conn.execute(
-        "SELECT seq, token_id FROM evictions WHERE seq > %s ORDER BY seq LIMIT %s",
-        (cursor, limit),
-    )
+    cur = await conn.execute(_EVICTIONS_AFTER, (cursor, limit))
     found = await cur.fetchall()
     if not found:
         return cursor, []
@@ -81,8 +82,5 @@ class ClusterCoordination:
         return await self.database.run(lambda conn: prune_evictions(conn, before, limit))
 
     async def claim_sweep(self, name: str, holder: str, *, interval: float, now: float) -> bool:
-        if not name or not holder:
-            raise ValueError("name and holder must not be empty")
-        if not interval > 0:
-            raise ValueError("interval must be positive")
+        check_sweep_args(name, holder, interval)
         return await self.database.run(lambda conn: claim_sweep(conn, name, holder, interval, now))

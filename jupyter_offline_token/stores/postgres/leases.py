@@ -8,14 +8,38 @@ revokes the whole grant at most providers.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ...models import RefreshStart, SharedAccessToken, TokenRecord
 from ..aad import access_aad, refresh_aad
+from ..shared.records import RECORD_COLUMNS, Refreshed, decode_access, encode_access, token_record
+from ..shared.sealed import unseal
+from ..shared.sql import REFRESHED, pyformat
 from . import audit, rows
 from .database import Conn, Database
+
+_REFRESHED = pyformat(REFRESHED)
+
+
+async def take(
+    conn: Conn, token_id: str, holder: str, ttl: float, now: float, *, returning: str = "id"
+) -> tuple[bool | None, dict[str, Any]]:
+    """Inside a transaction: take the lease if it is free, expired or ours. False when another
+    holder has it; None when it was another holder's, expired and never released (taken
+    over); True otherwise; with the ``returning`` columns of the updated row. EntryGone."""
+    row = await rows.locked(conn, token_id, "lease_holder, lease_expires_at")
+    current, expires = row["lease_holder"], row["lease_expires_at"]
+    if not (current is None or current == holder or expires is None or expires <= now):
+        return False, {}
+    cur = await conn.execute(
+        "UPDATE tokens SET lease_holder = %s, lease_expires_at = %s "  # noqa: S608
+        f"WHERE id = %s RETURNING {returning}",
+        (holder, now + ttl, token_id),
+    )
+    updated = await cur.fetchone()
+    assert updated is not None  # the row is locked
+    return (None if current is not None and current != holder else True), updated
 
 
 class Owners:
@@ -44,53 +68,27 @@ class Owners:
         return self.remember(token_id, str(row["owner"]))
 
 
-def check_lease_args(holder: str, ttl: float) -> None:
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
-
-
-async def take(
-    conn: Conn, token_id: str, holder: str, ttl: float, now: float, *, returning: str = "id"
-) -> tuple[bool | None, dict[str, Any]]:
-    """Inside a transaction: take the lease if it is free, expired or ours. False when another
-    holder has it; None when it was another holder's, expired and never released (taken
-    over); True otherwise; with the ``returning`` columns of the updated row. EntryGone."""
-    row = await rows.locked(conn, token_id, "lease_holder, lease_expires_at")
-    current, expires = row["lease_holder"], row["lease_expires_at"]
-    if not (current is None or current == holder or expires is None or expires <= now):
-        return False, {}
-    cur = await conn.execute(
-        "UPDATE tokens SET lease_holder = %s, lease_expires_at = %s "  # noqa: S608
-        f"WHERE id = %s RETURNING {returning}",
-        (holder, now + ttl, token_id),
-    )
-    updated = await cur.fetchone()
-    assert updated is not None  # the row is locked
-    return (None if current is not None and current != holder else True), updated
+# The lease in one statement: the CTE locks the row and reads the holder the UPDATE replaces.
+_TAKE = (
+    "WITH old AS (SELECT id AS old_id, lease_holder AS previous_holder, "  # noqa: S608
+    "lease_expires_at AS previous_expiry FROM tokens WHERE id = %(id)s FOR UPDATE) "
+    "UPDATE tokens SET lease_holder = %(holder)s, lease_expires_at = %(until)s "
+    "FROM old WHERE tokens.id = old.old_id AND (old.previous_holder IS NULL OR "
+    "old.previous_holder = %(holder)s OR old.previous_expiry IS NULL OR "
+    "old.previous_expiry <= %(now)s) "
+    f"RETURNING old.previous_holder, {RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
+)
 
 
 async def begin(
     database: Database, token_id: str, holder: str, ttl: float, now: float
 ) -> RefreshStart | None:
     """Lease + entry + refresh token in one statement of one transaction (no wait for the WAL
-    flush: a lease needs no durability); decrypt after the commit. The row is locked by the
-    CTE, so the holder it read is the one the UPDATE replaces."""
-
-    columns = f"{rows.RECORD_COLUMNS}, secret_ct, secret_nonce, secret_key_id"
+    flush: a lease needs no durability); decrypt after the commit."""
 
     async def work(conn: Conn) -> dict[str, Any] | None:
-        cur = await conn.execute(
-            "WITH old AS (SELECT id AS old_id, lease_holder AS previous_holder, "  # noqa: S608
-            "lease_expires_at AS previous_expiry FROM tokens WHERE id = %(id)s FOR UPDATE) "
-            "UPDATE tokens SET lease_holder = %(holder)s, lease_expires_at = %(until)s "
-            "FROM old WHERE tokens.id = old.old_id AND (old.previous_holder IS NULL OR "
-            "old.previous_holder = %(holder)s OR old.previous_expiry IS NULL OR "
-            f"old.previous_expiry <= %(now)s) RETURNING old.previous_holder, {columns}",
-            {"id": token_id, "holder": holder, "until": now + ttl, "now": now},
-        )
-        row = await cur.fetchone()
+        params = {"id": token_id, "holder": holder, "until": now + ttl, "now": now}
+        row = await (await conn.execute(_TAKE, params)).fetchone()
         if row is None:
             await rows.locked(conn, token_id, "id")  # EntryGone, else another holder has it
         return row
@@ -98,122 +96,77 @@ async def begin(
     row = await database.run(work, durable=False)
     if row is None:
         return None
-    record = rows.record(row)
+    record = token_record(row)
     previous = row["previous_holder"]
     taken_over = previous is not None and previous != holder
     if row["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
-    plain = database.decrypt(
-        str(row["secret_key_id"]),
-        row["secret_nonce"],
-        row["secret_ct"],
-        refresh_aad(token_id, record.owner),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, row, "secret", token_id, record.owner)
     return RefreshStart(record, plain.decode(), taken_over)
 
 
-def encode_access(access: SharedAccessToken) -> bytes:
-    """The shared access token's plaintext (``expires_at`` lives in its own column, so an
-    expired one is skipped without decrypting)."""
-    return json.dumps(
-        {
-            "access_token": access.access_token,
-            "token_type": access.token_type,
-            "expires_at": access.expires_at,
-            "scope": access.scope,
-        }
-    ).encode()
+# After the CTE ``upd`` (the refreshed row): its audit event and the trim, in the same statement.
+_AUDIT_AFTER_UPDATE = (
+    "added AS (INSERT INTO audit (ts, owner, token_id, task_id, action, result, detail) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s FROM upd RETURNING id), "
+    "trimmed AS (DELETE FROM audit WHERE token_id = %s AND EXISTS (SELECT 1 FROM upd) AND "
+    "id <= (SELECT id FROM audit WHERE token_id = %s ORDER BY id DESC OFFSET %s LIMIT 1))"
+)
 
 
-def decode_access(plain: bytes) -> SharedAccessToken | None:
-    try:
-        data = json.loads(plain)
-        scope = data.get("scope")
-        return SharedAccessToken(
-            access_token=str(data["access_token"]),
-            token_type=str(data["token_type"]),
-            expires_at=float(data["expires_at"]),
-            scope=None if scope is None else str(scope),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+def _sealed(database: Database, done: Refreshed, owner: str) -> tuple[str, tuple[object, ...]]:
+    """The SET clause's variable part and its parameters: the rotated refresh token and the
+    shared access token, encrypted for (id, owner)."""
+    assignments = ""
+    params: tuple[object, ...] = ()
+    if done.secret is not None:
+        key_id, nonce, ct = database.keyring.encrypt(done.secret, refresh_aad(done.token_id, owner))
+        assignments = "secret_ct = %s, secret_nonce = %s, secret_key_id = %s, "
+        params = (ct, nonce, key_id)
+    if done.holder is not None:
+        assignments += "lease_holder = NULL, lease_expires_at = NULL, "
+    params += (done.now, done.idle_expires_at, done.now)
+    if done.access is None:
+        return assignments, (*params, None, None, None, None)
+    key_id, nonce, ct = database.keyring.encrypt(
+        encode_access(done.access), access_aad(done.token_id, owner)
+    )
+    return assignments, (*params, ct, nonce, key_id, done.access.expires_at)
 
 
 async def record_refresh(
-    database: Database,
-    conn: Conn,
-    token_id: str,
-    *,
-    owner: str,
-    secret: bytes | None,
-    access: SharedAccessToken | None,
-    idle_expires_at: float | None,
-    now: float,
-    holder: str | None,
-    event: AuditEvent | None,
-    retention: int,
+    database: Database, conn: Conn, done: Refreshed, owner: str
 ) -> TokenRecord:
     """Inside the one durable transaction of a successful refresh, in one statement (the refresh
-    path's round trips): the row, the lease check, its audit event and the audit trim.
-    ``owner`` is the entry's owner (it never changes), for the ciphertexts' AAD."""
-    params: dict[str, Any] = {
-        "id": token_id,
-        "owner": owner,
-        "holder": holder,
-        "now": now,
-        "idle": idle_expires_at,
-        "ct": None,
-        "nonce": None,
-        "key_id": None,
-        "a_ct": None,
-        "a_nonce": None,
-        "a_key_id": None,
-        "a_expires": None,
-    }
-    assignments = ""
-    if secret is not None:
-        key_id, nonce, ct = database.keyring.encrypt(secret, refresh_aad(token_id, owner))
-        assignments = "secret_ct = %(ct)s, secret_nonce = %(nonce)s, secret_key_id = %(key_id)s, "
-        params.update(ct=ct, nonce=nonce, key_id=key_id)
-    if holder is not None:
-        assignments += "lease_holder = NULL, lease_expires_at = NULL, "
-    if access is not None:
-        key_id, nonce, ct = database.keyring.encrypt(
-            encode_access(access), access_aad(token_id, owner)
-        )
-        params.update(a_ct=ct, a_nonce=nonce, a_key_id=key_id, a_expires=access.expires_at)
-    lease_check = " AND lease_holder = %(holder)s" if holder is not None else ""
-    # ``assignments`` and ``lease_check`` are built above from constants only.
-    update = (
-        f"UPDATE tokens SET {assignments}last_refresh_at = %(now)s, "  # noqa: S608
-        "refresh_count = refresh_count + 1, last_error = NULL, last_error_kind = NULL, "
-        "retry_count = 0, refresh_state = 'idle', next_attempt_at = NULL, "
-        "idle_expires_at = %(idle)s, updated_at = %(now)s, access_ct = %(a_ct)s, "
-        "access_nonce = %(a_nonce)s, access_key_id = %(a_key_id)s, "
-        f"access_expires_at = %(a_expires)s WHERE id = %(id)s AND owner = %(owner)s{lease_check} "
-        f"RETURNING {rows.RECORD_COLUMNS}"
+    path's round trips): the row, the lease check, the audit event and its trim. ``owner``:
+    the entry's (it never changes), for the ciphertexts' AAD."""
+    token_id, event = done.token_id, done.event
+    assignments, params = _sealed(database, done, owner)
+    lease = " AND lease_holder = %s" if done.holder is not None else ""
+    # Built from constants only.
+    statement = (
+        f"UPDATE tokens SET {assignments}{_REFRESHED}, access_ct = %s, "  # noqa: S608
+        "access_nonce = %s, access_key_id = %s, access_expires_at = %s "
+        f"WHERE id = %s AND owner = %s{lease} RETURNING {RECORD_COLUMNS}"
     )
-    inline_audit = event is not None and event.token_id == token_id
-    if inline_audit:
+    params = (*params, token_id, owner, *((done.holder,) if done.holder is not None else ()))
+    inline = event is not None and event.token_id == token_id
+    if inline:
         assert event is not None
-        params.update(audit.params(event, retention))
-        sql = f"WITH upd AS ({update}), {audit.AFTER_UPDATE_CTES} SELECT * FROM upd"  # noqa: S608
-    else:
-        sql = update
-    cur = await conn.execute(sql, params)
-    updated = await cur.fetchone()
+        statement = f"WITH upd AS ({statement}), {_AUDIT_AFTER_UPDATE} SELECT * FROM upd"  # noqa: S608
+        params += (event.ts, event.owner, token_id, event.task_id, event.action, event.result)
+        params += (event.detail, token_id, token_id, done.retention - 1)
+    updated = await (await conn.execute(statement, params)).fetchone()
     if updated is None:
-        row = await rows.find_row(conn, token_id, "owner, lease_holder")
-        if row is None:
+        if await rows.find_row(conn, token_id, "owner") is None:
             raise EntryGone(token_id)
         raise VaultError(
             f"the refresh lease of vault entry {token_id} is no longer held by "
             "this worker; the refresh result was not stored"
         )
-    if event is not None and not inline_audit:
-        await audit.insert(conn, event, retention)
-    return rows.record(updated)
+    if event is not None and not inline:
+        await audit.insert(conn, event, done.retention)
+    return token_record(updated)
 
 
 async def read_access(
@@ -223,7 +176,7 @@ async def read_access(
 
     async def work(conn: Conn) -> dict[str, object] | None:
         cur = await conn.execute(
-            "SELECT owner, access_ct, access_nonce, access_key_id FROM tokens "
+            "SELECT owner, access_ct, access_nonce, access_key_id, access_expires_at FROM tokens "
             "WHERE id = %s AND status = 'active' AND access_ct IS NOT NULL "
             "AND access_expires_at > %s",
             (token_id, valid_until),
@@ -234,15 +187,10 @@ async def read_access(
     if row is None:
         return None
     try:
-        plain = database.keyring.decrypt(
-            str(row["access_key_id"]),
-            bytes(row["access_nonce"]),  # type: ignore[call-overload]
-            bytes(row["access_ct"]),  # type: ignore[call-overload]
-            access_aad(token_id, str(row["owner"])),
-        )
+        plain = unseal(database, row, "access", token_id, str(row["owner"]))
     except Exception:  # only a cache: a key or a row it cannot read is a miss
         return None
-    return decode_access(plain)
+    return decode_access(plain, float(row["access_expires_at"]))  # type: ignore[arg-type]
 
 
-__all__ = ["EntryGone", "begin", "check_lease_args", "read_access", "record_refresh", "take"]
+__all__ = ["EntryGone", "begin", "read_access", "record_refresh", "take"]

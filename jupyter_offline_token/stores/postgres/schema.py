@@ -10,7 +10,7 @@ applies the missing ones under an advisory lock and refuses a database with a ne
 from __future__ import annotations
 
 # The entries health lists (the same term as SQLite's, for the same partial index).
-ATTENTION = "(status = 'failed' OR (status = 'active' AND refresh_state IN ('retrying', 'failed')))"
+from ..shared.sql import ATTENTION
 
 # Notification channel of the eviction log (see the trigger below and ``listener.py``).
 EVICTION_CHANNEL = "jupyter_offline_token_evictions"

@@ -28,24 +28,3 @@ def insert(conn: sqlite3.Connection, event: AuditEvent, retention: int) -> None:
         "(SELECT id FROM audit WHERE token_id IS ? ORDER BY id DESC LIMIT ?)",
         (event.token_id, event.token_id, retention),
     )
-
-
-def newest(conn: sqlite3.Connection, token_id: str, limit: int) -> list[AuditEvent]:
-    rows = conn.execute(
-        "SELECT id, ts, owner, token_id, task_id, action, result, detail FROM audit "
-        "WHERE token_id = ? ORDER BY id DESC LIMIT ?",
-        (token_id, limit),
-    )
-    return [
-        AuditEvent(
-            ts=row["ts"],
-            action=row["action"],
-            result=row["result"],
-            token_id=row["token_id"],
-            task_id=row["task_id"],
-            owner=row["owner"],
-            detail=row["detail"],
-            id=row["id"],
-        )
-        for row in rows
-    ]

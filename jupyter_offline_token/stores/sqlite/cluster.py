@@ -13,17 +13,10 @@ import builtins
 import sqlite3
 
 from ...paging import check_limit
+from ..shared import sql
+from ..shared.checks import check_sweep_args
 from .database import Database
 from .sql import transaction
-
-
-def check_name_holder(name: str, holder: str, interval: float) -> None:
-    if not name:
-        raise ValueError("name must not be empty")
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not interval > 0:
-        raise ValueError("interval must be positive")
 
 
 def evictions_after(
@@ -35,10 +28,7 @@ def evictions_after(
         # the log; without a row yet, nothing was ever logged.
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'evictions'").fetchone()
         return (int(row[0]) if row is not None else 0), []
-    found = conn.execute(
-        "SELECT seq, token_id FROM evictions WHERE seq > ? ORDER BY seq LIMIT ?",
-        (cursor, limit),
-    ).fetchall()
+    found = conn.execute(sql.EVICTIONS_AFTER, (cursor, limit)).fetchall()
     if not found:
         return cursor, []
     return int(found[-1]["seq"]), [row["token_id"] for row in found]
@@ -93,5 +83,5 @@ class SQLiteClusterMethods:
         return await self.database.run(prune_evictions, before, limit)
 
     async def claim_sweep(self, name: str, holder: str, *, interval: float, now: float) -> bool:
-        check_name_holder(name, holder, interval)
+        check_sweep_args(name, holder, interval)
         return await self.database.run(claim_sweep, name, holder, interval, now)

@@ -12,17 +12,13 @@ import contextlib
 import sqlite3
 
 from ...errors import EntryGone, VaultError
-from ...models import AuditEvent, RefreshStart, SharedAccessToken, TokenRecord
+from ...models import RefreshStart, TokenRecord
+from ..shared import sql
+from ..shared.records import Refreshed
+from ..shared.sealed import unseal
 from . import audit, rows, shared_access
 from .database import Database
 from .sql import transaction
-
-
-def check_lease_args(holder: str, ttl: float) -> None:
-    if not holder:
-        raise ValueError("holder must not be empty")
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
 
 
 def take(
@@ -59,7 +55,7 @@ def begin(
                 return None
             record = rows.existing(conn, token_id)
             secret = conn.execute(
-                "SELECT secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+                f"SELECT {sql.SECRET_COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
                 (token_id,),
             ).fetchone()
     finally:
@@ -69,31 +65,14 @@ def begin(
     taken_over = taken is None
     if secret["secret_ct"] is None:
         return RefreshStart(record, None, taken_over)
-    plain = database.decrypt(
-        secret["secret_key_id"],
-        secret["secret_nonce"],
-        secret["secret_ct"],
-        rows.refresh_aad(token_id, record.owner),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, secret, "secret", token_id, record.owner)
     return RefreshStart(record, plain.decode(), taken_over)
 
 
-def record_refresh(
-    database: Database,
-    conn: sqlite3.Connection,
-    token_id: str,
-    *,
-    secret: bytes | None,
-    idle_expires_at: float | None,
-    now: float,
-    holder: str | None,
-    event: AuditEvent | None,
-    retention: int,
-    access: SharedAccessToken | None = None,
-) -> TokenRecord:
+def record_refresh(database: Database, conn: sqlite3.Connection, done: Refreshed) -> TokenRecord:
     """On the worker thread: the one durable transaction of a successful refresh (with the
     grant's access token for the other processes, or None to clear the shared one)."""
+    token_id, holder = done.token_id, done.holder
     with transaction(conn):
         row = conn.execute(
             "SELECT owner, lease_holder FROM tokens WHERE id = ?", (token_id,)
@@ -105,44 +84,36 @@ def record_refresh(
                 f"the refresh lease of vault entry {token_id} is no longer held by "
                 "this worker; the refresh result was not stored"
             )
-        if secret is not None:
+        if done.secret is not None:
             key_id, nonce, ct = database.keyring.encrypt(
-                secret, rows.refresh_aad(token_id, row["owner"])
+                done.secret, rows.refresh_aad(token_id, row["owner"])
             )
             conn.execute(
                 "UPDATE tokens SET secret_ct = ?, secret_nonce = ?, secret_key_id = ? WHERE id = ?",
                 (ct, nonce, key_id, token_id),
             )
-        shared_access.store(database, conn, token_id, row["owner"], access)
+        shared_access.store(database, conn, token_id, row["owner"], done.access)
         conn.execute(
-            "UPDATE tokens SET last_refresh_at = ?, refresh_count = refresh_count + 1, "
-            "last_error = NULL, last_error_kind = NULL, retry_count = 0, refresh_state = 'idle', "
-            "next_attempt_at = NULL, idle_expires_at = ?, updated_at = ? WHERE id = ?",
-            (now, idle_expires_at, now, token_id),
+            f"UPDATE tokens SET {sql.REFRESHED} WHERE id = ?",  # noqa: S608
+            (done.now, done.idle_expires_at, done.now, token_id),
         )
         if holder is not None:
             conn.execute(
                 "UPDATE tokens SET lease_holder = NULL, lease_expires_at = NULL WHERE id = ?",
                 (token_id,),
             )
-        if event is not None:
-            audit.insert(conn, event, retention)
+        if done.event is not None:
+            audit.insert(conn, done.event, done.retention)
         return rows.existing(conn, token_id)
 
 
 def read_refresh_token(database: Database, conn: sqlite3.Connection, token_id: str) -> str:
     """On the worker thread: decrypt the stored refresh token (EntryGone when none)."""
     row = conn.execute(
-        "SELECT owner, secret_ct, secret_nonce, secret_key_id FROM tokens WHERE id = ?",
+        f"SELECT {sql.SECRET_COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
         (token_id,),
     ).fetchone()
     if row is None or row["secret_ct"] is None:
         raise EntryGone(token_id, "refresh token of vault entry")
-    plain = database.decrypt(
-        row["secret_key_id"],
-        row["secret_nonce"],
-        row["secret_ct"],
-        rows.refresh_aad(token_id, row["owner"]),
-        what=f"the refresh token of vault entry {token_id}",
-    )
+    plain = unseal(database, row, "secret", token_id, row["owner"])
     return plain.decode()

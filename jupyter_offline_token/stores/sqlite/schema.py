@@ -7,6 +7,7 @@ lives beside its queries in ``tasks.py``; this module only orders the scripts.
 
 from __future__ import annotations
 
+from ..shared.sql import ATTENTION
 from .sql import Migration
 from .tasks import TASKS_INDEXES_4, TASKS_TABLE
 
@@ -61,9 +62,8 @@ CREATE INDEX audit_token ON audit (token_id, id);
 # Listing the whole vault newest-first (admin views, the benchmark) sorted every row without it.
 _MIGRATION_3 = "CREATE INDEX IF NOT EXISTS tokens_created ON tokens (created_at)"
 
-# The entries health lists: they need someone to act (or are being retried). Written once: the
-# partial index below is used only by queries whose WHERE repeats this exact term.
-ATTENTION = "(status = 'failed' OR (status = 'active' AND refresh_state IN ('retrying', 'failed')))"
+# ATTENTION: the entries health lists (the partial index below is used only by queries whose
+# WHERE repeats this exact term).
 
 # Issue 9: nothing on a request path or in a sweep may cost what the whole vault costs.
 # - token_counts: entries per (owner, status, refresh_state), kept by triggers in the same

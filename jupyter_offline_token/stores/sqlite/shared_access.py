@@ -7,11 +7,12 @@ instead of making its own grant. It is only a cache: anything wrong with it read
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from ...errors import DecryptionError
 from ...models import ACTIVE, SharedAccessToken
+from ..shared.records import decode_access, encode_access
+from ..shared.sealed import unseal
 from . import rows
 from .database import Database
 
@@ -30,8 +31,7 @@ def store(
     if access is None:
         conn.execute(f"UPDATE tokens SET {CLEAR_SQL} WHERE id = ?", (token_id,))  # noqa: S608
         return
-    fields = {"access_token": access.access_token, "token_type": access.token_type}
-    payload = json.dumps({**fields, "scope": access.scope}).encode()
+    payload = encode_access(access)
     key_id, nonce, ct = database.keyring.encrypt(payload, rows.access_aad(token_id, owner))
     conn.execute(
         "UPDATE tokens SET access_ct = ?, access_nonce = ?, access_key_id = ?, "
@@ -56,19 +56,7 @@ def read(
     if expires_at is None or expires_at <= valid_until:
         return None
     try:
-        plain = database.decrypt(
-            row["access_key_id"],
-            row["access_nonce"],
-            row["access_ct"],
-            rows.access_aad(token_id, row["owner"]),
-            what=f"the shared access token of vault entry {token_id}",
-        )
-        fields = json.loads(plain)
-        return SharedAccessToken(
-            access_token=str(fields["access_token"]),
-            token_type=str(fields.get("token_type") or "Bearer"),
-            expires_at=float(expires_at),
-            scope=fields.get("scope") if isinstance(fields.get("scope"), str) else None,
-        )
-    except (DecryptionError, ValueError, KeyError, TypeError):
+        plain = unseal(database, row, "access", token_id, row["owner"])
+    except (DecryptionError, ValueError, TypeError):
         return None
+    return decode_access(plain, float(expires_at))
