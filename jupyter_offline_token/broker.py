@@ -137,10 +137,7 @@ class TokenBroker:
         """The entry, if ``owner`` may see it (None = trusted internal caller)."""
         if not _is_uuid(token_id):
             raise NotFound(f"no offline token {token_id!r}")
-        record = await self.vault.get(token_id)
-        if record is None or (owner is not None and record.owner != owner):
-            raise NotFound(f"no offline token {token_id!r}")
-        return record
+        return _owned_by(owner, token_id, await self.vault.get(token_id))
 
     async def audit(
         self,
@@ -317,13 +314,16 @@ class TokenBroker:
                 if owner is not None and cached.owner != owner:
                     raise NotFound(f"no offline token {token_id!r}")
                 return self._served_from_cache(token_id, cached)
-            record = await self.owned(owner, token_id)
+            # Another process's grant for this expiry, if it stored one (issue 11): even while
+            # the provider fails for this process. Read with the entry: one round trip.
+            rule = self.grants.adoption(token_id, "on_demand", min_ttl)
+            record, stored = await self.vault.get_for_access(
+                token_id, valid_until=rule.valid_until if rule is not None else None
+            )
+            record = _owned_by(owner, token_id, record)
             raise_unusable(record)
             self.require_provider()
-            # Another process's grant for this expiry, if it stored one (issue 11): even while
-            # the provider fails for this process.
-            rule = self.grants.adoption(token_id, "on_demand", min_ttl)
-            shared = await self.grants.adopt(token_id, rule, record)
+            shared = await self.grants.adopt(token_id, rule, record, stored=stored)
             if shared is not None:
                 return shared
             # Callers who queued behind a failed attempt must not each try again.
@@ -448,3 +448,10 @@ def _is_uuid(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+def _owned_by(owner: str | None, token_id: str, record: TokenRecord | None) -> TokenRecord:
+    """``record`` if ``owner`` may see it (None = trusted internal caller); NotFound otherwise."""
+    if record is None or (owner is not None and record.owner != owner):
+        raise NotFound(f"no offline token {token_id!r}")
+    return record

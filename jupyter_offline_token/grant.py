@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from . import health, metrics, models, rest_codes
 from .access_token import (
@@ -44,6 +44,7 @@ from .models import (
     REVOKED,
     AuditEvent,
     RefreshStart,
+    SharedAccessToken,
     TokenRecord,
 )
 from .oidc import ProviderClient, TokenResponse
@@ -107,13 +108,23 @@ class RefreshGrants:
         return Adoption(now + DEFAULT_MIN_TTL, newer_than)
 
     async def adopt(
-        self, token_id: str, rule: Adoption | None, record: TokenRecord | None = None
+        self,
+        token_id: str,
+        rule: Adoption | None,
+        record: TokenRecord | None = None,
+        *,
+        stored: SharedAccessToken | Literal[False] | None = False,
     ) -> AccessToken | None:
-        """Serve the shared access token when ``rule`` allows it (no grant)."""
+        """Serve the shared access token when ``rule`` allows it (no grant). ``stored``: the
+        shared token as already read under ``rule`` (``get_for_access``); False: read it."""
         if rule is None:
             return None
         broker = self.broker
-        shared = await broker.vault.read_access_token(token_id, valid_until=rule.valid_until)
+        shared = (
+            await broker.vault.read_access_token(token_id, valid_until=rule.valid_until)
+            if stored is False
+            else stored
+        )
         if shared is None or shared.expires_at <= rule.newer_than:
             return None
         if record is None:

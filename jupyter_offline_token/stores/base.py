@@ -276,6 +276,16 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         or when it cannot be decrypted (it is only a cache: never an error). Cleared by
         ``activate`` and whenever the entry leaves ``active`` or is deleted."""
 
+    async def get_for_access(
+        self, token_id: str, *, valid_until: float | None
+    ) -> tuple[TokenRecord | None, SharedAccessToken | None]:
+        """``get`` and, when ``valid_until`` is given, ``read_access_token``: what a cache miss
+        needs, in one read where the backend can (one round trip to a database server)."""
+        record = await self.get(token_id)
+        if record is None or valid_until is None:
+            return record, None
+        return record, await self.read_access_token(token_id, valid_until=valid_until)
+
     # --- cluster coordination (issue 11: several processes share one store) -------------------
     @abstractmethod
     async def evictions_after(

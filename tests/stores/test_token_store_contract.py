@@ -720,3 +720,18 @@ async def test_shared_access_token_is_bound_to_its_entry(vault: TokenStore, back
     assert await vault.read_access_token(target, valid_until=1200.0) is None
     found = await vault.read_access_token(source, valid_until=1200.0)
     assert found is not None and found.access_token == "at-source"
+
+
+async def test_get_for_access_reads_the_entry_and_its_shared_token(vault: TokenStore) -> None:
+    """The cache miss's one read: the entry, and its shared access token only when asked for,
+    active and valid at ``valid_until`` (as ``get`` plus ``read_access_token``)."""
+    token_id = await _refreshed(vault, _shared(expires_at=5000.0))
+    record, shared = await vault.get_for_access(token_id, valid_until=1200.0)
+    assert record is not None and record.id == token_id
+    assert shared is not None and shared.access_token == ACCESS and shared.expires_at == 5000.0
+    assert (await vault.get_for_access(token_id, valid_until=None))[1] is None
+    assert (await vault.get_for_access(token_id, valid_until=5000.0))[1] is None  # expired then
+    await vault.set_status(token_id, "revoked", now=1300.0)
+    record, shared = await vault.get_for_access(token_id, valid_until=1200.0)
+    assert record is not None and record.status == "revoked" and shared is None
+    assert await vault.get_for_access(str(uuid.uuid4()), valid_until=1200.0) == (None, None)

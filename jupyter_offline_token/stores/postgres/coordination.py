@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-from ...models import SharedAccessToken
+from ...models import SharedAccessToken, TokenRecord
 from ...paging import check_limit
 from ..shared.checks import check_sweep_args
 from ..shared.sql import EVICTIONS_AFTER, pyformat
@@ -60,6 +60,11 @@ class ClusterCoordination:
     _listener: EvictionListener
 
     # --- shared access tokens and cluster coordination (issue 11) ------------------------------
+    async def get_for_access(
+        self, token_id: str, *, valid_until: float | None
+    ) -> tuple[TokenRecord | None, SharedAccessToken | None]:
+        return await leases.read_for_access(self.database, token_id, valid_until)
+
     async def read_access_token(
         self, token_id: str, *, valid_until: float
     ) -> SharedAccessToken | None:

@@ -228,6 +228,33 @@ class Database:
             except psycopg.Error as exc:  # psycopg_pool's PoolTimeout and PoolClosed too
                 raise self.error("vault database error", exc) from None
 
+    async def one(
+        self, statement: str, params: Any, *, durable: bool = True
+    ) -> dict[str, Any] | None:
+        """One statement in a transaction of its own, sent with its BEGIN and COMMIT in one round
+        trip (pipeline mode; the refresh path's statements); its first row, or None. A
+        connection found dead is replaced and everything sent again, so ``statement`` must be
+        safe to repeat (the lease for its holder; a refresh's record behind its lease check).
+        Deadlocks are retried as in ``run``; psycopg errors become VaultError."""
+        pool = self._require_pool()
+        dead = deadlocks = 0
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    try:
+                        return await _pipelined(conn, statement, params, durable=durable)
+                    except psycopg.OperationalError:
+                        if not conn.closed or dead >= self._pool_size:
+                            raise
+                        dead += 1
+                        _forget_use(conn)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                deadlocks += 1
+                if deadlocks >= _RETRIES:
+                    raise self.error("vault database error", exc) from None
+            except psycopg.Error as exc:
+                raise self.error("vault database error", exc) from None
+
     async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run a read of one statement, ``fn(conn)``, without BEGIN/COMMIT (autocommit: one
         round trip instead of three). psycopg errors become VaultError."""
@@ -281,6 +308,18 @@ async def _begin(conn: Conn, *, durable: bool) -> bool:
             return False
         raise
     return True
+
+
+async def _pipelined(
+    conn: Conn, statement: str, params: Any, *, durable: bool
+) -> dict[str, Any] | None:
+    async with conn.pipeline():
+        await conn.execute("BEGIN")
+        if not durable:
+            await conn.execute("SET LOCAL synchronous_commit = off")
+        cur = await conn.execute(statement, params)
+        await conn.execute("COMMIT")
+    return await cur.fetchone()
 
 
 async def _configure(conn: Conn) -> None:

@@ -86,16 +86,12 @@ async def begin(
     """Lease + entry + refresh token in one statement of one transaction (no wait for the WAL
     flush: a lease needs no durability); decrypt after the commit."""
 
-    async def work(conn: Conn) -> dict[str, Any] | None:
-        params = {"id": token_id, "holder": holder, "until": now + ttl, "now": now}
-        row = await (await conn.execute(_TAKE, params)).fetchone()
-        if row is None:
-            await rows.locked(conn, token_id, "id")  # EntryGone, else another holder has it
-        return row
-
-    row = await database.run(work, durable=False)
+    params = {"id": token_id, "holder": holder, "until": now + ttl, "now": now}
+    row = await database.one(_TAKE, params, durable=False)
     if row is None:
-        return None
+        if await database.read(lambda conn: rows.find_row(conn, token_id, "id")) is None:
+            raise EntryGone(token_id)
+        return None  # another holder has it
     record = token_record(row)
     previous = row["previous_holder"]
     taken_over = previous is not None and previous != holder
@@ -134,12 +130,11 @@ def _sealed(database: Database, done: Refreshed, owner: str) -> tuple[str, tuple
     return assignments, (*params, ct, nonce, key_id, done.access.expires_at)
 
 
-async def record_refresh(
-    database: Database, conn: Conn, done: Refreshed, owner: str
-) -> TokenRecord:
-    """Inside the one durable transaction of a successful refresh, in one statement (the refresh
-    path's round trips): the row, the lease check, the audit event and its trim. ``owner``:
-    the entry's (it never changes), for the ciphertexts' AAD."""
+def _refresh_statement(
+    database: Database, done: Refreshed, owner: str, *, with_audit: bool
+) -> tuple[str, tuple[object, ...]]:
+    """The refresh's UPDATE behind its lease check (and, ``with_audit``, its audit event and
+    trim as CTEs of the same statement), with its parameters."""
     token_id, event = done.token_id, done.event
     assignments, params = _sealed(database, done, owner)
     lease = " AND lease_holder = %s" if done.holder is not None else ""
@@ -150,22 +145,39 @@ async def record_refresh(
         f"WHERE id = %s AND owner = %s{lease} RETURNING {RECORD_COLUMNS}"
     )
     params = (*params, token_id, owner, *((done.holder,) if done.holder is not None else ()))
-    inline = event is not None and event.token_id == token_id
-    if inline:
-        assert event is not None
+    if with_audit and event is not None:
         statement = f"WITH upd AS ({statement}), {_AUDIT_AFTER_UPDATE} SELECT * FROM upd"  # noqa: S608
         params += (event.ts, event.owner, token_id, event.task_id, event.action, event.result)
         params += (event.detail, token_id, token_id, done.retention - 1)
-    updated = await (await conn.execute(statement, params)).fetchone()
+    return statement, params
+
+
+async def record_refresh(database: Database, done: Refreshed, owner: str) -> TokenRecord:
+    """The one durable transaction of a successful refresh: the row, the lease check, the audit
+    event and its trim in one statement, sent with BEGIN and COMMIT in one round trip (safe to
+    repeat: once it committed, the lease check refuses a second time). ``owner``: the entry's
+    (it never changes), for the ciphertexts' AAD."""
+    token_id, event = done.token_id, done.event
+    inline = event is None or event.token_id == token_id
+    statement, params = _refresh_statement(database, done, owner, with_audit=inline)
+    if inline:
+        updated = await database.one(statement, params)
+    else:
+
+        async def work(conn: Conn) -> dict[str, Any] | None:
+            row = await (await conn.execute(statement, params)).fetchone()
+            if row is not None and event is not None:
+                await audit.insert(conn, event, done.retention)
+            return row
+
+        updated = await database.run(work)
     if updated is None:
-        if await rows.find_row(conn, token_id, "owner") is None:
+        if await database.read(lambda conn: rows.find_row(conn, token_id, "owner")) is None:
             raise EntryGone(token_id)
         raise VaultError(
             f"the refresh lease of vault entry {token_id} is no longer held by "
             "this worker; the refresh result was not stored"
         )
-    if event is not None and not inline:
-        await audit.insert(conn, event, done.retention)
     return token_record(updated)
 
 
@@ -193,4 +205,37 @@ async def read_access(
     return decode_access(plain, float(row["access_expires_at"]))  # type: ignore[arg-type]
 
 
-__all__ = ["EntryGone", "begin", "read_access", "record_refresh", "take"]
+async def read_for_access(
+    database: Database, token_id: str, valid_until: float | None
+) -> tuple[TokenRecord | None, SharedAccessToken | None]:
+    """The entry and its shared access token valid at ``valid_until`` in one SELECT."""
+
+    async def work(conn: Conn) -> dict[str, Any] | None:
+        cur = await conn.execute(
+            f"SELECT {RECORD_COLUMNS}, access_ct, access_nonce, access_key_id, "  # noqa: S608
+            "access_expires_at FROM tokens WHERE id = %s",
+            (token_id,),
+        )
+        return await cur.fetchone()
+
+    row = await database.read(work)
+    if row is None:
+        return None, None
+    record = token_record(row)
+    expires = row["access_expires_at"]
+    if (
+        valid_until is None
+        or record.status != "active"
+        or row["access_ct"] is None
+        or expires is None
+        or not expires > valid_until
+    ):
+        return record, None
+    try:
+        plain = unseal(database, row, "access", token_id, record.owner)
+    except Exception:  # only a cache: a key or a row it cannot read is a miss
+        return record, None
+    return record, decode_access(plain, float(expires))
+
+
+__all__ = ["EntryGone", "begin", "read_access", "read_for_access", "record_refresh", "take"]

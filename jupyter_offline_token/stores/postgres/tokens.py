@@ -185,9 +185,7 @@ class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
         if access is not None and not math.isfinite(access.expires_at):
             raise ValueError("access.expires_at must be a finite time")
         owner = await self._owners.of(self.database, refreshed.token_id)
-        return await self.database.run(
-            lambda conn: leases.record_refresh(self.database, conn, refreshed, owner)
-        )
+        return await leases.record_refresh(self.database, refreshed, owner)
 
     async def _update(self, token_id: str, assignments: str, params: tuple[Any, ...]) -> None:
         statement = sql.pyformat(f"UPDATE tokens SET {assignments} WHERE id = ?")  # noqa: S608
