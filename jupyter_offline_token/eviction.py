@@ -22,6 +22,10 @@ log = logging.getLogger("jupyter_offline_token.eviction")
 
 BATCH = 1000  # log rows per read; a backlog is read in several
 MAX_BACKOFF = 10.0  # seconds between attempts while the store fails
+# While the store notifies every eviction (PostgreSQL's LISTEN), the log is still read this
+# often as a safety net, instead of every poll_interval: an idle server costs the database
+# one query per NOTIFIED_POLL, not four a second.
+NOTIFIED_POLL = 5.0
 
 
 class EvictionWatcher:
@@ -53,6 +57,12 @@ class EvictionWatcher:
         except Exception as exc:
             log.warning("offline-token eviction log unreadable at start: %s", type(exc).__name__)
         self._task = asyncio.create_task(self._run(), name="offline-token-evictions")
+
+    def wait_timeout(self) -> float:
+        """How long the next wait may last without a notification."""
+        if self.store.evictions_notified:
+            return max(self.poll_interval, NOTIFIED_POLL)
+        return self.poll_interval
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Cancel the loop and wait for it, at most ``timeout`` seconds."""
@@ -87,7 +97,7 @@ class EvictionWatcher:
         while True:
             try:
                 if failures == 0:
-                    await self.store.wait_for_evictions(self.poll_interval)
+                    await self.store.wait_for_evictions(self.wait_timeout())
                 await self.catch_up()
             except asyncio.CancelledError:
                 raise

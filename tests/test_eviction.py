@@ -167,3 +167,29 @@ async def test_the_engine_starts_and_stops_the_watcher(tmp_path):
 def test_the_poll_interval_must_be_positive(value):
     with pytest.raises(TraitError, match="eviction_poll_interval"):
         OfflineTokenSettings(eviction_poll_interval=value)
+
+
+async def test_a_store_that_notifies_is_read_rarely_while_it_listens(tmp_path, pg_url):
+    """PostgreSQL announces every eviction (LISTEN/NOTIFY): while its listening connection is
+    up, the watcher reads the log every NOTIFIED_POLL as a safety net, not every poll interval
+    (an idle server's load on the database); SQLite, or PostgreSQL not listening, is polled."""
+    from store_helpers import PG_KEY
+
+    from jupyter_offline_token.eviction import NOTIFIED_POLL
+    from jupyter_offline_token.stores.postgres import PostgresTokenStore
+
+    sqlite = await open_store(tmp_path)
+    pg = PostgresTokenStore(url=pg_url, encryption_keys=[PG_KEY])
+    await pg.open()
+    try:
+        assert (
+            EvictionWatcher(TokenBroker(sqlite, None, None), poll_interval=POLL).wait_timeout()
+            == POLL
+        )
+        watcher = EvictionWatcher(TokenBroker(pg, None, None), poll_interval=POLL)
+        assert not pg.evictions_notified and watcher.wait_timeout() == POLL
+        await pg.wait_for_evictions(0.01)  # starts listening
+        assert pg.evictions_notified and watcher.wait_timeout() == NOTIFIED_POLL > POLL
+    finally:
+        await pg.close()
+        await sqlite.close()

@@ -297,6 +297,12 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
         A rotation or a refresh logs nothing; an id may appear more than once (one row per
         change)."""
 
+    @property
+    def evictions_notified(self) -> bool:
+        """True while ``wait_for_evictions`` returns at once on every eviction (PostgreSQL's
+        LISTEN connection is up): a reader may then wait longer between safety polls."""
+        return False
+
     @abstractmethod
     async def wait_for_evictions(self, timeout: float) -> None:
         """Return when new evictions may have been logged, or after ``timeout`` seconds. A

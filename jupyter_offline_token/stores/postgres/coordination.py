@@ -76,6 +76,10 @@ class ClusterCoordination:
         check_limit(limit)
         return await self.database.read(lambda conn: evictions_after(conn, cursor, limit))
 
+    @property
+    def evictions_notified(self) -> bool:
+        return self._listener.listening
+
     async def wait_for_evictions(self, timeout: float) -> None:
         """Returns at the next eviction any process commits (LISTEN/NOTIFY), or after
         ``timeout``; polls (sleeps) while the LISTEN connection is down."""
