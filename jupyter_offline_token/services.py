@@ -94,7 +94,9 @@ class Services:
         first call tries to open; later ones answer at once (``retry_open`` tries again)."""
         if self._opened:
             return self.broker
-        if not self._tried:
+        if self._error is None:
+            # The first open may be under way in another request: wait for it, never answer
+            # 503 meanwhile. (While a retry runs, _error is set and callers answer at once.)
             async with self._lock:
                 if not self._tried:
                     self._tried = True

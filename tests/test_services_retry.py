@@ -118,3 +118,28 @@ async def test_close_stops_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not services.retrying and store.closed and store.opens == 1 and calls == []
     with pytest.raises(VaultUnavailable):
         await services.ready()
+
+
+class SlowStore(FlakyStore):
+    """Opens only when released: the first open is still under way when others ask."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.release = asyncio.Event()
+
+    async def open(self) -> None:
+        self.opens += 1
+        await self.release.wait()
+
+
+async def test_callers_during_the_first_open_wait_for_it_instead_of_a_503() -> None:
+    store = SlowStore()
+    services = _services(store)
+    callers = [asyncio.create_task(services.ready()) for _ in range(3)]
+    await asyncio.sleep(0)  # every caller is inside ready() before the open finishes
+    await asyncio.sleep(0)
+    assert not any(c.done() for c in callers)
+    store.release.set()
+    brokers = await asyncio.gather(*callers)
+    assert all(b is brokers[0] for b in brokers) and store.opens == 1
+    await services.close()
