@@ -267,4 +267,6 @@ async def test_a_deadlocked_transaction_is_run_again(pair: tuple[PostgresTokenSt
         ),
         DEADLINE,
     )
-    assert sorted(attempts) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
+    # Both finished; at least one was aborted and ran again (a retry may meet the other
+    # transaction's lock once more and be aborted again, within the store's retries).
+    assert {"a", "b"} <= set(attempts) and len(attempts) >= 3, attempts
