@@ -15,6 +15,7 @@ from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.errors import VaultError
 from jupyter_offline_token.models import SharedAccessToken
 from jupyter_offline_token.stores import TokenStore
+from jupyter_offline_token.stores.shared import rotation, sql
 from jupyter_offline_token.stores.shared.rotation import RotationBatch
 
 OLD = PG_KEY
@@ -213,3 +214,74 @@ async def test_bad_arguments_and_a_closed_store_are_refused(backend: Any) -> Non
             await store.rotate_keys(max_batches=0)
     finally:
         await store.close()
+
+
+async def _raw_batch(backend: Any, keyring: KeyRing, meanwhile: Any) -> list[int]:
+    """Read the stale rows on a raw connection (no transaction left open), plan them, await
+    ``meanwhile()`` (another process commits), then apply the plan's compare and swaps: their
+    row counts. The rotation never lets a write in between (it holds the rows' locks); this is
+    the compare and swap that would still catch one."""
+    primary = keyring.primary_key_id
+    params = ("", primary, primary, primary, 100)
+    opener = _Opener(keyring)
+    if hasattr(backend, "url"):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        async with await psycopg.AsyncConnection.connect(
+            backend.url, autocommit=True, row_factory=dict_row
+        ) as conn:
+            cur = await conn.execute(sql.pyformat(rotation.SELECT_STALE), params)
+            plan = rotation.plan_batch(opener, keyring, await cur.fetchall())
+            await meanwhile()
+            counts = []
+            for change in plan.changes:
+                cur = await conn.execute(sql.pyformat(change.sql), change.params)
+                counts.append(cur.rowcount)
+            return counts
+    con = sqlite3.connect(backend.path, isolation_level=None)
+    con.row_factory = sqlite3.Row
+    try:
+        plan = rotation.plan_batch(
+            opener, keyring, con.execute(rotation.SELECT_STALE, params).fetchall()
+        )
+        await meanwhile()
+        return [con.execute(c.sql, c.params).rowcount for c in plan.changes]
+    finally:
+        con.close()
+
+
+class _Opener:
+    """``Decrypting`` over a bare key ring (the stores' databases add only the error text)."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self.keyring = keyring
+
+    def decrypt(self, key_id: str, nonce: bytes, ct: bytes, aad: bytes, *, what: str) -> bytes:
+        return self.keyring.decrypt(key_id, bytes(nonce), bytes(ct), aad)
+
+
+async def test_the_compare_and_swap_skips_a_row_changed_after_it_was_read(backend: Any) -> None:
+    ids, _pending = await _old_vault(backend, actives=2, pending=False)
+    server = await opened(backend, [OLD])  # a server still on the old ring
+    try:
+
+        async def refresh_meanwhile() -> None:
+            await server.record_refresh(
+                ids[0], new_refresh_token=ROTATED, idle_expires_at=None, now=3000.0
+            )
+
+        counts = await _raw_batch(backend, KeyRing.from_config([NEW, OLD]), refresh_meanwhile)
+        # ids[0]: its refresh token and shared access token (cleared by the refresh) changed,
+        # so both swaps miss; ids[1]'s two swaps land.
+        assert sorted(counts) == [0, 0, 1, 1]
+        assert stored_key_ids(backend)[ids[0]] == {OLD_ID}
+        assert stored_key_ids(backend)[ids[1]] == {NEW_ID}
+    finally:
+        await server.close()
+    reader = await opened(backend, [NEW, OLD])
+    try:
+        assert await reader.read_refresh_token(ids[0]) == ROTATED  # the refresh is kept
+        assert await reader.read_refresh_token(ids[1]) == REFRESH
+    finally:
+        await reader.close()
