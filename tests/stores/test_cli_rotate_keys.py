@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from store_helpers import REFRESH, db_path, make_active
 from jupyter_offline_token import cli
 from jupyter_offline_token.crypto import KeyRing
 from jupyter_offline_token.stores import SQLiteTokenStore
+from jupyter_offline_token.stores.aad import refresh_aad
 from jupyter_offline_token.stores.postgres import PostgresTokenStore
 
 NEW = base64.urlsafe_b64encode(bytes(range(64, 96))).rstrip(b"=").decode()
@@ -140,3 +146,87 @@ async def test_bad_input_is_a_clear_error(tmp_path: Path, pg_url: str, capsys: A
     assert "no key ring" in capsys.readouterr().err
     assert await _main("rotate-keys", "--vault", str(path), "--batch-size", "0") == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def _insert_entries(path: Path, key: str, count: int) -> None:
+    """``count`` active entries with a refresh token under ``key``, straight into the table."""
+    ring = KeyRing.from_config([key])
+    rows = []
+    for n in range(count):
+        token_id = str(uuid.uuid4())
+        key_id, nonce, ct = ring.encrypt(REFRESH.encode(), refresh_aad(token_id, "alice"))
+        rows.append((token_id, 1.0 + n, ct, nonce, key_id))
+    con = sqlite3.connect(path)
+    try:
+        con.executemany(
+            "INSERT INTO tokens (id, owner, issuer, client_id, status, scopes, created_at, "
+            "updated_at, secret_ct, secret_nonce, secret_key_id) "
+            "VALUES (?, 'alice', 'http://idp.test', 'jupyter', 'active', 'openid', ?, 1.0, "
+            "?, ?, ?)",
+            rows,
+        )
+        con.commit()
+    finally:
+        con.close()
+
+
+def _count_by_key(path: Path) -> dict[str, int]:
+    con = sqlite3.connect(path)
+    try:
+        query = "SELECT secret_key_id, COUNT(*) FROM tokens GROUP BY secret_key_id"
+        return {key_id: n for key_id, n in con.execute(query)}
+    finally:
+        con.close()
+
+
+def _kill_after_progress(argv: list[str], lines: int) -> None:
+    """Run the command in its own process, read ``lines`` progress lines, then stop reading
+    (its next writes fill the pipe and block it, so it cannot finish) and SIGKILL it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_offline_token.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        seen = 0
+        while seen < lines:
+            line = child.stdout.readline()
+            assert line, "the command ended before it was killed"
+            seen += line.startswith(b"batch ")
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+async def test_a_killed_run_loses_nothing_and_the_next_completes(
+    tmp_path: Path, capsys: Any
+) -> None:
+    path = db_path(tmp_path)
+    store = SQLiteTokenStore(path, encryption_keys=[OLD])
+    await store.open()
+    await store.close()
+    # ~120 bytes of progress a batch: 1500 batches of one entry overflow a 64 KiB pipe.
+    await asyncio.to_thread(_insert_entries, path, OLD, 1500)
+    keys_file = _secret_file(tmp_path / "keys", f"{NEW}\n{OLD}\n")
+    argv = ["rotate-keys", "--vault", str(path), "--keys-file", str(keys_file)]
+    await asyncio.to_thread(_kill_after_progress, [*argv, "--batch-size", "1"], 5)
+    midway = _count_by_key(path)
+    assert midway[NEW_ID] >= 5 and midway[OLD_ID] > 0
+    assert sum(midway.values()) == 1500
+    assert await _main(*argv) == 0
+    assert f"{midway[OLD_ID]} values re-encrypted" in capsys.readouterr().out
+    assert _count_by_key(path) == {NEW_ID: 1500}
+    store = SQLiteTokenStore(path, encryption_keys=[NEW])
+    await store.open()
+    try:
+        page = await store.list(owner="alice")
+        assert len(page) == 1500
+        for record in page:
+            assert await store.read_refresh_token(record.id) == REFRESH
+    finally:
+        await store.close()
