@@ -30,8 +30,8 @@ MAX_BATCH_SIZE = 10_000
 ROW_COLUMNS = "id, owner, " + ", ".join(
     f"{name}_ct, {name}_nonce, {name}_key_id" for name in GROUPS
 )
-# Rows holding a ciphertext under a key id other than the first key's ($1 = the cursor, the
-# first key id three times, then the batch size), in id order; NULL key ids never match.
+# Rows holding a ciphertext under a key id other than the first key's (parameters: the cursor,
+# the first key id three times, the batch size), in id order; NULL key ids never match.
 SELECT_STALE = (
     f"SELECT {ROW_COLUMNS} FROM tokens WHERE id > ? AND (consent_key_id <> ? "  # noqa: S608
     "OR secret_key_id <> ? OR access_key_id <> ?) ORDER BY id LIMIT ?"
@@ -167,7 +167,7 @@ async def rotate(
     max_batches: int | None,
     progress: Progress | None,
 ) -> RotationReport:
-    """Run batches from the start of the id order until one comes back short (or
+    """Run batches from the start of the id order until one comes back empty (or
     ``max_batches`` ran), then count the values per key id."""
     check_batch_size(batch_size, max_batches)
     ring = [keyring.primary_key_id, *sorted(keyring.key_ids - {keyring.primary_key_id})]
@@ -183,7 +183,9 @@ async def rotate(
         if progress is not None:
             batch = RotationBatch(report.batches, rows, done, skipped, cleared, unreadable)
             await progress(batch)
-        if last_id is None or rows < batch_size:
+        # Only an empty batch is the end: a short one may have lost rows to a concurrent
+        # change (PostgreSQL rechecks the WHERE of a row it waited to lock).
+        if last_id is None or rows == 0:
             report.complete = True
             break
         cursor = last_id
