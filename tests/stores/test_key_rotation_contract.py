@@ -4,6 +4,7 @@ completes when run again after an interruption. Parametrised over ``store_helper
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 from typing import Any
@@ -285,3 +286,35 @@ async def test_the_compare_and_swap_skips_a_row_changed_after_it_was_read(backen
         assert await reader.read_refresh_token(ids[1]) == REFRESH
     finally:
         await reader.close()
+
+
+async def test_refreshes_racing_a_rotation_are_never_overwritten(backend: Any) -> None:
+    """Whatever the interleaving, each entry ends with the last refresh token written."""
+    ids, _pending = await _old_vault(backend, actives=6, pending=False)
+    store = await opened(backend, [NEW, OLD])
+    server = await opened(backend, [OLD])  # the old ring: its writes need another pass
+    last: dict[str, str] = {}
+    try:
+
+        async def refresh_all(rounds: int) -> None:
+            for n in range(rounds):
+                for token_id in ids:
+                    last[token_id] = f"rt-PLAINTEXT-{n}-{token_id}"
+                    await server.record_refresh(
+                        token_id,
+                        new_refresh_token=last[token_id],
+                        idle_expires_at=None,
+                        now=3000.0 + n,
+                    )
+
+        report, _ = await asyncio.gather(store.rotate_keys(batch_size=1), refresh_all(15))
+        assert report.complete
+        for token_id in ids:
+            assert await store.read_refresh_token(token_id) == last[token_id]
+        final = await store.rotate_keys()
+        assert final.complete and final.droppable == [OLD_ID]
+        for token_id in ids:
+            assert await store.read_refresh_token(token_id) == last[token_id]
+    finally:
+        await server.close()
+        await store.close()
