@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         "config",
         help="list every OfflineTokenApp setting: help, default, environment variable",
     )
-    from . import copy_vault_command
+    from . import copy_vault_command, rotate_keys_command
 
     copy_vault_command.add_parser(sub)
+    rotate_keys_command.add_parser(sub)
     args = parser.parse_args(args_list)
     if args.command == "generate-key":
         from .crypto import KeyRing
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(settings_reference())
     elif args.command == "copy-vault":
         return copy_vault_command.run(args)
+    elif args.command == "rotate-keys":
+        return rotate_keys_command.run(args)
     return 0
 
 

@@ -24,7 +24,8 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _KEY_FILE_HEADER = (
     "# jupyter-offline-token vault key (AES-256-GCM), one base64url key a line.\n"
     "# Keep it secret (mode 0600) and back it up: without it the stored refresh tokens\n"
-    "# cannot be decrypted. To rotate, put a new key on the first line and keep the old below.\n"
+    "# cannot be decrypted. To rotate, put a new key on the first line and keep the old below,\n"
+    "# restart the server, run `jupyter-offline-token rotate-keys`, then drop the old key.\n"
 )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import MetaHasTraits
@@ -37,6 +38,9 @@ from ..models import (
 )
 from ..paging import Cursor, Page
 from ..tasks.models import TaskRecord
+
+if TYPE_CHECKING:
+    from .shared.rotation import Progress, RotationReport
 
 # last_error_kind values (TokenRecord.last_error_kind); None = unknown.
 ERROR_KINDS = FAILURE_KINDS
@@ -328,6 +332,26 @@ class TokenStore(LoggingConfigurable, metaclass=_Meta):
     @abstractmethod
     async def list_audit(self, token_id: str, *, limit: int = 100) -> builtins.list[AuditEvent]:
         """One token's events, newest first."""
+
+    # --- key rotation (issue 14) ---------------------------------------------------------------
+    async def rotate_keys(
+        self,
+        *,
+        batch_size: int = 100,
+        max_batches: int | None = None,
+        progress: Progress | None = None,
+    ) -> RotationReport:
+        """Re-encrypt every ciphertext (refresh token, consent secrets, shared access token)
+        whose key id is not the ring's first under the first key, ``batch_size`` rows per short
+        transaction, safe while servers run: each row is re-read and written back under its
+        lock with a compare and swap on its key id and ciphertext, so a refresh committed
+        meanwhile is kept (the row is skipped and left for a rerun). Stopped after
+        ``max_batches`` or interrupted, a rerun completes it: nothing lost, nothing encrypted
+        twice. A shared access token no key opens is dropped (a cache); a refresh token or
+        consent secret no key opens is left and counted. ``progress`` is awaited after each
+        batch. The report counts the values per key id still in use afterwards.
+        ValueError for a bad batch size; VaultError when not open."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rotate keys")
 
 
 class TaskStore(LoggingConfigurable, metaclass=_Meta):

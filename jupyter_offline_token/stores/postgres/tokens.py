@@ -35,13 +35,14 @@ from . import consent, leases, rows
 from .coordination import ClusterCoordination
 from .database import Conn, Database
 from .listener import EvictionListener
+from .rotation import PostgresKeyRotation
 
 DEFAULT_POOL_SIZE = 10
 _ACTIVATE = sql.pyformat(sql.ACTIVATE)
 _RELEASE_LEASE = sql.pyformat(sql.RELEASE_LEASE)
 
 
-class PostgresTokenStore(ClusterCoordination, EntryMethods, TokenStore):
+class PostgresTokenStore(ClusterCoordination, PostgresKeyRotation, EntryMethods, TokenStore):
     """The encrypted token store in one PostgreSQL database, shared by any number of
     processes (JupyterHub service replicas, several servers of one user)."""
 

@@ -34,12 +34,13 @@ from . import audit as audit_rows
 from . import consent, leases, rows, shared_access
 from .cluster import SQLiteClusterMethods
 from .database import Database
+from .rotation import SQLiteKeyRotation
 from .sql import delete_stale, transaction
 
 T = TypeVar("T")
 
 
-class SQLiteTokenStore(SQLiteClusterMethods, EntryMethods, TokenStore):
+class SQLiteTokenStore(SQLiteClusterMethods, SQLiteKeyRotation, EntryMethods, TokenStore):
     """The encrypted token store, one SQLite file shared by every process of the same user."""
 
     order_key = "rowid"
