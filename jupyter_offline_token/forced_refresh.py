@@ -61,7 +61,8 @@ def _check_interval(broker: TokenBroker, record: TokenRecord, min_interval: floa
     last = record.last_refresh_at
     if last is None:
         return
-    wait = last + min_interval - broker.clock()
+    # Capped: another process's clock may run ahead of this one's.
+    wait = min(last + min_interval - broker.clock(), min_interval)
     if wait > 0:
         raise RefreshTooSoon(
             f"offline token {record.id} was refreshed {max(0, math.floor(min_interval - wait))} s "

@@ -19,6 +19,7 @@ from .token_requests import (
     CreateConsent,
     DeleteTokenQuery,
     HealthQuery,
+    RefreshRequest,
     TokensQuery,
 )
 
@@ -203,7 +204,7 @@ class TokenRefreshHandler(OfflineTokenHandler):
     @web.authenticated
     @authorized
     async def post(self, token_id: str) -> None:
-        self.body({})  # an empty body or {}: anything else is a 400
+        RefreshRequest.parse(self.request.body or b"")
         broker = await self.services.ready()
         interval = self.engine.scheduler.min_refresh_interval
         record, _ = await force_refresh(broker, self.owner, token_id, min_interval=interval)
