@@ -124,3 +124,15 @@ async def test_refresh_and_clear_log_no_secret(api, idp, offline_app, caplog):
     for value in [*issued, idp.client_secret]:
         assert value not in text
         assert value not in json.dumps([body for _, body in answers])
+
+
+async def test_any_refresh_counts_for_the_rate_limit(api, idp):
+    token_id = await grant(api, idp)
+    idp.reset_stats()
+    # An on-demand refresh (more lifetime than the cached token has) just happened...
+    status, _ = await api.post("tokens", token_id, "access-token", body={"min_ttl": 3600})
+    assert status == 200 and idp.stats()["refresh_token_grants"] == 1
+    # ...so a forced one is refused: at most one grant per min_refresh_interval.
+    status, err = await api.post("tokens", token_id, "refresh")
+    assert (status, err["error"]) == (429, "refresh_too_soon")
+    assert idp.stats()["refresh_token_grants"] == 1

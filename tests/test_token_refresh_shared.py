@@ -14,13 +14,14 @@ from vault_servers import access_token, consent, start_vault_server
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def two_servers(tmp_path, idp):
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_servers(request, tmp_path, idp):
     vault = tmp_path / "shared" / "vault.db"
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     started = []
     try:
         for name in ("a", "b"):
-            started.append(start_vault_server(tmp_path / name, idp, vault))
+            started.append(start_vault_server(tmp_path / name, idp, vault, database_url=url))
         yield started
     finally:
         for server in started:
