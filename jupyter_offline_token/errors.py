@@ -101,6 +101,14 @@ class TooManyPendingConsents(OfflineTokenError):
     code = rest_codes.TOO_MANY_PENDING_CONSENTS
 
 
+class RefreshTooSoon(OfflineTokenError):
+    """A forced refresh asked within ``min_refresh_interval`` of the token's last refresh;
+    ``retry_after`` says when one is allowed again."""
+
+    kind = ErrorKind.RATE_LIMITED
+    code = rest_codes.REFRESH_TOO_SOON
+
+
 class NotConfigured(OfflineTokenError):
     kind = ErrorKind.NOT_CONFIGURED
     code = rest_codes.NOT_CONFIGURED

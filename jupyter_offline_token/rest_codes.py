@@ -66,6 +66,7 @@ TOKEN_REVOKED = "token_revoked"
 CONSENT_EXPIRED = "consent_expired"
 TOKEN_IN_USE = "token_in_use"
 TOO_MANY_PENDING_CONSENTS = "too_many_pending_consents"
+REFRESH_TOO_SOON = "refresh_too_soon"
 # --- a task in the wrong state ------------------------------------------------------------------
 TASK_RUNNING = "task_running"
 ALREADY_RUNNING = "already_running"
@@ -161,6 +162,13 @@ CODES: dict[str, ErrorCode] = {
         "TooManyPendingConsents",
         "Grant or delete the consents already waiting (list_tokens(status='pending')), or wait "
         "until they expire.",
+    ),
+    REFRESH_TOO_SOON: ErrorCode(
+        429,
+        "the token was refreshed less than min_refresh_interval ago; Retry-After says when a "
+        "forced refresh is allowed again",
+        "RefreshTooSoon",
+        "Its access token is fresh already; force another refresh after retry_after seconds.",
     ),
     TASK_RUNNING: ErrorCode(409, "the task runs; cancel it first"),
     ALREADY_RUNNING: ErrorCode(409, "execute on a running task", "TaskAlreadyRunning"),

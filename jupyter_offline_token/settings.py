@@ -216,7 +216,8 @@ class OfflineTokenSettings(SettingChecks):
         defaults.MIN_REFRESH_INTERVAL,
         config=True,
         help="""Never more than one refresh attempt per token within this many seconds while the
-        provider is failing. Default: 10.""",
+        provider is failing; also the least time between a token's last refresh and a forced
+        one (POST .../refresh answers 429 refresh_too_soon before it). Default: 10.""",
     )
     backoff_base = Float(
         defaults.BACKOFF_BASE,

@@ -164,6 +164,19 @@ SCENARIOS: list[Step] = [
     _bad_body("tokens/{pending}/access-token", b'{"min_ttl": true}', rc.INVALID_FIELD),
     _bad_body("tokens/{pending}/access-token", b'{"min_ttl": 99999}', rc.INVALID_FIELD),
     _bad_body("tokens/{pending}/access-token", b'{"surprise": 1}', rc.UNKNOWN_FIELD),
+    Step("no refresh while pending", "POST", "tokens/{pending}/refresh", 409, rc.WAITING_CONSENT),
+    Step(
+        "no refresh of an unknown token", "POST", f"tokens/{UNKNOWN_ID}/refresh", 404, rc.NOT_FOUND
+    ),
+    _bad_body("tokens/{pending}/refresh", b'{"min_ttl": 5}', rc.UNKNOWN_FIELD),
+    _bad_body("tokens/{pending}/refresh", b"[1]", rc.INVALID_JSON),
+    Step(
+        "no cache to clear of an unknown token",
+        "DELETE",
+        f"tokens/{UNKNOWN_ID}/access-token",
+        404,
+        rc.NOT_FOUND,
+    ),
     Step(
         "create a second consent",
         "POST",
@@ -181,6 +194,24 @@ SCENARIOS: list[Step] = [
         body={"min_ttl": 0},
         keys=ACCESS_KEYS,
         fields={"token_type": "Bearer"},
+    ),
+    Step(
+        "refresh now",
+        "POST",
+        "tokens/{active}/refresh",
+        body={},
+        keys=TOKEN_KEYS,
+        fields={"status": "active"},
+        check=lambda a: a["refresh_count"] >= 1 and a["last_refresh_at"] is not None,
+    ),
+    Step("refresh again at once", "POST", "tokens/{active}/refresh", 429, rc.REFRESH_TOO_SOON),
+    Step("clear the cached access token", "DELETE", "tokens/{active}/access-token", 204),
+    Step(
+        "an access token after clearing",
+        "POST",
+        "tokens/{active}/access-token",
+        body={"min_ttl": 0},
+        keys=ACCESS_KEYS,
     ),
     # --- lists and paging --------------------------------------------------------------------
     Step("the token list", path="tokens", keys=frozenset({"tokens", "next_cursor"})),

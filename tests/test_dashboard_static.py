@@ -22,6 +22,7 @@ TEST_IDS = [
     "request-token",
     "token-row",
     "token-status",
+    "refresh-token",
     "revoke",
     "task-form",
     "task-name",

@@ -22,6 +22,7 @@ from jupyter_offline_token.kernel import (
     OfflineTokenClient,
     OfflineTokenClientError,
     ProviderUnavailable,
+    RefreshTooSoon,
     ServerInfo,
     ServerUnreachable,
     TaskAlreadyRunning,
@@ -75,6 +76,7 @@ def static_client(response: httpx.Response) -> OfflineTokenClient:
         (409, "token_revoked", TokenRevoked),
         (409, "consent_expired", ConsentExpired),
         (409, "token_in_use", TokenInUse),
+        (429, "refresh_too_soon", RefreshTooSoon),
         (503, "not_configured", NotConfigured),
         (404, "not_found", NotFound),
         (403, "forbidden", AuthenticationFailed),
@@ -464,3 +466,30 @@ def test_importing_the_kernel_package_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_force_refresh_and_clear_cache() -> None:
+    now = [100.0]
+    api = FakeOfflineTokenAPI(clock=lambda: now[0])
+    tok = granted(api, api.client())
+    first = tok.access_token()
+    assert api.minted == 1
+    info = tok.force_refresh()
+    assert info["persistent_token_id"] == tok.id and info["status"] == "active"
+    assert first not in json.dumps(info) and "access_token" not in info
+    assert api.minted == 2
+    # The kernel's cached token was dropped: the next call gets the refresh's token.
+    second = tok.access_token()
+    assert second != first and api.count("POST", "/access-token") == 2
+    with pytest.raises(RefreshTooSoon) as info_too_soon:
+        tok.force_refresh()
+    assert info_too_soon.value.status == 429
+    assert info_too_soon.value.retry_after == api.min_refresh_interval
+    assert api.minted == 2
+    # clear_cache: here and at the server, so the next call is an HTTP request the server
+    # cannot answer from its cache (the fake mints again).
+    tok.clear_cache()
+    assert api.count("DELETE", "/access-token") == 1
+    third = tok.access_token()
+    assert api.count("POST", "/access-token") == 3 and third != second
+    assert tok.id in api.tokens and api.tokens[tok.id]["status"] == "active"  # not revoked

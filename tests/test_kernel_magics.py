@@ -137,7 +137,16 @@ def test_help_and_empty_line(
     for line in ("help", ""):
         out, _ = run(shell, capsys, line)
         assert "usage: %offline_token <command>" in out
-        for command in ("request", "list", "status", "token", "revoke", "tasks", "watch"):
+        for command in (
+            "request",
+            "list",
+            "status",
+            "token",
+            "refresh",
+            "revoke",
+            "tasks",
+            "watch",
+        ):
             assert f"  {command}" in out
     out, _ = run(shell, capsys, "token -h")
     assert "--var NAME" in out
@@ -194,3 +203,24 @@ def test_magic_outputs_never_contain_the_server_token(
     for line in ("list", f"status {tok.id}", f"token {tok.id}", "tasks", "help"):
         outputs.append("".join(run(shell, capsys, line)))
     assert all(api.server_token not in text for text in outputs)
+
+
+def test_refresh(
+    api: FakeOfflineTokenAPI, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tok = request_offline_token(client=api.client(), display=False)
+    _, err = run(shell, capsys, f"refresh {tok.id}")
+    assert "waiting_consent" in err
+    api.grant(tok.id)
+    out, err = run(shell, capsys, f"refresh {tok.id}")
+    assert err == ""
+    assert out.startswith(f"offline token {tok.id} refreshed at ")
+    assert "refresh #1" in out
+    assert api.minted == 1
+    access = api._cache[tok.id][0]
+    assert access not in out  # the answer has no token, and the magic prints none
+    _, err = run(shell, capsys, f"refresh {tok.id}")
+    assert "refresh_too_soon" in err and "again in" in err
+    assert api.minted == 1
+    _, err = run(shell, capsys, "refresh")
+    assert "usage" in err

@@ -391,3 +391,29 @@ def test_demo_notebook_runs_in_a_real_kernel(monkeypatch: pytest.MonkeyPatch) ->
     assert api.server_token not in outputs
     assert all(token not in outputs for token in api.valid_access_tokens)
     assert "Traceback" not in outputs
+
+
+def test_token_status_widget_refresh_now() -> None:
+    now = [1000.0]
+    api = FakeOfflineTokenAPI(clock=lambda: now[0])
+    tok = request_offline_token(label="refresh", client=api.client(), display=False)
+    api.grant(tok.id)
+    w = TokenStatusWidget(tok, autostart=False)
+    w.reload_button.click()
+    assert "refreshes: 0" in w.facts.value
+    assert w.refresh_button.description == "Refresh now"
+    w.refresh_button.click()
+    # One grant at the (fake) server, and the widget shows the answer (no token in it).
+    assert api.count("POST", f"tokens/{tok.id}/refresh") == 1
+    assert api.minted == 1
+    assert "refreshes: 1" in w.facts.value
+    assert not w.refresh_button.disabled
+    # Clicked again at once: the server's rate limit is shown, nothing was refreshed.
+    w.refresh_button.click()
+    assert api.minted == 1
+    assert "could not refresh" in w.detail
+    assert "refresh_too_soon" in w.facts.value and "again in 10 s" in w.facts.value
+    now[0] += api.min_refresh_interval
+    w.refresh_button.click()
+    assert api.minted == 2
+    assert "refreshes: 2" in w.facts.value

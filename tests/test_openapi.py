@@ -268,6 +268,9 @@ async def test_more_flows_answer_as_described(checked, idp, tasks):
     status, deleted = await api.delete("tokens", second)
     assert status == 200 and deleted["warning"], deleted
     assert (await api.get("tokens", first, "audit"))[0] == 200
+    assert (await api.post("tokens", first, "refresh"))[0] == 200
+    assert (await api.post("tokens", first, "refresh", raw=b"{}"))[0] == 429
+    assert (await api.delete("tokens", first, "access-token"))[0] == 204
     assert (await api.get("health", params={"limit": "5"}))[0] == 200
     # credentials the server refuses
     bad_task = {"Authorization": "OfflineTokenTask not-a-credential"}
@@ -389,6 +392,10 @@ async def test_provider_faults_answer_as_described(checked, idp, offline_app):
         broker._cache.clear()  # the next request must reach the provider
         fault.arm("503")
         status, err = await checked.post("tokens", token_id, "access-token")
+        assert status == 503 and err["error"] == rest_codes.PROVIDER_UNAVAILABLE, err
+        assert checked.last_headers.get("Retry-After"), "Retry-After missing"
+        # A forced refresh while the provider fails: the scheduler's retry is the next attempt.
+        status, err = await checked.post("tokens", token_id, "refresh")
         assert status == 503 and err["error"] == rest_codes.PROVIDER_UNAVAILABLE, err
         assert checked.last_headers.get("Retry-After"), "Retry-After missing"
         fault.arm("refuse", path_suffix="/revocation")

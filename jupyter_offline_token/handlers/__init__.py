@@ -27,6 +27,7 @@ def routes() -> list[tuple[str, Any]]:
         ConsentsHandler,
         HealthHandler,
         TokenHandler,
+        TokenRefreshHandler,
         TokensHandler,
     )
 
@@ -38,6 +39,7 @@ def routes() -> list[tuple[str, Any]]:
         (rf"{api}/tokens", TokensHandler),
         (rf"{api}/tokens/{ID}", TokenHandler),
         (rf"{api}/tokens/{ID}/access-token", AccessTokenHandler),
+        (rf"{api}/tokens/{ID}/refresh", TokenRefreshHandler),
         (rf"{api}/tokens/{ID}/audit", AuditHandler),
         (rf"{api}/health", HealthHandler),
         (rf"{api}/tasks", TasksHandler),

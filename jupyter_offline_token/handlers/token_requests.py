@@ -159,6 +159,17 @@ class AccessTokenRequest:
 
 
 @dataclass(frozen=True)
+class RefreshRequest:
+    """``POST tokens/{id}/refresh``: no fields (an empty body, or ``{}``); the route's limits
+    are the server's (min_refresh_interval), not the caller's to choose."""
+
+    @classmethod
+    def parse(cls, raw: bytes) -> RefreshRequest:
+        parse_body(raw, {})
+        return cls()
+
+
+@dataclass(frozen=True)
 class TokensQuery:
     """``GET tokens``: an optional status filter and the page."""
 

@@ -8,6 +8,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..forced_refresh import drop_cached, force_refresh
 from ..health import failure_kind, overall_level, token_health
 from ..models import TokenRecord, iso
 from ..public_url import browser_origin
@@ -18,6 +19,7 @@ from .token_requests import (
     CreateConsent,
     DeleteTokenQuery,
     HealthQuery,
+    RefreshRequest,
     TokensQuery,
 )
 
@@ -183,6 +185,35 @@ class AccessTokenHandler(OfflineTokenHandler):
         if keep_warm is not None and self.task_principal is None:
             await self.engine.set_keep_warm(token_id, keep_warm)
         self.write_json(token.to_json(time.time()))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, token_id: str) -> None:
+        """Drop this process's cached access token (no revocation; the vault's shared copy
+        stays: see forced_refresh.drop_cached)."""
+        broker = await self.services.ready()
+        await broker.get_token(self.owner, token_id)
+        drop_cached(broker, token_id)
+        self.no_content()
+
+
+class TokenRefreshHandler(OfflineTokenHandler):
+    """``POST tokens/{id}/refresh``: one grant now (forced_refresh); the answer is the entry's
+    metadata and health, never a token."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, token_id: str) -> None:
+        RefreshRequest.parse(self.request.body or b"")
+        broker = await self.services.ready()
+        interval = self.engine.scheduler.min_refresh_interval
+        record, _ = await force_refresh(broker, self.owner, token_id, min_interval=interval)
+        linked = await self.task_service.linked_tasks(self.owner, [record.id])
+        self.write_json(
+            token_json(
+                record, failing_since=self.failing_since(record.id), tasks=linked.get(record.id, [])
+            )
+        )
 
 
 class AuditHandler(OfflineTokenHandler):

@@ -213,6 +213,29 @@ class OfflineTokenClient(ServerConnection):
         )
         return _token_from_body(self._json(response), started)
 
+    def refresh_token(self, token_id: str) -> dict[str, Any]:
+        """``POST tokens/{id}/refresh``: one refresh grant now; the entry's metadata and health
+        after it (never a token). ``RefreshTooSoon`` within the server's min_refresh_interval
+        of the last refresh, ``ProviderUnavailable`` while the provider fails.
+
+        Example::
+
+            client.refresh_token(tid)["last_refresh_at"]
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}/refresh"
+        return dict(self._json(self.request("POST", path, json_body={})))
+
+    def clear_access_token(self, token_id: str) -> None:
+        """``DELETE tokens/{id}/access-token``: the server process drops its cached access
+        token (nothing is revoked); the next request reads the vault, and may refresh.
+
+        Example::
+
+            client.clear_access_token(tid)
+        """
+        path = f"{API}tokens/{_segment(token_id, 'persistent_token_id')}/access-token"
+        self.request("DELETE", path)
+
     def delete_token(
         self, token_id: str, *, revoke: bool = True, force: bool = False
     ) -> dict[str, Any]:

@@ -250,6 +250,19 @@ class TooManyPendingConsents(OfflineTokenClientError):
     code = rest_codes.TOO_MANY_PENDING_CONSENTS
 
 
+class RefreshTooSoon(OfflineTokenClientError):
+    """``refresh()`` asked within the server's ``min_refresh_interval`` of the token's last
+    refresh (429): its access token is fresh already; retry after ``retry_after`` seconds.
+
+    Example::
+
+        except RefreshTooSoon as exc:
+            print(exc.retry_after)
+    """
+
+    code = rest_codes.REFRESH_TOO_SOON
+
+
 class TaskError(OfflineTokenClientError):
     """A task operation was refused by the server (wrong state, ...).
 

@@ -30,6 +30,7 @@ commands:
   status ID                                         one token's status and health
   token ID [--var NAME] [--min-ttl SECONDS]         put a fresh access token in variable NAME
                                                     (default NAME: access_token; never printed)
+  refresh ID                                        refresh now (rate-limited; no token shown)
   revoke ID [--keep-at-provider] [--force]          revoke at the provider and delete the entry
   tasks [--status S]                                your tasks
   watch TASK_ID                                     live progress of a task
@@ -125,6 +126,8 @@ class OfflineTokenMagics(Magics):
         p.add_argument("id")
         p.add_argument("--var", type=_identifier, default="access_token", metavar="NAME")
         p.add_argument("--min-ttl", type=_non_negative, default=30.0, metavar="SECONDS")
+        p = add("refresh", self._refresh)
+        p.add_argument("id")
         p = add("revoke", self._revoke)
         p.add_argument("id")
         p.add_argument("--keep-at-provider", action="store_true")
@@ -220,6 +223,14 @@ class OfflineTokenMagics(Magics):
             raise TypeError("%offline_token token needs an IPython shell")
         self.shell.user_ns[args.var] = access.value
         print(f"access token stored in {args.var} (expires in {max(0, int(access.remaining()))} s)")
+
+    def _refresh(self, args: argparse.Namespace) -> None:
+        info = self._token_object(args.id).force_refresh()
+        print(
+            f"offline token {args.id} refreshed at {info.get('last_refresh_at')} "
+            f"(refresh #{info.get('refresh_count')}; health: "
+            f"{(info.get('health') or {}).get('level', '')})"
+        )
 
     def _revoke(self, args: argparse.Namespace) -> None:
         result = self._token_object(args.id).revoke(

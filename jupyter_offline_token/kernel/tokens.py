@@ -323,6 +323,35 @@ class OfflineToken(RemoteRecord):
             self._auth = OfflineTokenAuth(self)
         return self._auth
 
+    def force_refresh(self) -> dict[str, Any]:
+        """Ask the server to refresh this token now (one grant at the provider) and return the
+        entry's metadata after it; the next ``access_token()`` gets the new access token.
+
+        Raises ``RefreshTooSoon`` (``retry_after``) when the token was refreshed less than the
+        server's ``min_refresh_interval`` ago. (``refresh()`` only re-reads the metadata.)
+
+        Example::
+
+            tok.force_refresh()["last_refresh_at"]
+        """
+        info = self.client.refresh_token(self._id)
+        with self._lock:
+            self._cached = None
+            self._info = dict(info)
+        return dict(info)
+
+    def clear_cache(self) -> None:
+        """Forget the cached access token here and in the server process (nothing is revoked):
+        the next ``access_token()`` asks the server, which reads its vault and may refresh.
+
+        Example::
+
+            tok.clear_cache()
+        """
+        with self._lock:
+            self._cached = None
+        self.client.clear_access_token(self._id)
+
     # --- lifecycle -----------------------------------------------------------------------------
     def revoke(self, *, at_provider: bool = True, force: bool = False) -> dict[str, Any]:
         """Revoke at the provider (unless ``at_provider=False``) and delete the entry.

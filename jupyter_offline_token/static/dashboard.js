@@ -491,6 +491,14 @@
       hidden: true,
       onclick: () => openConsentUrl(state.consentUrls.get(id)),
     });
+    v.refreshNow = h("button", {
+      type: "button",
+      "data-testid": "refresh-token",
+      text: "Refresh now",
+      title: "Refresh this token at the identity provider now (at most once per minimum refresh interval)",
+      hidden: true,
+      onclick: () => busy(v.refreshNow, () => refreshToken(id)),
+    });
     v.revoke = h("button", {
       type: "button",
       class: "danger",
@@ -519,7 +527,7 @@
         ),
         v.lastError,
       ),
-      h("div", { class: "row-actions" }, v.openConsent, v.revoke),
+      h("div", { class: "row-actions" }, v.openConsent, v.refreshNow, v.revoke),
     );
     return v;
   }
@@ -569,6 +577,8 @@
     show(v.lastError, Boolean(lastError));
 
     show(v.openConsent, status === "pending" && state.consentUrls.has(v.id));
+    show(v.refreshNow, status === "active");
+    setAttr(v.refreshNow, "aria-label", "Refresh " + name + " now");
     setText(v.revoke, status === "active" ? "Revoke" : "Remove");
     setAttr(v.revoke, "aria-label", (status === "active" ? "Revoke " : "Remove ") + name);
   }
@@ -977,6 +987,16 @@
         t.status === "active" &&
         t.subject === token.subject,
     );
+  }
+
+  /** One refresh grant now; the answer is the token's metadata (never a token). */
+  async function refreshToken(id) {
+    const token = state.tokensById.get(id);
+    if (!token) return;
+    const name = tokenName(token);
+    await api("POST", path.token(id) + "/refresh", {});
+    announce("Token “" + name + "” refreshed.");
+    await refresh();
   }
 
   async function revokeToken(id) {

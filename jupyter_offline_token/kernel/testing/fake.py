@@ -17,6 +17,7 @@ import httpx
 from ... import rest_codes as rc
 from ..client import OfflineTokenClient
 from ..discovery import ServerInfo
+from .refresh import RefreshRoutes, unusable
 from .rules import (
     ACCESS_FIELDS,
     CONSENT_FIELDS,
@@ -37,7 +38,7 @@ from .tasks import TaskRoutes
 RESOURCE_URL = "http://resource.test/userinfo"
 
 
-class FakeOfflineTokenAPI(TaskRoutes):
+class FakeOfflineTokenAPI(RefreshRoutes, TaskRoutes):
     """In-memory REST API emulation; pass :meth:`transport` to an ``OfflineTokenClient``.
 
     ``access_token_ttl``: lifetime of minted access tokens; ``clock``: monotonic seconds.
@@ -79,6 +80,7 @@ class FakeOfflineTokenAPI(TaskRoutes):
         self.valid_access_tokens: set[str] = set()
         self._cache: dict[str, tuple[str, float]] = {}  # token id -> (access token, expires)
         self._minted = itertools.count(1)
+        self._refreshed: dict[str, float] = {}
         self.minted = 0
         self._lock = threading.RLock()
         self._path = httpx.URL(base_url).path
@@ -237,6 +239,8 @@ class FakeOfflineTokenAPI(TaskRoutes):
             (r"tokens/([^/]+)", "GET", self._get_token),
             (r"tokens/([^/]+)", "DELETE", self._delete_token),
             (r"tokens/([^/]+)/access-token", "POST", self._access_token),
+            (r"tokens/([^/]+)/access-token", "DELETE", self._clear_cache),
+            (r"tokens/([^/]+)/refresh", "POST", self._refresh_token),
             (r"tokens/([^/]+)/audit", "GET", self._audit),
             (r"health", "GET", self._health),
             (r"tasks", "POST", self._create_task),
@@ -400,36 +404,13 @@ class FakeOfflineTokenAPI(TaskRoutes):
         body = parse_body(request, ACCESS_FIELDS)
         min_ttl = body.get("min_ttl", 30)
         entry = self._entry(token_id)
-        status = entry["status"]
-        if status == "pending":
-            return error_response(409, rc.WAITING_CONSENT, "the consent has not been granted yet")
-        if status == "failed":
-            return error_response(
-                409, rc.TOKEN_FAILED, f"{entry.get('last_error')}; request consent again"
-            )
-        if status == "revoked":
-            return error_response(409, rc.TOKEN_REVOKED, "the offline token was revoked")
-        if status == "expired":
-            return error_response(
-                409, rc.CONSENT_EXPIRED, "the consent expired before it was granted"
-            )
-        if self.provider_down_retry_after is not None:
-            return error_response(
-                503,
-                rc.PROVIDER_UNAVAILABLE,
-                "the provider is unreachable",
-                headers={"Retry-After": str(int(self.provider_down_retry_after))},
-            )
+        refused = unusable(entry) or self._provider_down()
+        if refused is not None:
+            return refused
         now = self.clock()
         cached = self._cache.get(token_id)
         if cached is None or cached[1] - now < min_ttl:
-            value = f"at-{next(self._minted)}-{secrets.token_urlsafe(8)}"
-            self.minted += 1
-            cached = (value, now + self.access_token_ttl)
-            self._cache[token_id] = cached
-            self.valid_access_tokens.add(value)
-            entry["refresh_count"] += 1
-            entry["last_refresh_at"] = now_iso()
+            cached = self._mint(token_id, entry, now)
         return httpx.Response(
             200,
             json={

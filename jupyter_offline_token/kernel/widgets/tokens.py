@@ -178,7 +178,16 @@ class TokenStatusWidget(LiveView):
             tooltip="Read this token's status from the server again (does not refresh the token)",
         )
         self.reload_button.on_click(lambda _b: self._safe_poll())
-        self.box = w.VBox([w.HBox([self.title, self.badge, self.reload_button]), self.facts])
+        # One grant now at the server (rate-limited there); the answer has no token.
+        self.refresh_button = w.Button(
+            description="Refresh now",
+            icon="refresh",
+            tooltip="Refresh this token at the provider now (at most once per "
+            "min_refresh_interval)",
+        )
+        self.refresh_button.on_click(self._on_refresh)
+        buttons = [self.title, self.badge, self.reload_button, self.refresh_button]
+        self.box = w.VBox([w.HBox(buttons), self.facts])
         self._make_poller(poll_interval)
         self._apply(token.info)
         if autostart:
@@ -213,6 +222,18 @@ class TokenStatusWidget(LiveView):
             self.poll_once()
         except OfflineTokenClientError as exc:
             self._poll_error(exc)
+
+    def _on_refresh(self, _button: Any = None) -> None:
+        """ "Refresh now": the server's answer (metadata) is shown; a refusal (too soon, the
+        provider down, a dead token) is shown in place of the facts, with its advice."""
+        self.refresh_button.disabled = True
+        try:
+            self._apply(self.token.force_refresh())
+        except OfflineTokenClientError as exc:
+            self.detail = f"could not refresh: {client_message(exc)}"
+            self.facts.value = f'<span style="color:#b71c1c">{html.escape(self.detail)}</span>'
+        finally:
+            self.refresh_button.disabled = False
 
     def _poll_error(self, exc: Exception) -> None:
         self.detail = f"cannot read the status: {client_message(exc)}"
