@@ -96,6 +96,11 @@ class TokenBroker:
         """Let ``gate`` (the refresh scheduler) decide when a token may next be tried."""
         self._gate = gate
 
+    @property
+    def gate(self) -> RefreshGate | None:
+        """The gate in use (None: every attempt is allowed)."""
+        return self._gate
+
     def add_listener(self, listener: TokenEvents) -> None:
         """Tell ``listener`` about every entry change, after the listeners added before it."""
         self._listeners.append(listener)
@@ -327,7 +332,7 @@ class TokenBroker:
             if shared is not None:
                 return shared
             # Callers who queued behind a failed attempt must not each try again.
-            self._check_retry_wait(token_id)
+            self.check_retry_wait(token_id)
             if self._gate is not None:
                 self._gate.attempt_started(token_id)
             try:
@@ -335,12 +340,12 @@ class TokenBroker:
                     token_id, min_ttl=min_ttl, record=record, adopt_first=False
                 )
             except ProviderFault as fault:
-                raise await self._retry_later(token_id, fault) from None
+                raise await self.retry_later(token_id, fault) from None
         if not token.from_store:  # counted as "shared" where it was read
             metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
 
-    def _check_retry_wait(self, token_id: str) -> None:
+    def check_retry_wait(self, token_id: str) -> None:
         """While the provider is failing, only the scheduler's retry tries again: refuse with the
         true time of that attempt."""
         wait = self._gate.retry_wait(token_id) if self._gate is not None else 0.0
@@ -351,7 +356,7 @@ class TokenBroker:
                 retry_after=math.ceil(wait),
             )
 
-    async def _retry_later(self, token_id: str, fault: ProviderFault) -> ProviderUnavailable:
+    async def retry_later(self, token_id: str, fault: ProviderFault) -> ProviderUnavailable:
         """Report an on-demand attempt's transient failure to the gate and build the 503 that
         says when the next attempt (the scheduler's retry) will be made."""
         if self._gate is None:

@@ -42,10 +42,10 @@ async def force_refresh(
             return await broker.owned(owner, token_id), cached
         record = await broker.owned(owner, token_id)
         raise_unusable(record)
-        broker._check_retry_wait(token_id)  # the provider is failing: 503 with the retry's time
+        broker.check_retry_wait(token_id)  # the provider is failing: 503 with the retry's time
         _check_interval(broker, record, min_interval)
-        if broker._gate is not None:
-            broker._gate.attempt_started(token_id)
+        if broker.gate is not None:
+            broker.gate.attempt_started(token_id)
         try:
             # Not adopt_first: the point is a new grant. Under the lease a sibling's grant,
             # committed since ``record`` was read, is taken instead of repeated (grant.py).
@@ -53,7 +53,7 @@ async def force_refresh(
                 token_id, reason=FORCED, record=record, adopt_first=False
             )
         except ProviderFault as fault:
-            raise await broker._retry_later(token_id, fault) from None
+            raise await broker.retry_later(token_id, fault) from None
     return await broker.owned(owner, token_id), token
 
 
