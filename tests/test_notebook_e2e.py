@@ -41,8 +41,10 @@ def _text(outputs: list) -> str:
     return "\n".join(parts)
 
 
-async def test_demo_notebook_runs_end_to_end(kernel_env, api, idp, tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+async def run_with_consent(path: Path, api, idp, tmp_path: Path, timeout: int) -> str:
+    """Run the notebook at ``path`` in a real kernel, granting consent over HTTP (as a person
+    would) the first time a cell shows the provider's consent URL; the code cells' output text."""
+    nb = nbformat.read(path, as_version=4)
     consents: list[asyncio.Task] = []
 
     async def grant_when_asked(url: str) -> None:
@@ -57,7 +59,7 @@ async def test_demo_notebook_runs_end_to_end(kernel_env, api, idp, tmp_path):
 
     client = NotebookClient(
         nb,
-        timeout=120,
+        timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
         on_cell_executed=on_cell_executed,
@@ -65,7 +67,11 @@ async def test_demo_notebook_runs_end_to_end(kernel_env, api, idp, tmp_path):
     await client.async_execute()
     assert consents, "the notebook never showed a consent URL"
     await consents[0]
-    outputs = "\n".join(_text(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code")
+    return "\n".join(_text(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code")
+
+
+async def test_demo_notebook_runs_end_to_end(kernel_env, api, idp, tmp_path):
+    outputs = await run_with_consent(NOTEBOOK, api, idp, tmp_path, timeout=120)
     assert "completed" in outputs
     assert "Traceback" not in outputs
     # The work really ran against the provider through the server.
