@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from pathlib import Path
 
 import pytest
+from hammer_token import hammer
 from server_fixtures import TEST_KEY, grant
 
 pytestmark = pytest.mark.timeout(180)
 
-HAMMER = Path(__file__).parent / "hammer_token.py"
 ROUNDS = 15
 
 
@@ -20,25 +17,8 @@ async def test_two_processes_hammering_one_rotating_token(api, idp, offline_app)
     token_id = await grant(api, idp)
     before = idp.stats()
 
-    async def hammer() -> dict:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HAMMER),
-            offline_app.vault_path,
-            TEST_KEY,
-            idp.issuer,
-            idp.client_id,
-            token_id,
-            str(ROUNDS),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate(idp.client_secret.encode() + b"\n")
-        assert proc.returncode == 0, err.decode()[-2000:]
-        return json.loads(out.decode().strip().splitlines()[-1])
-
-    results = await asyncio.gather(hammer(), hammer())
+    vault = {"path": str(offline_app.vault_path), "key": TEST_KEY}
+    results = await asyncio.gather(*(hammer(vault, idp, token_id, ROUNDS) for _ in range(2)))
     assert results == [{"ok": ROUNDS, "errors": []}] * 2
     after = idp.stats()
     assert after["refresh_token_grant_errors"] == before["refresh_token_grant_errors"]

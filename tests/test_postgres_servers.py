@@ -6,15 +6,14 @@ failure, tasks, no password in any log even at ``--debug``) are tests/test_postg
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hammer_token import hammer
 from pg_fixture import PostgresCluster
 from server_fixtures import TEST_KEY, grant
 from test_app_config_server import Server, start_server
@@ -67,7 +66,6 @@ async def test_a_database_that_is_down_is_503_and_the_server_still_stops(
     assert password not in server.log()
 
 
-HAMMER = Path(__file__).parent / "pg_hammer.py"
 ROUNDS = 10
 
 
@@ -89,28 +87,7 @@ class TestProcessesHammeringOneToken:
     async def test_no_grant_is_made_twice(self, api: Any, idp: Any, pg_url: str) -> None:
         token_id = await grant(api, idp)
         before = idp.stats()
-        given = {
-            "url": pg_url,
-            "key": TEST_KEY,
-            "issuer": idp.issuer,
-            "client_id": idp.client_id,
-            "secret": idp.client_secret,
-        }
-
-        async def hammer() -> dict[str, Any]:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(HAMMER),
-                token_id,
-                str(ROUNDS),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await proc.communicate(json.dumps(given).encode() + b"\n")
-            assert proc.returncode == 0, err.decode()[-2000:]
-            result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-            return result
+        vault = {"url": pg_url, "key": TEST_KEY}
 
         async def serve() -> None:
             for _ in range(ROUNDS):
@@ -119,7 +96,9 @@ class TestProcessesHammeringOneToken:
                 )
                 assert status == 200, body
 
-        *results, _ = await asyncio.gather(hammer(), hammer(), serve())
+        *results, _ = await asyncio.gather(
+            hammer(vault, idp, token_id, ROUNDS), hammer(vault, idp, token_id, ROUNDS), serve()
+        )
         assert results == [{"ok": ROUNDS, "errors": []}] * 2
         after = idp.stats()
         assert after["refresh_token_grant_errors"] == before["refresh_token_grant_errors"]
