@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
+from .cli_sources import KEYS_ENV, URL_ENV, configured_keys, database_url, keys_in_file
 from .errors import VaultError
-from .secret_files import SecretFileError, keys_from_file, read_secret_file
-
-URL_ENV = "JUPYTER_OFFLINE_TOKEN_DATABASE_URL"
-KEYS_ENV = "JUPYTER_OFFLINE_TOKEN_KEYS"
+from .secret_files import SecretFileError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,10 +66,7 @@ def _database_url(args: argparse.Namespace) -> str:
                 "the URL on the command line holds a password others may see; use --to-file"
             )
         return str(args.to).strip()
-    path = args.to_file or os.environ.get(f"{URL_ENV}_FILE")
-    if path:
-        return read_secret_file("--to-file", path, _LOG).strip()
-    url = os.environ.get(URL_ENV, "").strip()
+    url = database_url("--to-file", args.to_file, _LOG)
     if not url:
         raise SecretFileError(
             f"no PostgreSQL URL: pass --to or --to-file, or set ${URL_ENV}(_FILE)"
@@ -82,17 +76,11 @@ def _database_url(args: argparse.Namespace) -> str:
 
 def _keys(args: argparse.Namespace, source: Path) -> tuple[list[str], str]:
     """The key ring's keys and where they came from."""
-    if args.keys_file:
-        return keys_from_file("--keys-file", args.keys_file, _read(args.keys_file)), "--keys-file"
-    inline = os.environ.get(KEYS_ENV, "").strip()
-    if inline:
-        return [key.strip() for key in inline.split(";") if key.strip()], f"${KEYS_ENV}"
-    path = os.environ.get(f"{KEYS_ENV}_FILE") or str(source.with_name("vault.key"))
-    return keys_from_file("the vault key file", path, _read(path)), path
-
-
-def _read(path: str) -> str:
-    return read_secret_file("the vault key file", path, _LOG)
+    configured = configured_keys(args.keys_file, _LOG)
+    if configured is not None:
+        return configured
+    path = str(source.with_name("vault.key"))
+    return keys_in_file(path, _LOG), path
 
 
 async def _copy(source: Path, url: str, keys: list[str]) -> str:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
+from .cli_sources import KEYS_ENV, URL_ENV, configured_keys, database_url
 from .errors import VaultError
-from .secret_files import SecretFileError, keys_from_file, read_secret_file
+from .secret_files import SecretFileError
 from .stores.shared.rotation import DEFAULT_BATCH_SIZE, RotationBatch, RotationReport
 
-URL_ENV = "JUPYTER_OFFLINE_TOKEN_DATABASE_URL"
-KEYS_ENV = "JUPYTER_OFFLINE_TOKEN_KEYS"
 _PROG = "jupyter-offline-token rotate-keys"
 
 
@@ -70,24 +68,11 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _database_url(args: argparse.Namespace) -> str:
-    """The PostgreSQL URL, or "" for the SQLite vault."""
-    path = args.database_url_file or os.environ.get(f"{URL_ENV}_FILE")
-    if path:
-        return read_secret_file("--database-url-file", path, _LOG).strip()
-    return os.environ.get(URL_ENV, "").strip()
-
-
 def _keys(args: argparse.Namespace, vault: Path | None) -> list[str] | None:
     """The configured key ring; None: the SQLite vault's own vault.key."""
-    path = args.keys_file
-    if not path:
-        inline = os.environ.get(KEYS_ENV, "").strip()
-        if inline:
-            return [key.strip() for key in inline.split(";") if key.strip()]
-        path = os.environ.get(f"{KEYS_ENV}_FILE")
-    if path:
-        return keys_from_file("--keys-file", path, read_secret_file("--keys-file", path, _LOG))
+    configured = configured_keys(args.keys_file, _LOG)
+    if configured is not None:
+        return configured[0]
     if vault is None:
         raise SecretFileError(f"no key ring: pass --keys-file or set ${KEYS_ENV}(_FILE)")
     if not vault.with_name("vault.key").is_file():
@@ -164,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from .settings import OfflineTokenSettings
 
     try:
-        url = _database_url(args)
+        url = database_url("--database-url-file", args.database_url_file, _LOG)
         vault = Path(args.vault or OfflineTokenSettings().vault_path).expanduser()
         if not url and not vault.is_file():
             return _fail(f"no SQLite vault at {vault} (pass --vault, or a PostgreSQL URL)")
