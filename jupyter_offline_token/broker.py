@@ -96,11 +96,6 @@ class TokenBroker:
         """Let ``gate`` (the refresh scheduler) decide when a token may next be tried."""
         self._gate = gate
 
-    @property
-    def gate(self) -> RefreshGate | None:
-        """The gate in use (None: every attempt is allowed)."""
-        return self._gate
-
     def add_listener(self, listener: TokenEvents) -> None:
         """Tell ``listener`` about every entry change, after the listeners added before it."""
         self._listeners.append(listener)
@@ -333,17 +328,31 @@ class TokenBroker:
                 return shared
             # Callers who queued behind a failed attempt must not each try again.
             self.check_retry_wait(token_id)
-            if self._gate is not None:
-                self._gate.attempt_started(token_id)
-            try:
-                token = await self.grants.run(
-                    token_id, min_ttl=min_ttl, record=record, adopt_first=False
-                )
-            except ProviderFault as fault:
-                raise await self.retry_later(token_id, fault) from None
+            token = await self.gated_grant(token_id, record, min_ttl=min_ttl)
         if not token.from_store:  # counted as "shared" where it was read
             metrics.access_token_requests_total.labels(source="refresh").inc()
         return token
+
+    async def gated_grant(
+        self,
+        token_id: str,
+        record: TokenRecord,
+        *,
+        reason: str = "on_demand",
+        min_ttl: float = DEFAULT_MIN_TTL,
+    ) -> AccessToken:
+        """One grant (``grants.run``, not adopting first: the caller just looked) told to the
+        provider gate as an attempt, a transient fault turned into the 503 that says when the
+        scheduler's retry comes (``_retry_later``). The caller holds the token's lock and has
+        asked ``check_retry_wait``."""
+        if self._gate is not None:
+            self._gate.attempt_started(token_id)
+        try:
+            return await self.grants.run(
+                token_id, reason=reason, min_ttl=min_ttl, record=record, adopt_first=False
+            )
+        except ProviderFault as fault:
+            raise await self._retry_later(token_id, fault) from None
 
     def check_retry_wait(self, token_id: str) -> None:
         """While the provider is failing, only the scheduler's retry tries again: refuse with the
@@ -356,7 +365,7 @@ class TokenBroker:
                 retry_after=math.ceil(wait),
             )
 
-    async def retry_later(self, token_id: str, fault: ProviderFault) -> ProviderUnavailable:
+    async def _retry_later(self, token_id: str, fault: ProviderFault) -> ProviderUnavailable:
         """Report an on-demand attempt's transient failure to the gate and build the 503 that
         says when the next attempt (the scheduler's retry) will be made."""
         if self._gate is None:

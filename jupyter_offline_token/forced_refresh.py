@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .access_token import AccessToken
 from .errors import RefreshTooSoon
-from .grant import ProviderFault, raise_unusable
+from .grant import raise_unusable
 from .models import TokenRecord
 
 if TYPE_CHECKING:
@@ -44,16 +44,9 @@ async def force_refresh(
         raise_unusable(record)
         broker.check_retry_wait(token_id)  # the provider is failing: 503 with the retry's time
         _check_interval(broker, record, min_interval)
-        if broker.gate is not None:
-            broker.gate.attempt_started(token_id)
-        try:
-            # Not adopt_first: the point is a new grant. Under the lease a sibling's grant,
-            # committed since ``record`` was read, is taken instead of repeated (grant.py).
-            token = await broker.grants.run(
-                token_id, reason=FORCED, record=record, adopt_first=False
-            )
-        except ProviderFault as fault:
-            raise await broker.retry_later(token_id, fault) from None
+        # Not adopting first: the point is a new grant. Under the lease a sibling's grant,
+        # committed since ``record`` was read, is taken instead of repeated (grant.py).
+        token = await broker.gated_grant(token_id, record, reason=FORCED)
     return await broker.owned(owner, token_id), token
 
 
