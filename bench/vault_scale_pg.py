@@ -34,11 +34,9 @@ from .harness import (
     check,
     database_args,
     durable_cluster,
-    show_latency,
 )
 from .vault_scale import (
     ENTRIES,
-    ROUTES,
     SMALL,
     TARGET_RATIO,
     TASK_COLUMNS,
@@ -47,6 +45,7 @@ from .vault_scale import (
     Target,
     _server_owner,
     generate,
+    report_routes,
     server_start,
     time_routes,
 )
@@ -139,7 +138,7 @@ async def run(settings: Settings) -> None:
             for name, entries in (("1k", SMALL), ("100k", ENTRIES)):
                 urls[name], ids[name] = await make_database(cluster, key, entries)
             figures = await _routes(root, urls, ids, key, rounds, per_round)
-            _report_routes(figures, rounds, per_round)
+            report_routes(figures, rounds, per_round, per="database", backend="PostgreSQL ")
             empty_url, _ = await make_database(cluster, key, 0)
             results: dict[str, list[Start]] = {"empty": [], "100k": []}
             for index in range(starts):
@@ -184,24 +183,6 @@ async def _routes(
     finally:
         for target in targets.values():
             target.server.stop()
-
-
-def _report_routes(figures: dict[str, Any], rounds: int, per_round: int) -> None:
-    print(f"  {rounds} rounds x {per_round} paired sequential requests per route and database")
-    for route in ROUTES:
-        small = show_latency(f"{route} [1k]", figures["times"][route]["1k"])
-        big = show_latency(f"{route} [100k]", figures["times"][route]["100k"])
-        print(
-            f"  {'':<50} body {figures['sizes'][route]['1k']} / "
-            f"{figures['sizes'][route]['100k']} bytes; p99 ratio "
-            f"{big['p99_ms'] / small['p99_ms']:.2f}x"
-        )
-        check(
-            f"PostgreSQL {route}: p50 100k / 1k",
-            big["p50_ms"] / small["p50_ms"],
-            TARGET_RATIO,
-            at_most=True,
-        )
 
 
 def _report_starts(results: dict[str, list[Start]], starts: int) -> None:
