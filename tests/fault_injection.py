@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
+
+from jupyter_offline_token.oidc import ProviderClient
 
 
 def _closed_port() -> int:
@@ -143,3 +147,19 @@ def _redirected(request: httpx.Request, url: httpx.URL) -> httpx.Request:
         content=request.content,
         extensions=request.extensions,  # keeps the client's timeouts
     )
+
+
+def provider_through_injector(
+    offline_app: Any, idp: Any, loop: asyncio.AbstractEventLoop, *, http_timeout: float
+) -> Iterator[FaultInjector]:
+    """For an ``injector`` fixture: the server's broker reaches the real provider through a
+    new FaultInjector (yielded) until the test ends, then gets its own client back."""
+    fault = FaultInjector()
+    broker = offline_app.services.broker
+    original = broker.provider
+    broker.provider = ProviderClient(
+        idp.issuer, idp.client_id, idp.client_secret, http_timeout=http_timeout, transport=fault
+    )
+    yield fault
+    loop.run_until_complete(broker.provider.aclose())
+    broker.provider = original

@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from fault_injection import FaultInjector
+from fault_injection import provider_through_injector
 from server_fixtures import grant, metric
 
 from jupyter_offline_token.oidc import ProviderClient
@@ -53,15 +53,7 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:
 @pytest.fixture
 def injector(offline_app, idp, jp_asyncio_loop):
     """Put the fault injector between the broker and the real provider."""
-    fault = FaultInjector()
-    broker = offline_app.services.broker
-    original = broker.provider
-    broker.provider = ProviderClient(
-        idp.issuer, idp.client_id, idp.client_secret, http_timeout=1.0, transport=fault
-    )
-    yield fault
-    jp_asyncio_loop.run_until_complete(broker.provider.aclose())
-    broker.provider = original
+    yield from provider_through_injector(offline_app, idp, jp_asyncio_loop, http_timeout=1.0)
 
 
 @pytest.mark.parametrize("mode", ["refuse", "timeout", "500", "503", "429", "malformed"])

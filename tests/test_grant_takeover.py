@@ -15,7 +15,7 @@ import logging
 
 import httpx
 import pytest
-from fault_injection import FaultInjector
+from fault_injection import provider_through_injector
 from server_fixtures import grant
 
 from jupyter_offline_token import health, models
@@ -29,15 +29,7 @@ DEAD = "dead-holder:0"
 @pytest.fixture
 def injector(offline_app, idp, jp_asyncio_loop):
     """The fault injector between the broker and the real provider."""
-    fault = FaultInjector()
-    broker = offline_app.services.broker
-    original = broker.provider
-    broker.provider = ProviderClient(
-        idp.issuer, idp.client_id, idp.client_secret, http_timeout=2.0, transport=fault
-    )
-    yield fault
-    jp_asyncio_loop.run_until_complete(broker.provider.aclose())
-    broker.provider = original
+    yield from provider_through_injector(offline_app, idp, jp_asyncio_loop, http_timeout=2.0)
 
 
 async def _die_holding_the_lease(offline_app, token_id: str) -> str:
