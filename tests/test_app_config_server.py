@@ -9,141 +9,17 @@ in a config file draws a warning that does not hold it.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
+import vault_servers
 from server_fixtures import TEST_KEY
+from vault_servers import Server, consent, start_server
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 90.0  # the machine is shared: a loaded start can take a while
-STOP_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    base: str
-    token: str
-    log_path: Path
-    workdir: Path
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {self.token}"}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def api(self, method: str, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.request(
-            method, f"{self.base}api/offline-token/{path}", headers=self.headers, **kwargs
-        )
-
-    def sigterm(self) -> int:
-        """One SIGTERM; the exit status, or a failure if it has not exited in time."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            pytest.fail("the server did not stop on the first SIGTERM:\n" + self.log()[-3000:])
-
-
-def start_server(
-    workdir: Path,
-    *,
-    config: str = "",
-    env: dict[str, str] | None = None,
-    args: tuple[str, ...] = (),
-) -> Server:
-    """``jupyter server`` with its own config/data/runtime dirs under ``workdir``, this
-    checkout first on the path, and no JUPYTER_OFFLINE_TOKEN_* variable but those given."""
-    for sub in ("config", "data", "runtime", "root"):
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    (workdir / "config" / "jupyter_server_config.py").write_text(
-        'c.ServerApp.jpserver_extensions = {"jupyter_offline_token": True}\n' + config
-    )
-    port, token = _free_port(), secrets.token_hex(16)
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JUPYTER_OFFLINE_TOKEN_", "JUPYTER_CONFIG", "JUPYTERHUB_"))
-    }
-    environ.update(
-        {
-            "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
-            "JUPYTER_CONFIG_DIR": str(workdir / "config"),
-            "JUPYTER_DATA_DIR": str(workdir / "data"),
-            "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-            "JUPYTER_PLATFORM_DIRS": "1",
-            **(env or {}),
-        }
-    )
-    jupyter_server = shutil.which("jupyter-server", path=str(Path(sys.executable).parent))
-    argv = [
-        jupyter_server or "jupyter-server",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.root_dir={workdir / 'root'}",
-        f"--IdentityProvider.token={token}",
-        *args,
-    ]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env=environ, cwd=workdir / "root", stdout=log, stderr=subprocess.STDOUT
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}/", token, log_path, workdir)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            if httpx.get(f"{server.base}api/status", headers=server.headers).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            pytest.fail("jupyter server did not start:\n" + server.log()[-3000:])
-        time.sleep(0.3)
-
-
-@pytest.fixture
-def servers():
-    """Servers started by a test; killed at the end if the test left them running."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(timeout=10)
+servers = vault_servers.servers  # the fixture
 
 
 def _vault_files(workdir: Path) -> list[Path]:
@@ -201,17 +77,7 @@ def _secret_files(tmp_path: Path, secret: str) -> tuple[Path, Path]:
 
 async def _grant_and_use(server: Server, idp) -> str:
     """The whole flow through the subprocess server; returns the access token it handed out."""
-    consent = await asyncio.to_thread(server.api, "POST", "consents", json={})
-    assert consent.status_code == 201, consent.text
-    location = await asyncio.to_thread(idp.complete_consent, consent.json()["consent_url"])
-    callback = urlsplit(location)
-    page = await asyncio.to_thread(
-        httpx.get,
-        f"{server.base.rstrip('/')}{callback.path}?{callback.query}",
-        headers=server.headers,
-    )
-    assert page.status_code == 200, page.text
-    token_id = consent.json()["persistent_token_id"]
+    token_id = await consent(server, idp)
     access = await asyncio.to_thread(
         server.api, "POST", f"tokens/{token_id}/access-token", json={"min_ttl": 86400}
     )

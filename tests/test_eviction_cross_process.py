@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from server_fixtures import TEST_KEY
-from test_app_config_server import Server, start_server
+from vault_servers import Server, start_server
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from pg_fixture import PostgresCluster
 from server_fixtures import TEST_KEY
-from test_app_config_server import Server, start_server
 from test_eviction_cross_process import access, cached_in_both, grant, refused_after
+from vault_servers import Server, start_server
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,8 +26,7 @@ import httpx
 import pytest
 from pg_fixture import find_binaries
 from server_fixtures import TEST_KEY
-from test_app_config_server import Server, start_server
-from vault_servers import consent
+from vault_servers import Server, consent, start_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import vault_servers
 from hammer_token import hammer
 from pg_fixture import PostgresCluster
 from server_fixtures import TEST_KEY, grant
-from test_app_config_server import Server, start_server
+from vault_servers import Server, start_server
 
 pytestmark = pytest.mark.timeout(240)
 
-
-@pytest.fixture
-def started() -> Iterator[list[Server]]:
-    """Servers started by a test; killed at the end if the test left them running."""
-    servers: list[Server] = []
-    yield servers
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(timeout=10)
+servers = vault_servers.servers  # the fixture
 
 
 def _call(server: Server, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -41,7 +32,7 @@ async def _api(server: Server, method: str, path: str, **kwargs: Any) -> httpx.R
 
 
 async def test_a_database_that_is_down_is_503_and_the_server_still_stops(
-    tmp_path: Path, started: list[Server], pg_cluster: PostgresCluster
+    tmp_path: Path, servers: list[Server], pg_cluster: PostgresCluster
 ) -> None:
     password = "pw-" + secrets.token_hex(8)
     url = f"postgresql://postgres:{password}@127.0.0.1:{pg_cluster.port}/no_such_database"
@@ -53,7 +44,7 @@ async def test_a_database_that_is_down_is_503_and_the_server_still_stops(
         env={"JUPYTER_OFFLINE_TOKEN_KEYS": TEST_KEY, "JUPYTER_OFFLINE_TOKEN_DATABASE_URL": url},
         args=("--debug",),
     )
-    started.append(server)
+    servers.append(server)
     response = await _api(server, "GET", "tokens")
     assert response.status_code == 503, response.text
     error = response.json()
