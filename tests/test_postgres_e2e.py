@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 from pg_fixture import PostgresCluster
 from server_fixtures import TEST_KEY
-from test_eviction_cross_process import access, cached_in_both, grant, refused_after
+from test_eviction_cross_process import (
+    access,
+    cached_in_both,
+    failure_refused,
+    grant,
+    refused_after,
+)
 from vault_servers import Server, start_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -129,20 +135,7 @@ def test_a_delete_in_a_is_refused_by_b_at_once(vault: Vault, idp: Any) -> None:
 
 
 def test_a_failure_in_a_is_refused_by_b(vault: Vault, idp: Any) -> None:
-    a, b = vault.a, vault.b
-    token_id = grant(a, idp)
-    cached_in_both(a, b, token_id)
-    idp.revoke_account_grants("alice")  # the dev provider's login in complete_consent
-    before = idp.stats()
-    failed = access(a, token_id, min_ttl=3600)  # beyond the 300 s lifetime: a refresh grant
-    assert failed.status_code == 409 and failed.json()["error"] == "token_failed", failed.text
-    response, delay = refused_after(b, token_id)
-    print(f"\nPostgreSQL: B refused a token failed in A after {delay * 1000:.0f} ms")
-    assert response.status_code == 409 and response.json()["error"] == "token_failed"
-    after = idp.stats()
-    assert after["refresh_token_grants"] == before["refresh_token_grants"]
-    # A's one rejected grant, none from B.
-    assert after["refresh_token_grant_errors"] == before["refresh_token_grant_errors"] + 1
+    failure_refused(vault.a, vault.b, idp, "PostgreSQL")
 
 
 # Inside the task: an access token through the task's own credential (no server token, no
