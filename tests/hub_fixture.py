@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -470,3 +470,16 @@ def hub_json(response: httpx.Response) -> Any:
         return response.json()
     except json.JSONDecodeError:
         return response.text
+
+
+def until(predicate: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
+    """Poll until truthy; a hang guard, not a timing assertion (generous: the
+    machine may be loaded)."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)

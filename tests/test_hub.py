@@ -8,14 +8,14 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from hub_fixture import NO_PUBLIC_URL, PASSWORD, Hub, UserServer
+from hub_fixture import NO_PUBLIC_URL, PASSWORD, Hub, UserServer, until
 
 from jupyter_offline_token.kernel import OfflineTokenClient, RedirectURIUnknown
 
@@ -35,18 +35,6 @@ def kernel(server: UserServer) -> OfflineTokenClient:
 
 def redirect_uri_of(consent_url: str) -> str:
     return parse_qs(urlsplit(consent_url).query)["redirect_uri"][0]
-
-
-def until(predicate: Callable[[], Any], what: str, limit: float = 20.0) -> Any:
-    """Poll until truthy; a hang guard, not a timing assertion."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def parse_time(value: str) -> datetime:

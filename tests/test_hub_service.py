@@ -14,8 +14,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +28,7 @@ from hub_fixture import (
     Hub,
     UserServer,
     _environ,
+    until,
 )
 
 from jupyter_offline_token.cli import main as cli_main
@@ -39,18 +38,6 @@ from jupyter_offline_token.hub_service import HubEnvironmentMissing, service_arg
 pytestmark = [pytest.mark.timeout(180)]
 
 API = "api/offline-token/"
-
-
-def until(predicate: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    """Poll until truthy; a hang guard, not a timing assertion."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def consent(hub: Hub, client: httpx.Client, user: str, **body: Any) -> tuple[str, str]:
