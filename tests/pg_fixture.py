@@ -11,9 +11,11 @@ the same cluster to code that has no fixture request (the store contract suites'
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dev_postgres import SUPERUSER, MissingPostgres, PostgresCluster, find_binaries
+from server_fixtures import TEST_KEY
 
 __all__ = ["SUPERUSER", "PostgresCluster", "cluster", "find_binaries", "pg_cluster", "pg_url"]
 
@@ -54,3 +56,16 @@ def pg_cluster() -> PostgresCluster:
 def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
     """The URL (with password) of a fresh, empty database for this test."""
     yield pg_cluster.create_database()
+
+
+@pytest.fixture
+def pg_app_config(idp: Any, pg_url: str) -> dict[str, Any]:
+    """OfflineTokenApp settings for the dev provider on a fresh PostgreSQL vault (``pg_url``),
+    for a test class's ``offline_token_config``."""
+    return {
+        "issuer": idp.issuer,
+        "client_id": idp.client_id,
+        "client_secret": idp.client_secret,
+        "database_url": pg_url,
+        "encryption_keys": [TEST_KEY],
+    }

@@ -144,14 +144,8 @@ class TestUnreachableDatabase:
 
 class TestServerOnPostgres:
     @pytest.fixture
-    def offline_token_config(self, idp: Any, pg_url: str) -> dict[str, Any]:
-        return {
-            "issuer": idp.issuer,
-            "client_id": idp.client_id,
-            "client_secret": idp.client_secret,
-            "database_url": pg_url,
-            "encryption_keys": [TEST_KEY],
-        }
+    def offline_token_config(self, pg_app_config: dict[str, Any]) -> dict[str, Any]:
+        return pg_app_config
 
     async def test_consent_access_token_and_revoke(
         self,

@@ -66,14 +66,8 @@ class TestProcessesHammeringOneToken:
     refresh token (the provider would answer invalid_grant)."""
 
     @pytest.fixture
-    def offline_token_config(self, idp: Any, pg_url: str) -> dict[str, Any]:
-        return {
-            "issuer": idp.issuer,
-            "client_id": idp.client_id,
-            "client_secret": idp.client_secret,
-            "database_url": pg_url,
-            "encryption_keys": [TEST_KEY],
-        }
+    def offline_token_config(self, pg_app_config: dict[str, Any]) -> dict[str, Any]:
+        return pg_app_config
 
     async def test_no_grant_is_made_twice(self, api: Any, idp: Any, pg_url: str) -> None:
         token_id = await grant(api, idp)
