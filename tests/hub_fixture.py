@@ -483,3 +483,14 @@ def until(predicate: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.2)
+
+
+async def allow_in_browser(page: Any, consent_url: str, user: str = "alice") -> None:
+    """In the Playwright ``page``: open ``consent_url``, log in to the dev provider as ``user``
+    and allow; returns once the page the provider redirects to has loaded."""
+    await page.goto(consent_url)
+    await page.fill("input[name=login]", user)
+    await page.fill("input[name=password]", user)
+    await page.click("form#login [type=submit]")
+    await page.click("form#consent button[value=allow]")
+    await page.wait_for_load_state()

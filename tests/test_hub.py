@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from hub_fixture import NO_PUBLIC_URL, PASSWORD, Hub, UserServer, until
+from hub_fixture import NO_PUBLIC_URL, PASSWORD, Hub, UserServer, allow_in_browser, until
 
 from jupyter_offline_token.kernel import OfflineTokenClient, RedirectURIUnknown
 
@@ -107,12 +107,7 @@ async def test_dashboard_works_and_a_kernel_consent_comes_back_to_the_public_url
         )
 
         # ... where the provider sends the browser back, and the grant completes.
-        await page.goto(created["consent_url"])
-        await page.fill("input[name=login]", "alice")
-        await page.fill("input[name=password]", "alice")
-        await page.click("form#login [type=submit]")
-        await page.click("form#consent button[value=allow]")
-        await page.wait_for_load_state()
+        await allow_in_browser(page, created["consent_url"])
         title = page.get_by_test_id("callback-title")
         assert await title.inner_text() == "Offline access granted"
         with kernel(server) as client:

@@ -28,6 +28,7 @@ from hub_fixture import (
     Hub,
     UserServer,
     _environ,
+    allow_in_browser,
     until,
 )
 
@@ -417,12 +418,7 @@ async def test_the_dashboard_and_a_consent_work_in_chromium_through_the_hub(hub,
         assert page.api_calls and all(status == 200 for status, _ in page.api_calls)
         with hub.service_client(users["alice"]) as alice:
             created = (await asyncio.to_thread(alice.post, f"{API}consents", json={})).json()
-        await page.goto(created["consent_url"])
-        await page.fill("input[name=login]", "alice")
-        await page.fill("input[name=password]", "alice")
-        await page.click("form#login [type=submit]")
-        await page.click("form#consent button[value=allow]")
-        await page.wait_for_load_state()
+        await allow_in_browser(page, created["consent_url"])
         assert urlsplit(page.url).path == "/services/offline-token/callback"
         title = page.get_by_test_id("callback-title")
         assert await title.inner_text() == "Offline access granted"
