@@ -9,6 +9,7 @@ allowing a consent at the provider (the real dev provider, or the fake's consent
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -510,3 +511,26 @@ async def run(world: World) -> list[str]:
         for name, key in step.save.items():
             saved[name] = answer[key]
     return problems
+
+
+class ServerWorld:
+    """The scenarios' world on the real server: ``api`` (server_fixtures.Api, or
+    test_openapi's CheckedApi that also checks every answer against the spec) and the dev
+    provider that grants consent."""
+
+    def __init__(self, api: Any, provider: Any) -> None:
+        self.api = api
+        self.provider = provider
+
+    async def request(
+        self, method: str, path: str, *, raw: bytes | None, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        parts = path.split("/")
+        return await self.api.request(
+            method, "api", "offline-token", *parts, raw=raw, params=params or None
+        )
+
+    async def grant(self, consent_url: str) -> None:
+        location = await asyncio.to_thread(self.provider.complete_consent, consent_url)
+        status, page = await self.api.callback(location)
+        assert status in (200, 303), page

@@ -17,7 +17,7 @@ import pytest
 from fault_injection import FaultInjector
 from jsonschema import Draft202012Validator
 from openapi_validator import SpecValidator, parse_events
-from rest_scenarios import MAX_PENDING, run
+from rest_scenarios import MAX_PENDING, ServerWorld, run
 from server_fixtures import Api, grant, task_processes
 from tornado import web
 
@@ -147,27 +147,6 @@ class CheckedApi(Api):
         return status, payload
 
 
-class CheckedWorld:
-    """rest_scenarios' world on the real server, through CheckedApi."""
-
-    def __init__(self, api: CheckedApi, provider: Any) -> None:
-        self.api = api
-        self.provider = provider
-
-    async def request(
-        self, method: str, path: str, *, raw: bytes | None, params: dict[str, str]
-    ) -> tuple[int, Any]:
-        parts = path.split("/")
-        return await self.api.request(
-            method, "api", "offline-token", *parts, raw=raw, params=params or None
-        )
-
-    async def grant(self, consent_url: str) -> None:
-        location = await asyncio.to_thread(self.provider.complete_consent, consent_url)
-        status, page = await self.api.callback(location)
-        assert status in (200, 303), page
-
-
 @pytest.fixture
 def offline_token_config(offline_token_config):
     return {**offline_token_config, "max_pending_consents": MAX_PENDING}
@@ -190,7 +169,7 @@ async def test_the_server_serves_the_spec(checked, jp_base_url):
 
 async def test_the_rest_scenarios_answer_as_described(checked, idp, tasks):
     """The shared REST scenarios (every route, most error codes) validated against the spec."""
-    problems = await run(CheckedWorld(checked, idp))
+    problems = await run(ServerWorld(checked, idp))
     assert not problems, "\n".join(problems)
     assert not checked.problems, "\n".join(checked.problems)
     exercised = {(c.template, c.method) for c in checked.validator.checked}

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from rest_scenarios import MAX_PENDING, run
+from rest_scenarios import MAX_PENDING, ServerWorld, run
 
 from jupyter_offline_token.kernel.testing import FakeOfflineTokenAPI
 
@@ -34,25 +34,6 @@ class FakeWorld:
 
     async def grant(self, consent_url: str) -> None:
         assert self.http.get(consent_url).status_code == 200
-
-
-class ServerWorld:
-    def __init__(self, api: Any, provider: Any) -> None:
-        self.api = api
-        self.provider = provider
-
-    async def request(
-        self, method: str, path: str, *, raw: bytes | None, params: dict[str, str]
-    ) -> tuple[int, Any]:
-        parts = path.split("/")
-        return await self.api.request(
-            method, "api", "offline-token", *parts, raw=raw, params=params or None
-        )
-
-    async def grant(self, consent_url: str) -> None:
-        location = await asyncio.to_thread(self.provider.complete_consent, consent_url)
-        status, page = await self.api.callback(location)
-        assert status in (200, 303), page
 
 
 def test_the_fake_follows_the_contract():
