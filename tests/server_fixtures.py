@@ -221,3 +221,19 @@ def task_processes(task_id: str) -> list[int]:
         if marker in environ.split(b"\0") and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def remember_refreshes(provider: Any) -> list[str]:
+    """Wrap ``provider.refresh`` (passing every call through to the real provider); the list
+    it returns fills with every access and refresh token those grants hand out, for tests that
+    look for them where no secret may appear."""
+    issued: list[str] = []
+    refresh = provider.refresh
+
+    async def spy_refresh(refresh_token: str) -> Any:
+        response = await refresh(refresh_token)
+        issued.extend(t for t in (response.access_token, response.refresh_token) if t)
+        return response
+
+    provider.refresh = spy_refresh
+    return issued

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-from server_fixtures import consent_location, grant
+from server_fixtures import consent_location, grant, remember_refreshes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,15 +172,7 @@ async def test_whole_flow_logs_no_secret(api, idp, offline_app, caplog):
         return await exchange(**kwargs)
 
     provider.exchange_code = spy_exchange
-    issued: list[str] = []  # every token the provider hands us during the flow
-    refresh = provider.refresh
-
-    async def spy_refresh(refresh_token):  # passes through; remembers what came back
-        response = await refresh(refresh_token)
-        issued.extend(t for t in (response.access_token, response.refresh_token) if t)
-        return response
-
-    provider.refresh = spy_refresh
+    issued = remember_refreshes(provider)  # every token the provider hands us in the flow
     token_id, location = await consent_location(api, idp, label="log check")
     code = dict(httpx.URL(location).params)["code"]
     state = dict(httpx.URL(location).params)["state"]

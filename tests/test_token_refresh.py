@@ -10,7 +10,7 @@ import logging
 
 import pytest
 from rest_scenarios import TOKEN_KEYS, UNKNOWN_ID
-from server_fixtures import grant, metric
+from server_fixtures import grant, metric, remember_refreshes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,16 +102,7 @@ async def test_clear_cache_next_request_is_not_a_cache_hit(api, idp, offline_app
 
 async def test_refresh_and_clear_log_no_secret(api, idp, offline_app, caplog):
     caplog.set_level(logging.DEBUG)
-    provider = offline_app.services.broker.provider
-    issued: list[str] = []
-    refresh = provider.refresh
-
-    async def spy_refresh(refresh_token):  # passes through; remembers what came back
-        response = await refresh(refresh_token)
-        issued.extend(t for t in (response.access_token, response.refresh_token) if t)
-        return response
-
-    provider.refresh = spy_refresh
+    issued = remember_refreshes(offline_app.services.broker.provider)
     token_id = await grant(api, idp)
     answers = [await api.post("tokens", token_id, "refresh")]
     answers.append(await api.post("tokens", token_id, "refresh"))  # 429
